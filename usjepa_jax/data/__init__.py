@@ -1,0 +1,1 @@
+"""Data: sources (the built-in ultrasound simulator first) and the grain input pipeline."""
