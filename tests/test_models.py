@@ -1,0 +1,111 @@
+"""ViT encoder and predictor: shapes, parameter names, init, token selection and padding semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from usjepa_jax.models import Predictor, VisionTransformer, parse_variant, sincos_posemb_2d, vit_from_variant
+
+
+def tiny_vit(**kw):
+    return VisionTransformer(**{**dict(width=32, depth=2, mlp_dim=64, num_heads=4, patch_size=8), **kw})
+
+
+def test_variant_table_covers_paper_sizes():
+    assert parse_variant("B/16") == dict(width=768, depth=12, mlp_dim=3072, num_heads=12, patch_size=16)
+    for name in ("mu", "Ti", "S", "B", "L", "H"):
+        for patch in (8, 14, 16):
+            assert parse_variant(f"{name}/{patch}")["patch_size"] == patch
+    with pytest.raises(ValueError, match="'X/16'"):
+        parse_variant("X/16")
+    with pytest.raises(ValueError, match="patch size 15"):
+        parse_variant("B/15")
+
+
+def test_vit_b16_parameter_count_and_names():
+    model = vit_from_variant("B/16")
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))["params"]
+    n = sum(x.size for x in jax.tree.leaves(shapes))
+    assert n == 86_567_656 - 768 * 1000 - 1000 - 197 * 768 - 768  # timm vit_base_patch16_224 less head, pos, cls
+    assert shapes["patch_embed"]["kernel"].shape == (16, 16, 3, 768)
+    block = shapes["encoder"]["blocks_11"]
+    assert block["attn"]["qkv"]["kernel"].shape == (768, 2304)
+    assert block["mlp"]["fc2"]["kernel"].shape == (3072, 768)
+    assert set(block) == {"norm1", "attn", "norm2", "mlp"}
+    assert "norm" in shapes["encoder"]
+
+
+def test_sincos_posemb_matches_definition():
+    emb = sincos_posemb_2d((3, 4), 8)
+    assert emb.shape == (12, 8)
+    # patch (row 2, col 1): first half encodes the column, second half the row; omega = [1, 1/100].
+    expected = [np.sin(1), np.sin(0.01), np.cos(1), np.cos(0.01), np.sin(2), np.sin(0.02), np.cos(2), np.cos(0.02)]
+    np.testing.assert_allclose(emb[2 * 4 + 1], expected, rtol=1e-6)
+
+
+def test_encode_subset_equals_full_encoding_without_attention_between_subsets():
+    model = tiny_vit(depth=0)  # with no blocks, token selection must commute with the per-token layers
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+    params = model.init(jax.random.key(0), images)["params"]
+    full, aux = model.apply({"params": params}, images)
+    assert full.shape == (2, 16, 32) and aux["grid_size"] == (4, 4)
+    idx = jnp.array([[0, 5, 15], [3, 3, 7]])
+    subset, _ = model.apply({"params": params}, images, idx)
+    np.testing.assert_allclose(subset, jnp.take_along_axis(full, idx[..., None], axis=1), atol=1e-6)
+
+
+def test_padded_tokens_do_not_change_valid_outputs():
+    model = tiny_vit()
+    images = jax.random.normal(jax.random.key(1), (1, 32, 32, 1))
+    params = model.init(jax.random.key(0), images)["params"]
+    idx = jnp.array([[1, 2, 9]])
+    ref, _ = model.apply({"params": params}, images, idx)
+    padded_idx = jnp.array([[1, 2, 9, 0, 4]])
+    valid = jnp.array([[True, True, True, False, False]])
+    out, _ = model.apply({"params": params}, images, padded_idx, valid)
+    np.testing.assert_allclose(out[:, :3], ref, atol=1e-5)
+
+
+def test_ijepa_init_rescales_residual_projections():
+    model = tiny_vit(width=64, depth=4, mlp_dim=256)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))["params"]["encoder"]
+    for layer in range(4):
+        std = float(np.std(params[f"blocks_{layer}"]["attn"]["proj"]["kernel"]))
+        qkv_std = float(np.std(params[f"blocks_{layer}"]["attn"]["qkv"]["kernel"]))
+        expected = 0.02 * 0.88 / np.sqrt(2 * (layer + 1))  # 0.88: std of a normal truncated at 2 sigma
+        assert abs(std - expected) / expected < 0.15, (layer, std, expected)
+        assert abs(qkv_std - 0.02 * 0.88) / 0.0176 < 0.1
+    assert not np.any(params["blocks_0"]["attn"]["qkv"]["bias"])
+
+
+def test_class_token_and_learned_posemb():
+    model = tiny_vit(posemb="learn", class_token=True)
+    images = jnp.zeros((2, 32, 32, 1))
+    variables = model.init(jax.random.key(0), images)
+    out, _ = model.apply(variables, images)
+    assert out.shape == (2, 16, 32)
+    assert variables["params"]["pos_embed"].shape == (1, 16, 32)
+    assert variables["params"]["cls_token"].shape == (1, 1, 32)
+
+
+def test_predictor_shapes_and_block_independence():
+    pred = Predictor(grid_size=(4, 4), out_dim=24, width=16, depth=2, num_heads=2)
+    ctx = jax.random.normal(jax.random.key(0), (2, 5, 32))
+    ctx_idx = jnp.tile(jnp.arange(5)[None], (2, 1))
+    ctx_valid = jnp.ones((2, 5), bool)
+    tgt_idx = jnp.array([[[10, 11, 0], [12, 13, 14]]] * 2)
+    tgt_valid = jnp.array([[[True, True, False], [True, True, True]]] * 2)
+    params = pred.init(jax.random.key(1), ctx, ctx_idx, ctx_valid, tgt_idx, tgt_valid)["params"]
+    out = pred.apply({"params": params}, ctx, ctx_idx, ctx_valid, tgt_idx, tgt_valid)
+    assert out.shape == (2, 2, 3, 24)
+    # Changing block 1 must not change block 0's predictions (each block is its own sequence).
+    tgt_idx2 = tgt_idx.at[:, 1].set(jnp.array([1, 2, 3]))
+    out2 = pred.apply({"params": params}, ctx, ctx_idx, ctx_valid, tgt_idx2, tgt_valid)
+    np.testing.assert_allclose(out2[:, 0], out[:, 0], atol=1e-6)
+    assert not np.allclose(out2[:, 1], out[:, 1])
+    # Invalid context slots are ignored.
+    ctx_noise = ctx.at[:, 4].set(100.0)
+    out3 = pred.apply({"params": params}, ctx_noise, ctx_idx, ctx_valid.at[:, 4].set(False), tgt_idx, tgt_valid)
+    out4 = pred.apply({"params": params}, ctx, ctx_idx, ctx_valid.at[:, 4].set(False), tgt_idx, tgt_valid)
+    np.testing.assert_allclose(out3, out4, atol=1e-5)

@@ -1,0 +1,208 @@
+"""Vision Transformer encoder (linen) with a variant table, I-JEPA initialisation and token selection.
+
+Parameter names mirror timm's ``VisionTransformer`` (``patch_embed``, ``blocks_N/attn/qkv``, ``norm``...) so that
+checkpoint conversion in either direction is a table lookup, not guesswork.
+
+Shapes: images are ``[batch, height, width, channels]``; tokens are ``[batch, tokens, width]``; a patch index
+is the flat row-major position on the ``[grid_h, grid_w]`` patch grid.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# name -> (width, depth, mlp_dim, num_heads). big_vision's table; "mu" is a micro model for tests and CPU runs.
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+PATCH_SIZES = (8, 14, 16)
+INIT_STD = 0.02  # I-JEPA: trunc-normal std 0.02 for every Linear/Conv kernel.
+LN_EPS = 1e-6
+
+
+def parse_variant(variant: str) -> dict[str, int]:
+    """``'S/16'`` -> dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16).
+
+    Raises ValueError naming the variant when the name or the patch size is unknown.
+    """
+    match = re.fullmatch(r"(\w+)/(\d+)", variant)
+    if not match or match.group(1) not in VARIANTS:
+        raise ValueError(f"Unknown ViT variant {variant!r}: expected '<name>/<patch>' with name in "
+                         f"{sorted(VARIANTS)} and patch in {PATCH_SIZES}, e.g. 'B/16'.")
+    patch = int(match.group(2))
+    if patch not in PATCH_SIZES:
+        raise ValueError(f"ViT variant {variant!r}: patch size {patch} not in {PATCH_SIZES}.")
+    width, depth, mlp_dim, heads = VARIANTS[match.group(1)]
+    return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads, patch_size=patch)
+
+
+def sincos_posemb_2d(grid_size: Sequence[int], width: int) -> np.ndarray:
+    """Fixed 2-D sin-cos position embeddings ``[grid_h * grid_w, width]`` (float32), MAE/I-JEPA convention.
+
+    The first half of the channels encodes the column (w) coordinate, the second half the row (h) coordinate;
+    each half is ``[sin(pos * omega), cos(pos * omega)]`` with ``omega_k = 10000^(-k / (width / 4))``.
+    """
+    if width % 4:
+        raise ValueError(f"sin-cos position embeddings need width divisible by 4, got {width}.")
+    gh, gw = grid_size
+    rows, cols = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4.0))
+
+    def embed_1d(pos: np.ndarray) -> np.ndarray:
+        angles = pos.reshape(-1)[:, None] * omega[None, :]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return np.concatenate([embed_1d(cols), embed_1d(rows)], axis=1).astype(np.float32)
+
+
+def gather_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
+    """``tokens [B, N, D]``, ``idx [B, K]`` -> ``[B, K, D]`` (per-example gather along the token axis)."""
+    return jnp.take_along_axis(tokens, idx[..., None], axis=1)
+
+
+def key_padding_mask(valid: jax.Array | None) -> jax.Array | None:
+    """``valid [B, K]`` -> attention mask ``[B, 1, 1, K]``: padded tokens are never attended to."""
+    return None if valid is None else valid[:, None, None, :]
+
+
+def dense(features: int, name: str, scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Dense:
+    """Linear layer with the I-JEPA init (trunc-normal std 0.02, divided by ``scale``; zero bias)."""
+    return nn.Dense(features, name=name, dtype=dtype,
+                    kernel_init=nn.initializers.truncated_normal(INIT_STD / scale),
+                    bias_init=nn.initializers.zeros)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (timm layout) and a key-padding mask."""
+
+    num_heads: int
+    out_scale: float = 1.0  # I-JEPA rescales the output projection of layer l by 1/sqrt(2l).
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        batch, length, width = x.shape
+        head_dim = width // self.num_heads
+        qkv = dense(3 * width, "qkv", dtype=self.dtype)(x)
+        q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
+        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask)
+        return dense(width, "proj", scale=self.out_scale, dtype=self.dtype)(out.reshape(batch, length, width))
+
+
+class Mlp(nn.Module):
+    hidden: int
+    out_scale: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.gelu(dense(self.hidden, "fc1", dtype=self.dtype)(x), approximate=False)
+        return dense(x.shape[-1], "fc2", scale=self.out_scale, dtype=self.dtype)(h)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+
+    num_heads: int
+    mlp_dim: int
+    layer_id: int  # 1-based, for the I-JEPA residual-branch rescaling
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        scale = math.sqrt(2.0 * self.layer_id)
+        h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
+        x = x + Attention(self.num_heads, scale, self.dtype, name="attn")(h, mask)
+        h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
+        return x + Mlp(self.mlp_dim, scale, self.dtype, name="mlp")(h)
+
+
+class Transformer(nn.Module):
+    """A stack of ``Block``s followed by the final LayerNorm (``norm``)."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    remat: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        block_cls = nn.remat(Block) if self.remat else Block
+        for i in range(self.depth):
+            x = block_cls(self.num_heads, self.mlp_dim, i + 1, self.dtype, name=f"blocks_{i}")(x, mask)
+        return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
+
+
+class VisionTransformer(nn.Module):
+    """ViT encoder that can encode only a subset of its patches.
+
+    ``__call__(images, token_idx=None, token_valid=None)`` embeds all patches, adds position embeddings, keeps
+    the patches named by ``token_idx [B, K]`` (all when None), runs the blocks with padded tokens
+    (``token_valid == False``) masked out of attention, and returns ``(tokens [B, K, width], aux)``; ``aux``
+    holds ``grid_size``. An optional class token (for imported teachers) is prepended inside and stripped from the
+    output.
+    """
+
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch_size: int
+    posemb: str = "sincos2d"  # or "learn" (timm-style learned embeddings, trunc-normal 0.02 init)
+    class_token: bool = False
+    remat: bool = False
+    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+
+    @nn.compact
+    def __call__(self, images: jax.Array, token_idx: jax.Array | None = None,
+                 token_valid: jax.Array | None = None) -> tuple[jax.Array, dict[str, Any]]:
+        p = self.patch_size
+        if images.shape[1] % p or images.shape[2] % p:
+            raise ValueError(f"Image size {images.shape[1:3]} is not divisible by the patch size {p}.")
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="patch_embed", dtype=self.dtype,
+                    kernel_init=nn.initializers.truncated_normal(INIT_STD), bias_init=nn.initializers.zeros)(
+                        images.astype(self.dtype))
+        batch, gh, gw, _ = x.shape
+        x = x.reshape(batch, gh * gw, self.width)
+        if self.posemb == "sincos2d":
+            pos = jnp.asarray(sincos_posemb_2d((gh, gw), self.width))[None]
+        elif self.posemb == "learn":
+            pos = self.param("pos_embed", nn.initializers.truncated_normal(INIT_STD), (1, gh * gw, self.width))
+        else:
+            raise ValueError(f"Unknown posemb {self.posemb!r}: expected 'sincos2d' or 'learn'.")
+        x = x + pos.astype(x.dtype)
+        if token_idx is not None:
+            x = gather_tokens(x, token_idx)
+        if self.class_token:
+            cls = self.param("cls_token", nn.initializers.truncated_normal(1e-6), (1, 1, self.width))
+            if self.posemb == "learn":
+                cls = cls + self.param("cls_pos_embed", nn.initializers.truncated_normal(INIT_STD),
+                                       (1, 1, self.width))
+            x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], axis=1)
+            if token_valid is not None:
+                token_valid = jnp.concatenate([jnp.ones((batch, 1), bool), token_valid], axis=1)
+        x = Transformer(self.depth, self.num_heads, self.mlp_dim, self.remat, self.dtype, name="encoder")(
+            x, key_padding_mask(token_valid))
+        if self.class_token:
+            x = x[:, 1:]
+        return x, {"grid_size": (gh, gw)}
+
+
+def vit_from_variant(variant: str, **kwargs: Any) -> VisionTransformer:
+    """``vit_from_variant('S/16', posemb='learn')``: a ``VisionTransformer`` from the variant table."""
+    return VisionTransformer(**parse_variant(variant), **kwargs)

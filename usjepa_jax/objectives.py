@@ -1,0 +1,104 @@
+"""Pure loss functions of the three pretraining methods (no model code, no state).
+
+- ``latent_prediction_loss``: US-JEPA / I-JEPA. Predictions against teacher embeddings at the target patches,
+  Smooth-L1 (beta 1) by default, ``l1`` (SALT stage 2) or ``l2``; targets optionally layer-normalised over the
+  feature dim without affine (I-JEPA does it; US-JEPA does not say: a switch, default on).
+- ``pixel_reconstruction_loss``: SALT stage 1 / MAE-style. Per-patch normalised pixels at the target patches, MSE.
+- ``ema_update`` / ``ema_momentum``: the I-JEPA EMA teacher (momentum linear 0.996 -> 1.0 over training).
+
+Static-shape note: target blocks arrive padded to a fixed length with a validity mask (see ``masks.py``). The
+loss is the mean over the valid patches of each block, then the mean over blocks and images, i.e. "averaged over
+the target blocks" as in DESIGN.md; with unpadded equal-size blocks this equals I-JEPA's plain mean.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+LOSS_KINDS = ("smooth_l1", "l1", "l2")
+
+
+def elementwise_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
+    """Per-element regression loss of ``kind`` in ``LOSS_KINDS``; Smooth-L1 uses beta = 1 (PyTorch default)."""
+    diff = pred - target
+    if kind == "smooth_l1":
+        abs_diff = jnp.abs(diff)
+        return jnp.where(abs_diff < 1.0, 0.5 * diff**2, abs_diff - 0.5)
+    if kind == "l1":
+        return jnp.abs(diff)
+    if kind == "l2":
+        return diff**2
+    raise ValueError(f"Unknown loss kind {kind!r}: expected one of {LOSS_KINDS}.")
+
+
+def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """LayerNorm over the last axis without scale or bias (``F.layer_norm(x, (D,))`` in I-JEPA)."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.var(x, axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def masked_block_mean(per_patch: jax.Array, valid: jax.Array) -> jax.Array:
+    """``per_patch [B, M, T]`` and ``valid [B, M, T]`` -> scalar: mean over valid patches per block, then over
+    blocks and images. A block with no valid patch (possible only with USrc masks) contributes nothing."""
+    valid = valid.astype(per_patch.dtype)
+    counts = valid.sum(axis=-1)
+    block_means = (per_patch * valid).sum(axis=-1) / jnp.maximum(counts, 1.0)
+    has_patches = (counts > 0).astype(per_patch.dtype)
+    return (block_means * has_patches).sum() / jnp.maximum(has_patches.sum(), 1.0)
+
+
+def latent_prediction_loss(pred: jax.Array, target: jax.Array, valid: jax.Array, *, kind: str = "smooth_l1",
+                           normalize_targets: bool = True) -> jax.Array:
+    """``pred``, ``target``: ``[B, M, T, D]``; ``valid``: ``[B, M, T]``. Returns a float32 scalar.
+
+    ``target`` is wrapped in ``stop_gradient``: the teacher never receives a gradient through the loss.
+    """
+    target = jax.lax.stop_gradient(target.astype(jnp.float32))
+    if normalize_targets:
+        target = layer_norm_no_affine(target)
+    per_patch = elementwise_loss(pred.astype(jnp.float32), target, kind).mean(axis=-1)
+    return masked_block_mean(per_patch, valid)
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """``[B, H, W, C]`` -> ``[B, N, p*p*C]`` with patches in row-major grid order, pixels in (row, col, C) order."""
+    batch, height, width, channels = images.shape
+    p = patch_size
+    x = images.reshape(batch, height // p, p, width // p, p, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
+def normalized_patch_targets(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """MAE's per-patch normalised pixel targets: ``(x - mean) / sqrt(var + eps)`` over each patch's pixels."""
+    mean = patches.mean(axis=-1, keepdims=True)
+    var = patches.var(axis=-1, keepdims=True)
+    return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def pixel_reconstruction_loss(pred: jax.Array, images: jax.Array, target_idx: jax.Array, target_valid: jax.Array,
+                              patch_size: int, *, normalize_pixels: bool = True) -> jax.Array:
+    """MSE between ``pred [B, M, T, p*p*C]`` and the (per-patch normalised) pixels of the target patches.
+
+    images: ``[B, H, W, C]`` float; target_idx/target_valid: ``[B, M, T]``.
+    """
+    batch, num_blocks, block_len = target_idx.shape
+    patches = patchify(images.astype(jnp.float32), patch_size)
+    if normalize_pixels:
+        patches = normalized_patch_targets(patches)
+    target = jnp.take_along_axis(patches, target_idx.reshape(batch, -1, 1), axis=1)
+    target = target.reshape(batch, num_blocks, block_len, -1)
+    per_patch = elementwise_loss(pred.astype(jnp.float32), target, "l2").mean(axis=-1)
+    return masked_block_mean(per_patch, target_valid)
+
+
+def ema_momentum(step: jax.Array, total_steps: int, start: float = 0.996, end: float = 1.0) -> jax.Array:
+    """I-JEPA's EMA momentum: linear from ``start`` at step 0 to ``end`` at ``total_steps``."""
+    frac = jnp.clip(step / max(total_steps, 1), 0.0, 1.0)
+    return start + (end - start) * frac
+
+
+def ema_update(target_params, online_params, momentum: jax.Array):
+    """``target <- momentum * target + (1 - momentum) * online``, leaf by leaf."""
+    return jax.tree.map(lambda t, o: momentum * t + (1.0 - momentum) * o, target_params, online_params)
