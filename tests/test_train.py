@@ -1,0 +1,172 @@
+"""The trainer end to end on the smoke config: frozen teacher, sharding equivalence, exact resume, CLI, errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from usjepa_jax import config as config_lib
+from usjepa_jax import train
+from usjepa_jax.teacher import load_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_config(**overrides):
+    c = base.get_config("smoke")
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def read_metrics(workdir):
+    return {r["step"]: r for r in map(json.loads, (Path(workdir) / train.METRICS_FILE).read_text().splitlines())}
+
+
+def encoder_params(workdir):
+    return load_teacher(Path(workdir) / train.ENCODER_DIR).params
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A stage-1 pixel teacher trained once for the module (the smoke config's stage 1)."""
+    workdir = tmp_path_factory.mktemp("stage1")
+    train.train_and_evaluate(config_lib.stage1_config(smoke_config()), workdir)
+    return str(workdir / train.ENCODER_DIR)
+
+
+def test_teacher_is_frozen_and_gets_no_gradient(teacher_dir, tmp_path):
+    before = load_teacher(teacher_dir)
+    train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": teacher_dir}), tmp_path)
+    after = load_teacher(teacher_dir)
+    assert before.content_hash == after.content_hash
+    jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
+
+    # The loss's gradient with respect to the teacher parameters is exactly zero.
+    config = smoke_config(**{"teacher.checkpoint": teacher_dir})
+    encoder = train.build_encoder(config.model)
+    grid = (config.data.image_size // encoder.patch_size,) * 2
+    sampler = train.MultiBlockMaskSampler.from_config(config.masks, grid)
+    predictor = train.build_predictor(config, grid, before.width)
+    batch = train.example_batch(config, sampler, 2)
+    batch["image"] = np.random.default_rng(0).integers(0, 255, batch["image"].shape, dtype=np.uint8)
+    ctx = jnp.zeros((2, sampler.context_len, encoder.width))
+    params = {"encoder": encoder.init(jax.random.key(0), jnp.zeros(batch["image"].shape))["params"],
+              "predictor": predictor.init(jax.random.key(1), ctx, batch["context_idx"], batch["context_valid"],
+                                          batch["target_idx"], batch["target_valid"])["params"]}
+    loss_fn = train.make_loss_fn(config, encoder, predictor, before.embed)
+    teacher_grad = jax.grad(lambda t: loss_fn(params, t, batch)[0])(before.params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grad))
+
+
+@pytest.mark.parametrize("mesh,strategy", [((8, 1), "replicate"), ((2, 4), "fsdp")])
+def test_sharded_steps_match_single_device(teacher_dir, tmp_path, mesh, strategy):
+    common = {"teacher.checkpoint": teacher_dir, "optim.total_steps": 2, "log_every": 1}
+    single = smoke_config(**common, **{"mesh.data": 1, "mesh.fsdp": 1})
+    sharded = smoke_config(**common, **{"mesh.data": mesh[0], "mesh.fsdp": mesh[1],
+                                        "sharding.strategy": strategy})
+    train.train_and_evaluate(single, tmp_path / "single")
+    train.train_and_evaluate(sharded, tmp_path / "sharded")
+    m1, m8 = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "sharded")
+    for step in (1, 2):
+        assert m8[step]["loss"] == pytest.approx(m1[step]["loss"], rel=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 encoder_params(tmp_path / "single"), encoder_params(tmp_path / "sharded"))
+
+
+@pytest.mark.parametrize("method", ["usjepa", "ijepa"])
+def test_kill_and_resume_is_exact(teacher_dir, tmp_path, monkeypatch, method):
+    config = smoke_config(**{"teacher.checkpoint": teacher_dir, "method": method, "log_every": 1,
+                             "checkpoint.every": 2, "optim.total_steps": 4})
+    train.train_and_evaluate(config, tmp_path / "straight")
+
+    real_global_batch, calls = train.sharding.global_batch, []
+
+    def dies_at_step_3(batch, mesh):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill at step 3")
+        return real_global_batch(batch, mesh)
+
+    monkeypatch.setattr(train.sharding, "global_batch", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, tmp_path / "resumed")
+    monkeypatch.setattr(train.sharding, "global_batch", real_global_batch)
+    train.train_and_evaluate(config, tmp_path / "resumed")
+
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    for step in (1, 2, 3, 4):
+        assert resumed[step]["loss"] == straight[step]["loss"], step
+    jax.tree.map(np.testing.assert_array_equal, encoder_params(tmp_path / "straight"),
+                 encoder_params(tmp_path / "resumed"))
+
+
+def test_resume_with_another_teacher_is_refused(teacher_dir, tmp_path):
+    config = smoke_config(**{"teacher.checkpoint": teacher_dir, "optim.total_steps": 2})
+    train.train_and_evaluate(config, tmp_path / "run")
+    other = tmp_path / "other_teacher"
+    teacher = load_teacher(teacher_dir)
+    from usjepa_jax.teacher import export_encoder
+    export_encoder(other, teacher.module, jax.tree.map(lambda x: x + 1.0, teacher.params), mean=0.5, std=0.5)
+    with pytest.raises(ValueError, match="Cannot resume"):
+        train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": str(other), "optim.total_steps": 4}),
+                                 tmp_path / "run")
+
+
+def test_pixel_method_learns(tmp_path):
+    config = smoke_config(**{"method": "pixel", "optim.total_steps": 30, "log_every": 5,
+                             "optim.warmup_steps": 3})
+    train.train_and_evaluate(config, tmp_path)
+    metrics = read_metrics(tmp_path)
+    assert metrics[30]["loss"] < metrics[5]["loss"]
+    assert (tmp_path / train.LOSS_CURVE_FILE).stat().st_size > 1000
+
+
+def test_main_smoke_runs_both_stages(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "usjepa_jax.main", "--config=configs/base.py:smoke",
+                             f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "teacher" / "encoder" / "model.json").exists()
+    assert (tmp_path / "encoder" / "model.json").exists()
+    assert "Stage 2" in result.stderr
+
+
+def test_config_typo_fails_before_compute(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "usjepa_jax.main", "--config=configs/base.py:smoke",
+                             f"--workdir={tmp_path}", "--config.optim.lr_peek=1e-3"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "lr_peek" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("method", "mea", "config.method='mea'"),
+    ("loss.kind", "huber", "config.loss.kind='huber'"),
+    ("model.variant", "Q/16", "config.model.variant"),
+    ("data.image_size", 50, "config.data.image_size=50"),
+    ("optim.warmup_steps", 10, "config.optim.warmup_steps=10"),
+    ("sharding.strategy", "zero3", "config.sharding.strategy"),
+])
+def test_bad_config_values_name_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        config_lib.validate(smoke_config(**{key: value}))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(teacher_dir, tmp_path):
+    config = smoke_config(**{"teacher.checkpoint": teacher_dir, "optim.total_steps": 4, "checkpoint.every": 2,
+                             "log_every": 1})
+    config.optim.lr_start = config.optim.lr_peak = config.optim.lr_end = 1e30  # blows up after one update
+    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+        train.train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "encoder").exists()

@@ -1,0 +1,98 @@
+"""One checkpoint = train state + the data iterator's position + run metadata (orbax ``CheckpointManager``).
+
+Items of a checkpoint step:
+- ``state``: the train state (params, optimizer state, step, EMA params), restored into abstract targets that
+  carry the *current* shardings, so a run written on 8 devices resumes on 1;
+- ``data``: the grain iterator state of every process (one JSON file per process), captured when ``save`` is
+  called (not later by a background thread), so the resumed run sees exactly the batches it would have seen;
+- ``meta``: JSON with the teacher's path and content hash and the config; resuming against a different teacher
+  is refused.
+
+The frozen teacher is never written here: it is recorded by path and hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    state: dict[str, Any]
+
+
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Saves a snapshot (a JSON-able dict) of this process's data-iterator state, one file per process."""
+
+    def save(self, directory: epath.Path, args: DataStateSave) -> None:
+        path = Path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path.write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> dict[str, Any]:
+        path = Path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not path.exists():
+            found = sorted(p.name for p in Path(directory).glob("process_*.json"))
+            raise FileNotFoundError(
+                f"No data-iterator state for process {jax.process_index()} of {jax.process_count()} in "
+                f"{directory} (found {found}). The data position can only be resumed with the same number of "
+                "processes; model state alone restores on any device count.")
+        return json.loads(path.read_text())
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def structure(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+ocp.args.register_with_handler(DataStateHandler, for_save=True)(DataStateSave)
+ocp.args.register_with_handler(DataStateHandler, for_restore=True)(DataStateRestore)
+
+
+def make_manager(directory: str | Path, *, max_to_keep: int = 3, keep_period: int | None = None,
+                 async_save: bool = True) -> ocp.CheckpointManager:
+    """Checkpoints under ``directory``: the last ``max_to_keep``, plus every multiple of ``keep_period``."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
+                                           enable_async_checkpointing=async_save)
+    return ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "data", "meta"),
+                                 options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict[str, Any] | None,
+         meta: dict[str, Any], *, force: bool = False) -> bool:
+    items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    if data_state is not None:
+        items["data"] = DataStateSave(data_state)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, *, with_data: bool = True
+            ) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    """Restore ``(state, data_state, meta)`` at ``step``; ``abstract_state`` carries the target shardings."""
+    items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    if with_data:
+        items["data"] = DataStateRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored.get("data") if with_data else None, restored["meta"]
+
+
+def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

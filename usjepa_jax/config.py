@@ -1,0 +1,157 @@
+"""The config schema: defaults for every key, and validation that fails before any compute.
+
+Experiment files in ``configs/`` start from ``default_config()`` and change what they need. ``validate`` checks
+values (method names, variants, divisibility of image and patch sizes, schedules...) and names the offending key;
+unknown keys are already refused by ``ConfigDict`` itself (CLI overrides of a missing key, or reading one).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from usjepa_jax import objectives
+from usjepa_jax.data.pipeline import default_data_config
+from usjepa_jax.masks import default_mask_config
+from usjepa_jax.models import vit
+
+METHODS = ("usjepa", "ijepa", "pixel")
+DTYPES = ("float32", "bfloat16")
+
+
+def model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
+    """An encoder: a variant of the table (``'B/16'``), optional size overrides (None = from the variant)."""
+    return ml_collections.ConfigDict(dict(
+        variant=variant,
+        width=ml_collections.FieldReference(None, field_type=int),
+        depth=ml_collections.FieldReference(None, field_type=int),
+        mlp_dim=ml_collections.FieldReference(None, field_type=int),
+        num_heads=ml_collections.FieldReference(None, field_type=int),
+        posemb="sincos2d",  # fixed 2-D sin-cos (I-JEPA) or "learn"
+        remat=False,  # activation rematerialisation of each block (trades compute for memory)
+        dtype="float32",  # compute dtype; parameters are always float32
+    ))
+
+
+def predictor_config(width: int = 384, depth: int = 12, num_heads: int = 12) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(width=width, depth=depth, num_heads=num_heads, mlp_ratio=4))
+
+
+def optim_config() -> ml_collections.ConfigDict:
+    """AdamW; lr linear warm-up ``lr_start -> lr_peak`` then cosine to ``lr_end``; wd cosine ``wd_start -> wd_end``.
+
+    Paper values (batch 128, 100 epochs, 10 warm-up): 5e-6 -> 5e-5 -> 5e-7, wd 0.04 -> 0.4.
+    """
+    return ml_collections.ConfigDict(dict(
+        batch_size=128,  # global batch over all processes and devices
+        total_steps=100_000,
+        warmup_steps=10_000,
+        lr_start=5e-6, lr_peak=5e-5, lr_end=5e-7,
+        wd_start=0.04, wd_end=0.4,
+        b1=0.9, b2=0.999,
+        grad_clip=ml_collections.FieldReference(None, field_type=float),  # global-norm clip, None = off
+        grad_accum_steps=1,  # split each global batch into this many sequential micro-batches (memory)
+    ))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # usjepa: latent prediction against a frozen teacher (stage 1 trains one here when none is given);
+    # ijepa: the EMA-teacher baseline; pixel: masked pixel reconstruction (MAE-style baseline / SALT stage 1).
+    c.method = "usjepa"
+    c.model = model_config("B/16")
+    c.predictor = predictor_config()
+    c.masks = default_mask_config()
+    c.data = default_data_config()
+    c.loss = ml_collections.ConfigDict(dict(
+        kind="smooth_l1",  # latent loss: smooth_l1 (beta 1) | l1 (SALT stage 2) | l2
+        normalize_targets=True,  # layer-norm teacher targets over features (I-JEPA); US-JEPA is silent
+        normalize_pixels=True,  # pixel method: per-patch normalised targets (MAE)
+    ))
+    c.optim = optim_config()
+    c.ema = ml_collections.ConfigDict(dict(start=0.996, end=1.0))  # ijepa only: momentum, linear over training
+    c.teacher = ml_collections.ConfigDict(dict(
+        # Path of a frozen teacher: an exported encoder directory (``<run>/encoder``). Empty: stage 1 trains a
+        # pixel-reconstruction teacher into ``<workdir>/teacher`` first (reused when already there).
+        checkpoint="",
+        # Stage 1 (SALT): the teacher's encoder, its light pixel decoder and its own optimisation.
+        model=model_config("B/16"),
+        decoder=predictor_config(width=384, depth=4, num_heads=12),
+        optim=optim_config(),
+    ))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
+    c.sharding = ml_collections.ConfigDict(dict(strategy="replicate"))  # replicate (data parallel) | fsdp
+    c.log_every = 50
+    c.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, keep_period=0, async_save=True))
+    return c
+
+
+def encoder_kwargs(model_cfg: ml_collections.ConfigDict) -> dict:
+    """Keyword arguments of ``VisionTransformer`` from a model config (variant + non-None overrides)."""
+    kwargs = vit.parse_variant(model_cfg.variant)
+    for key in ("width", "depth", "mlp_dim", "num_heads"):
+        if model_cfg[key] is not None:
+            kwargs[key] = model_cfg[key]
+    kwargs.update(posemb=model_cfg.posemb, remat=model_cfg.remat)
+    return kwargs
+
+
+def _check(condition: bool, key: str, value, expected: str) -> None:
+    if not condition:
+        raise ValueError(f"config.{key}={value!r} is invalid: {expected}.")
+
+
+def _validate_model(prefix: str, model_cfg: ml_collections.ConfigDict, image_size: int) -> None:
+    try:
+        kwargs = encoder_kwargs(model_cfg)
+    except ValueError as e:
+        raise ValueError(f"config.{prefix}.variant: {e}") from None
+    _check(model_cfg.posemb in ("sincos2d", "learn"), f"{prefix}.posemb", model_cfg.posemb, "sincos2d or learn")
+    _check(model_cfg.dtype in DTYPES, f"{prefix}.dtype", model_cfg.dtype, f"one of {DTYPES}")
+    _check(kwargs["width"] % kwargs["num_heads"] == 0, f"{prefix}.width", kwargs["width"],
+           f"divisible by num_heads={kwargs['num_heads']}")
+    _check(image_size % kwargs["patch_size"] == 0, "data.image_size", image_size,
+           f"divisible by the patch size {kwargs['patch_size']} of {prefix}.variant={model_cfg.variant!r}")
+
+
+def _validate_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
+    _check(o.batch_size >= 1, f"{prefix}.batch_size", o.batch_size, "at least 1")
+    _check(o.total_steps >= 1, f"{prefix}.total_steps", o.total_steps, "at least 1")
+    _check(0 <= o.warmup_steps <= o.total_steps, f"{prefix}.warmup_steps", o.warmup_steps,
+           f"between 0 and total_steps={o.total_steps}")
+    for key in ("lr_start", "lr_peak", "lr_end", "wd_start", "wd_end"):
+        _check(o[key] >= 0, f"{prefix}.{key}", o[key], "non-negative")
+    _check(o.grad_clip is None or o.grad_clip > 0, f"{prefix}.grad_clip", o.grad_clip, "None or positive")
+    _check(o.grad_accum_steps >= 1 and o.batch_size % o.grad_accum_steps == 0, f"{prefix}.grad_accum_steps",
+           o.grad_accum_steps, f"at least 1 and a divisor of batch_size={o.batch_size}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the key for any invalid value. Cheap: runs before any device work."""
+    _check(config.method in METHODS, "method", config.method, f"one of {METHODS}")
+    _check(config.loss.kind in objectives.LOSS_KINDS, "loss.kind", config.loss.kind,
+           f"one of {objectives.LOSS_KINDS}")
+    _validate_model("model", config.model, config.data.image_size)
+    _validate_optim("optim", config.optim)
+    _check(config.sharding.strategy in ("replicate", "fsdp"), "sharding.strategy", config.sharding.strategy,
+           "replicate or fsdp")
+    _check(config.log_every >= 1, "log_every", config.log_every, "at least 1")
+    _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, "at least 1")
+    _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")
+    if config.method == "usjepa" and not config.teacher.checkpoint:
+        _validate_model("teacher.model", config.teacher.model, config.data.image_size)
+        _validate_optim("teacher.optim", config.teacher.optim)
+        _check(vit.parse_variant(config.teacher.model.variant)["patch_size"]
+               == vit.parse_variant(config.model.variant)["patch_size"], "teacher.model.variant",
+               config.teacher.model.variant, "the same patch size as model.variant (targets are per patch)")
+
+
+def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The SALT stage-1 run derived from a US-JEPA config: pixel reconstruction with the teacher's encoder,
+    decoder and optimisation, the same data, masks, mesh and checkpointing."""
+    stage1 = ml_collections.ConfigDict(config.to_dict())
+    stage1.method = "pixel"
+    stage1.model = config.teacher.model
+    stage1.predictor = config.teacher.decoder
+    stage1.optim = config.teacher.optim
+    return stage1

@@ -1,0 +1,172 @@
+"""The grain input pipeline that the trainer consumes.
+
+``MapDataset.source`` -> shuffle (seeded, reshuffled every epoch) -> repeat -> per-process slice
+``[process_index::process_count]`` -> augmentations (off by default, at render resolution) -> resize to the
+model's input -> per-example mask sampling (``masks.py``, in numpy) -> batch (fixed shapes) -> ``to_iter_dataset``
+-> multiprocess prefetch when ``worker_count > 0``.
+
+Every random step is a grain ``RandomMap`` seeded from the config, so the stream of batches is a pure function of
+(seed, step): the iterator's ``get_state()`` / ``set_state()`` resume it exactly, workers included.
+
+Batch (per process, ``B = global_batch_size // process_count``): ``image`` uint8 ``[B, S, S, 1]`` (uint8 keeps
+host-to-device traffic 4x smaller; the trainer normalises on device with ``data.mean``/``data.std``),
+``label`` int32 ``[B]``, ``scan_mask`` uint8 ``[B, S, S]``, ``index`` int32 ``[B]``, plus the mask sampler's keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import scipy.ndimage
+from PIL import Image
+
+from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource, derive_seed
+
+SPLITS = {"train": 0, "val": 1, "test": 2}
+SOURCES = ("synthetic",)
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    simulator = {k: list(v) if isinstance(v, tuple) else v
+                 for k, v in dataclasses.asdict(SimulatorConfig()).items()}
+    return ml_collections.ConfigDict(dict(
+        source="synthetic",  # the built-in simulator (data/synthetic.py)
+        image_size=224,  # model input (square); rendered images are resized to it
+        num_train=100_000,  # images per epoch of the train split
+        num_val=1_000,  # held-out images (disjoint anatomy seeds)
+        mean=0.5, std=0.5,  # on-device normalisation (x / 255 - mean) / std
+        synthetic=simulator,  # SimulatorConfig fields; synthetic.image_size is the render resolution
+        augment=dict(
+            enabled=False,  # the method is augmentation-free (I-JEPA sense); the paper's list is a switch
+            random_resized_crop_scale=(0.6, 1.0), random_resized_crop_ratio=(0.75, 4 / 3),
+            hflip=True, vflip=True,
+            blur_prob=0.5, blur_sigma=(0.2, 1.5),
+            speckle_prob=0.5, speckle_sigma=(0.05, 0.3), speckle_correlation=1.5,
+            contrast_prob=0.5, contrast_range=(0.7, 1.3),
+        ),
+        shuffle=True,
+        worker_count=0,  # grain worker processes (0: in the training process)
+        worker_buffer_size=2,  # batches buffered per worker
+    ))
+
+
+def simulator_config(data_config: ml_collections.ConfigDict) -> SimulatorConfig:
+    fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
+    unknown = set(data_config.synthetic) - fields
+    if unknown:
+        raise ValueError(f"config.data.synthetic: unknown keys {sorted(unknown)}; known: {sorted(fields)}.")
+    values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in data_config.synthetic.items()}
+    return SimulatorConfig(**values)
+
+
+def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
+    if data_config.source not in SOURCES:
+        raise ValueError(f"config.data.source={data_config.source!r}: expected one of {SOURCES}.")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
+    num = data_config.num_train if split == "train" else data_config.num_val
+    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config))
+
+
+# ------------------------------------------------------------------------------------------------ transforms
+def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
+    if array.shape[:2] == (size, size):
+        return array
+    return np.asarray(Image.fromarray(array).resize((size, size), resample))
+
+
+class Augment(grain.transforms.RandomMap):
+    """The paper's augmentations, each a switch: random resized crop, flips, blur, speckle, contrast."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = dict(cfg)
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        c = self.cfg
+        image, mask = element["image"], element["scan_mask"].astype(np.uint8)
+        size = image.shape[0]
+        # Random resized crop (area fraction and aspect ratio), back to the same size.
+        scale = rng.uniform(*c["random_resized_crop_scale"])
+        ratio = np.exp(rng.uniform(*np.log(c["random_resized_crop_ratio"])))
+        w = int(min(size, round(size * np.sqrt(scale * ratio))))
+        h = int(min(size, round(size * np.sqrt(scale / ratio))))
+        top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        image = _resize(image[top:top + h, left:left + w], size, Image.BILINEAR)
+        mask = _resize(mask[top:top + h, left:left + w], size, Image.NEAREST)
+        if c["hflip"] and rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if c["vflip"] and rng.random() < 0.5:
+            image, mask = image[::-1], mask[::-1]
+        x = image.astype(np.float32)
+        if rng.random() < c["blur_prob"]:
+            x = scipy.ndimage.gaussian_filter(x, rng.uniform(*c["blur_sigma"]))
+        if rng.random() < c["speckle_prob"]:  # multiplicative correlated speckle I * (1 + eta * K)
+            k = scipy.ndimage.gaussian_filter(rng.standard_normal(x.shape).astype(np.float32),
+                                              c["speckle_correlation"])
+            k /= k.std() + 1e-6
+            x = x * (1.0 + rng.uniform(*c["speckle_sigma"]) * k)
+        if rng.random() < c["contrast_prob"]:  # contrast around the median inside the scan region
+            inside = mask > 0
+            median = float(np.median(x[inside])) if inside.any() else 0.0
+            x = median + (x - median) * rng.uniform(*c["contrast_range"])
+        x = np.where(mask > 0, x, 0.0)
+        return dict(element, image=np.clip(np.rint(x), 0, 255).astype(np.uint8), scan_mask=mask.astype(bool))
+
+
+class ToModelInput(grain.transforms.Map):
+    """Resize to the model's input; ``image`` ``[S, S, 1]`` uint8, ``scan_mask`` uint8; drops the segmentation."""
+
+    def __init__(self, image_size: int):
+        self.image_size = image_size
+
+    def map(self, element: dict) -> dict:
+        image = _resize(element["image"], self.image_size, Image.BILINEAR)
+        mask = _resize(element["scan_mask"].astype(np.uint8), self.image_size, Image.NEAREST)
+        image = np.where(mask > 0, image, 0).astype(np.uint8)  # interpolation must not leak past the scan edge
+        return dict(image=image[..., None], scan_mask=mask, label=np.int32(element["label"]),
+                    index=np.int32(element["index"]))
+
+
+class SampleMasks(grain.transforms.RandomMap):
+    """Per-example context/target masks from a ``MultiBlockMaskSampler`` (fixed shapes), merged into the example."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def random_map(self, element: dict, rng: np.random.Generator) -> dict:
+        return dict(element, **self.sampler(rng, scan_mask=element["scan_mask"]))
+
+
+# ------------------------------------------------------------------------------------------------ dataset
+def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: int, split: str = "train",
+                  seed: int, mask_sampler=None, process_index: int | None = None, process_count: int | None = None,
+                  num_epochs: int | None = None, drop_remainder: bool = True, shuffle: bool | None = None
+                  ) -> grain.IterDataset:
+    """The batched iterable dataset of this process. ``num_epochs=None`` repeats forever (train default)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes.")
+    shuffle = data_config.shuffle and split == "train" if shuffle is None else shuffle
+
+    ds = grain.MapDataset.source(make_source(data_config, split, seed))
+    if shuffle:
+        ds = ds.shuffle(seed=derive_seed(seed, 10) % 2**32)
+    ds = ds.repeat(num_epochs)
+    ds = ds[process_index::process_count]
+    if data_config.augment.enabled and split == "train":
+        ds = ds.random_map(Augment(data_config.augment.to_dict()), seed=derive_seed(seed, 11) % 2**32)
+    ds = ds.map(ToModelInput(data_config.image_size))
+    if mask_sampler is not None:
+        ds = ds.random_map(SampleMasks(mask_sampler), seed=derive_seed(seed, 12) % 2**32)
+    ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
+    iter_ds = ds.to_iter_dataset()
+    if data_config.worker_count > 0:
+        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count,
+                                                                   per_worker_buffer_size=data_config.worker_buffer_size))
+    return iter_ds

@@ -1,0 +1,79 @@
+"""Command-line entry: ``python -m usjepa_jax.main --config=configs/base.py --workdir=DIR``.
+
+Kept tiny so that the logic lives in ``train.py``, which tests and notebooks import. Config overrides work as
+``--config.optim.lr_peak=1e-4``; a typo in a key fails here, before any compute.
+"""
+
+import logging as logging_std
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from usjepa_jax import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exported encoders.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-process runs started by hand.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (with --coordinator_address).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", None, "Force (True) or forbid (False) jax.distributed "
+                                 "initialisation; by default it happens when a multi-process launcher is detected.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _multi_process_launcher() -> bool:
+    """Cloud TPU pod slices, SLURM and MPI set these; jax.distributed.initialize() then finds its peers itself."""
+    env = os.environ
+    return (len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1 or int(env.get("SLURM_NTASKS", "1")) > 1
+            or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
+
+
+def initialize_distributed() -> None:
+    """``jax.distributed.initialize`` when this is one of several processes (must precede any other jax use)."""
+    import jax
+
+    if _COORDINATOR.value:
+        if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif _DISTRIBUTED.value or (_DISTRIBUTED.value is None and _multi_process_launcher()):
+        jax.distributed.initialize()
+    else:
+        return
+    logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+class _QuietLibraries(logging_std.Filter):
+    """Drop the INFO chatter of orbax and grain (one line per checkpoint file) so progress lines stay readable."""
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return record.levelno >= logging_std.WARNING or not any(
+            f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "grain"))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    config = _CONFIG.value
+    config_lib.validate(config)  # before jax touches a device
+    initialize_distributed()
+    from usjepa_jax import train  # deferred so that flag/config errors come first and fast
+
+    import jax
+
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)  # one process logs progress
+    logging.info("Config:\n%s", config)
+    try:
+        train.train_and_evaluate(config, _WORKDIR.value)
+    except train.Preempted as e:
+        logging.warning("%s", e)  # a clean exit: the checkpoint is written, the rerun resumes exactly
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,82 @@
+"""Device mesh, parameter sharding rules and batch placement.
+
+The mesh has two axes, ``('data', 'fsdp')``. The global batch is split over both (every device sees a different
+slice of the batch). Parameters (and the optimizer state, and the frozen teacher) follow one rule per leaf:
+
+- ``replicate`` (default, data parallelism): every device holds every parameter;
+- ``fsdp``: each leaf is split along its largest dimension divisible by the ``fsdp`` axis size over that axis
+  (ZeRO-3 style); leaves with no such dimension, and scalars, are replicated.
+
+Rules depend on shapes only, so the shardings of the train state are derived from ``jax.eval_shape`` before
+anything is allocated, and a checkpoint restores into the shardings of the *current* mesh whatever mesh wrote it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+STRATEGIES = ("replicate", "fsdp")
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, devices: list[jax.Device] | None = None) -> Mesh:
+    """Mesh ``('data', 'fsdp')`` of shape ``(data, fsdp)``; ``-1`` takes all devices left over.
+
+    Axis types are Auto (linen's sharding constraints want Auto; ``jax.make_mesh`` defaults to Explicit).
+    """
+    devices = list(jax.devices()) if devices is None else list(devices)
+    n = len(devices)
+    if data == -1 and fsdp == -1:
+        raise ValueError("mesh: at most one of mesh.data and mesh.fsdp may be -1.")
+    if data == -1:
+        data = n // fsdp if fsdp > 0 and n % fsdp == 0 else 0
+    if fsdp == -1:
+        fsdp = n // data if data > 0 and n % data == 0 else 0
+    if data < 1 or fsdp < 1 or data * fsdp > n or (data * fsdp < n and jax.process_count() > 1):
+        raise ValueError(f"mesh: data={data} x fsdp={fsdp} does not fit the {n} available devices.")
+    devices = devices[: data * fsdp]  # a single process may use fewer devices than it has (tests, debugging)
+    # make_mesh orders devices by the physical topology (matters on TPU slices).
+    return jax.make_mesh((data, fsdp), MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+
+
+def leaf_spec(shape: tuple[int, ...], strategy: str, fsdp_size: int) -> PartitionSpec:
+    """PartitionSpec of one parameter-like leaf of ``shape`` under ``strategy``."""
+    if strategy == "replicate" or fsdp_size == 1 or not shape:
+        return PartitionSpec()
+    if strategy != "fsdp":
+        raise ValueError(f"sharding.strategy={strategy!r}: expected one of {STRATEGIES}.")
+    # Largest dimension that divides evenly; ties go to the earliest dimension.
+    candidates = [(size, -axis) for axis, size in enumerate(shape) if size % fsdp_size == 0]
+    if not candidates:
+        return PartitionSpec()
+    axis = -max(candidates)[1]
+    spec: list[Any] = [None] * len(shape)
+    spec[axis] = "fsdp"
+    return PartitionSpec(*spec)
+
+
+def tree_shardings(abstract_tree: Any, mesh: Mesh, strategy: str) -> Any:
+    """NamedShardings for every leaf of an abstract (``jax.ShapeDtypeStruct``) or concrete tree."""
+    fsdp_size = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, leaf_spec(tuple(np.shape(x)), strategy, fsdp_size)),
+                        abstract_tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over every device of the mesh."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assemble the global batch from this process's slice (each process passes its own rows)."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
