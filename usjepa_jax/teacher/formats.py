@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,7 +73,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray],
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     chunks, offset = [], 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name], order="C")  # (ascontiguousarray would make scalars 1-d)
         arr = arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.byteorder == ">" else arr
         if arr.dtype not in _DTYPE_NAMES:
             raise ValueError(f"Cannot write tensor {name!r} of dtype {arr.dtype} to safetensors.")
@@ -119,10 +120,12 @@ def read_torch(path: str | Path) -> dict[str, np.ndarray]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle.UnpicklingError (or RuntimeError in some versions)
         if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e) or "Weights only" in str(e):
-            reason = str(e).strip().splitlines()
+            lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
+            useful = [line for line in lines if "Unsupported" in line or "WeightsUnpickler" in line]
+            reason = (useful or [line for line in lines if line] or [type(e).__name__])[0]
             raise ValueError(
                 f"Refusing to load {path}: it is a pickle that needs more than tensors and plain containers "
-                f"(torch.load(weights_only=True) failed: {reason[0] if reason else type(e).__name__}). Loading it "
+                f"(torch.load(weights_only=True) failed: {reason}). Loading it "
                 f"fully could run arbitrary code. If you trust the file, convert it to safetensors in a separate "
                 f"environment (e.g. safetensors.torch.save_file(state_dict, 'model.safetensors')) and load "
                 f"that.") from None

@@ -1,0 +1,175 @@
+"""Teacher command line: convert a ViT checkpoint once, export ours to timm, inspect either.
+
+    python -m usjepa_jax.teacher convert --input vit_b16.safetensors --output teachers/urfm \\
+        [--format auto] [--num-heads 12] [--image-size 224] [--mean 0.5 0.5 0.5 --std 0.5 0.5 0.5]
+    python -m usjepa_jax.teacher export --workdir runs/usjepa --output usjepa_vit.safetensors [--which encoder]
+    python -m usjepa_jax.teacher inspect PATH
+
+``convert`` writes an exported-encoder directory (``model.json`` + ``params/``) usable as
+``config.teacher.checkpoint`` and prints what it found. ``export`` writes ``RUN/encoder`` (``--which encoder``)
+or ``RUN/teacher/encoder`` (``--which teacher``, the stage-1 pixel teacher) as a timm ``VisionTransformer``
+state dict in safetensors, with ``<output stem>.json`` next to it holding the timm model args and the input
+normalisation; in PyTorch::
+
+    cfg = json.load(open('usjepa_vit.json'))
+    model = timm.models.vision_transformer.VisionTransformer(**cfg['model_args'])
+    model.load_state_dict(safetensors.torch.load_file('usjepa_vit.safetensors'))
+    tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from usjepa_jax.teacher import (
+    IMAGENET_MEAN,
+    export_encoder,
+    formats,
+    is_exported_encoder,
+    load_encoder,
+    params_hash,
+    read_exported_encoder,
+)
+from usjepa_jax.teacher import convert as convert_lib
+
+ENCODER_DIR = "encoder"  # mirrors usjepa_jax.train (not imported: the CLI stays light)
+TEACHER_DIR = "teacher"
+
+
+def _stat_arg(values: list[float] | None) -> Any:
+    if values is None:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def describe(enc: Any, content_hash: str) -> str:
+    vit = enc.vit
+    n = sum(int(np.asarray(x).size) for x in convert_lib.flatten_params(enc.params).values())
+    lines = [
+        f"source:        {enc.path} ({', '.join(f'{k}={v}' for k, v in enc.source.items() if k != 'notes' and v)})",
+        (f"architecture:  ViT width {vit['width']}, depth {vit['depth']}, heads {vit['num_heads']}, "
+        f"mlp {vit['mlp_dim']}, patch {vit['patch_size']}, posemb {vit['posemb']}, "
+        f"class_token {vit['class_token']}"),
+        f"input:         {enc.in_channels} channel(s), image size {enc.image_size}, mean {enc.mean}, std {enc.std}",
+        f"parameters:    {n:,}",
+        f"content hash:  {content_hash}",
+    ]
+    lines += [f"note:          {note}" for note in enc.source.get("notes", [])]
+    return "\n".join(lines)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    enc = load_encoder(args.input, image_size=args.image_size, num_heads=args.num_heads,
+                       mean=_stat_arg(args.mean), std=_stat_arg(args.std), fmt=args.format, resample=args.resample)
+    module = convert_lib.VisionTransformer(**enc.vit)
+    source = {k: v for k, v in enc.source.items() if v}
+    content_hash = export_encoder(args.output, module, enc.params, mean=enc.mean, std=enc.std,
+                                  in_channels=enc.in_channels, image_size=enc.image_size, source=source)
+    print(describe(enc, content_hash))
+    print(f"wrote:         {Path(args.output).absolute()} (use as config.teacher.checkpoint)")
+
+
+def _encoder_dir(workdir: Path, which: str) -> Path:
+    if is_exported_encoder(workdir):
+        return workdir
+    directory = workdir / ENCODER_DIR if which == "encoder" else workdir / TEACHER_DIR / ENCODER_DIR
+    if not is_exported_encoder(directory):
+        raise SystemExit(f"error: {directory} is not an exported encoder (model.json + params/); "
+                         f"--which {which} expects it in {workdir}.")
+    return directory
+
+
+def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | None = None) -> dict[str, Any]:
+    """Write an exported encoder as a timm state dict (safetensors) + ``<stem>.json``; returns that JSON."""
+    spec, params = read_exported_encoder(encoder_dir)
+    vit = spec["vit"]
+    module = convert_lib.VisionTransformer(**vit)
+    size = image_size or spec.get("image_size")
+    if size is None and vit["posemb"] == "sincos2d":
+        raise SystemExit(f"error: {encoder_dir} uses sin-cos position embeddings and its model.json records no "
+                         f"image_size: pass --image-size (the resolution it was trained at).")
+    size = tuple(size) if isinstance(size, list) else size
+    in_channels = spec.get("in_channels", 1)
+    state, model_args = convert_lib.to_timm_state_dict(module, params, image_size=size, in_channels=in_channels)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    formats.write_safetensors(output, state, metadata={"format": "pt", "usjepa_content_hash": spec["content_hash"]})
+
+    def per_channel(value: Any) -> list[float]:
+        return list(value) if isinstance(value, list | tuple) else [float(value)] * in_channels
+
+    img = model_args["img_size"]
+    meta = {"architecture": "vision_transformer", "model_args": model_args,
+            "pretrained_cfg": {"input_size": [in_channels, *(img if isinstance(img, list) else [img, img])],
+                               "mean": per_channel(spec["mean"]), "std": per_channel(spec["std"]),
+                               "interpolation": "bicubic"},
+            "num_features": vit["width"],
+            "usjepa": {"encoder": str(Path(encoder_dir).absolute()), "content_hash": spec["content_hash"],
+                       "state_dict_hash": params_hash(state),
+                       "output": "forward_features(x)[:, model.num_prefix_tokens:] are the patch tokens"}}
+    output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    directory = _encoder_dir(Path(args.workdir), args.which)
+    meta = export_timm(directory, args.output, args.image_size)
+    print(f"exported:      {directory}")
+    print(f"timm args:     {json.dumps(meta['model_args'])}")
+    print(f"wrote:         {Path(args.output).absolute()} and {Path(args.output).with_suffix('.json').absolute()}")
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    enc = load_encoder(args.path, num_heads=args.num_heads, fmt=args.format)
+    print(describe(enc, params_hash(enc.params)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work
+    parser = argparse.ArgumentParser(prog="python -m usjepa_jax.teacher", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="convert a checkpoint to an exported encoder directory")
+    c.add_argument("--input", required=True, help=".safetensors/.npz/.pth file, exported encoder or HF directory")
+    c.add_argument("--output", required=True, help="exported encoder directory to write")
+    c.add_argument("--format", default="auto", choices=formats.FORMATS)
+    c.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads (not in the weights; default: sidecar JSON, else the VARIANTS entry of "
+                        "the same width/depth, else width // 64)")
+    c.add_argument("--image-size", type=int, default=None,
+                   help="resolution the teacher will see; learned pos_embed is resampled to its grid")
+    c.add_argument("--resample", default="bicubic", choices=convert_lib.RESAMPLE_METHODS)
+    c.add_argument("--mean", type=float, nargs="+", default=None,
+                   help=f"input mean, one or per channel (default: sidecar JSON, else ImageNet {IMAGENET_MEAN})")
+    c.add_argument("--std", type=float, nargs="+", default=None, help="input std, one or per channel")
+    c.set_defaults(func=cmd_convert)
+    e = sub.add_parser("export", help="write a run's encoder as a timm state dict (safetensors) + JSON args")
+    e.add_argument("--workdir", required=True, help="training run directory (or an exported encoder directory)")
+    e.add_argument("--output", required=True, help="FILE.safetensors (FILE.json is written next to it)")
+    e.add_argument("--which", default="encoder", choices=("encoder", "teacher"),
+                   help="encoder: RUN/encoder; teacher: RUN/teacher/encoder (the stage-1 pixel teacher)")
+    e.add_argument("--image-size", type=int, default=None,
+                   help="needed for sin-cos encoders whose model.json records no image_size")
+    e.set_defaults(func=cmd_export)
+    i = sub.add_parser("inspect", help="print what a checkpoint holds")
+    i.add_argument("path")
+    i.add_argument("--format", default="auto", choices=formats.FORMATS)
+    i.add_argument("--num-heads", type=int, default=None)
+    i.set_defaults(func=cmd_inspect)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
