@@ -290,8 +290,8 @@ def test_pth_ijepa_checkpoint(tmp_path, ref):
     checkpoint = {"target_encoder": {f"module.{k}": torch.from_numpy(v.copy()) for k, v in sd.items()},
                   "encoder": {f"module.{k}": torch.zeros(v.shape) for k, v in sd.items()},
                   "epoch": 10, "lr": 1e-3}
-    torch.save(checkpoint, tmp_path / "ijepa.pth.tar" if False else tmp_path / "ijepa.pth")
-    teacher = load_teacher(tmp_path / "ijepa.pth", num_heads=2, mean=FIXTURE_MEAN, std=FIXTURE_STD)
+    torch.save(checkpoint, tmp_path / "ijepa.pth.tar")  # official I-JEPA name; zip content tells the format
+    teacher = load_teacher(tmp_path / "ijepa.pth.tar", num_heads=2, mean=FIXTURE_MEAN, std=FIXTURE_STD)
     assert max_err(jax.jit(teacher.embed)(teacher.params, jnp.asarray(ref["images"])), ref["tokens_nocls"]) <= TOL
     bf16 = {f"module.{k}": torch.from_numpy(v.copy()).bfloat16() for k, v in sd.items()}
     torch.save(bf16, tmp_path / "bf16.pt")
@@ -299,13 +299,15 @@ def test_pth_ijepa_checkpoint(tmp_path, ref):
 
 
 # ------------------------------------------------------------------------------------------------ live timm
-@pytest.mark.parametrize("kwargs", [{"class_token": True}, {"class_token": False},
-                                    {"class_token": True, "no_embed_class": True}, {"qkv_bias": False, "in_chans": 1},
-                                    {"img_size": 48, "patch_size": 16, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2.0}])
+@pytest.mark.parametrize("kwargs", [
+    {"class_token": True}, {"class_token": False}, {"class_token": True, "no_embed_class": True},
+    {"qkv_bias": False, "in_chans": 1},
+    {"img_size": 48, "patch_size": 16, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 2.0}])
 def test_live_timm_equivalence(tmp_path, kwargs):
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
-    args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0, "global_pool": ""}
+    args = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": 0,
+            "global_pool": ""}
     args |= kwargs
     torch.manual_seed(0)
     model = timm.models.vision_transformer.VisionTransformer(**args).eval()

@@ -161,6 +161,8 @@ def detect_format(path: str | Path) -> str:
         import zipfile
         with zipfile.ZipFile(path) as z:
             return "npz" if all(n.endswith(".npy") for n in z.namelist()) else "torch"
+    if head[:1] == b"\x80":  # a bare pickle (legacy torch.save, or pickle.dump of a state dict)
+        return "torch"
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
     raise ValueError(f"{path}: cannot tell the checkpoint format from its name or content; pass the format "
