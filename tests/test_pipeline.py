@@ -88,3 +88,18 @@ def test_unknown_simulator_key_is_named():
     config.synthetic.dynamic_range = 50
     with pytest.raises(ValueError, match="dynamic_range"):
         pipeline.build_dataset(config, global_batch_size=4, seed=0)
+
+
+def test_examples_do_not_depend_on_the_process_count():
+    config = small_config(enabled=True)
+    single = next(iter(pipeline.build_dataset(config, global_batch_size=4, seed=0, mask_sampler=DummyMasks())))
+    rows = {}
+    for p in range(2):
+        part = next(iter(pipeline.build_dataset(config, global_batch_size=4, seed=0, mask_sampler=DummyMasks(),
+                                                process_index=p, process_count=2)))
+        for i, index in enumerate(part["index"]):
+            rows[int(index)] = {k: v[i] for k, v in part.items()}
+    assert sorted(rows) == sorted(single["index"].tolist())
+    for i, index in enumerate(single["index"]):
+        for key in single:
+            np.testing.assert_array_equal(single[key][i], rows[int(index)][key])

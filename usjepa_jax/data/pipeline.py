@@ -1,9 +1,9 @@
 """The grain input pipeline that the trainer consumes.
 
-``MapDataset.source`` -> shuffle (seeded, reshuffled every epoch) -> repeat -> per-process slice
-``[process_index::process_count]`` -> augmentations (off by default, at render resolution) -> resize to the
-model's input -> per-example mask sampling (``masks.py``, in numpy) -> batch (fixed shapes) -> ``to_iter_dataset``
--> multiprocess prefetch when ``worker_count > 0``.
+``MapDataset.source`` -> shuffle (seeded, reshuffled every epoch) -> repeat -> augmentations (off by default,
+at render resolution) -> resize to the model's input -> per-example mask sampling (``masks.py``, in numpy) ->
+per-process slice ``[process_index::process_count]`` -> batch (fixed shapes) -> ``to_iter_dataset`` ->
+multiprocess prefetch when ``worker_count > 0``.
 
 Every random step is a grain ``RandomMap`` seeded from the config, so the stream of batches is a pure function of
 (seed, step): the iterator's ``get_state()`` / ``set_state()`` resume it exactly, workers included.
@@ -158,12 +158,15 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     if shuffle:
         ds = ds.shuffle(seed=derive_seed(seed, 10) % 2**32)
     ds = ds.repeat(num_epochs)
-    ds = ds[process_index::process_count]
+    # Random transforms run before the per-process slice (MapDataset is lazy: each process still computes only
+    # its own elements), so every element's augmentation and masks depend on its global position only: the
+    # same seed gives the same global batches whatever the number of processes.
     if data_config.augment.enabled and split == "train":
         ds = ds.random_map(Augment(data_config.augment.to_dict()), seed=derive_seed(seed, 11) % 2**32)
     ds = ds.map(ToModelInput(data_config.image_size))
     if mask_sampler is not None:
         ds = ds.random_map(SampleMasks(mask_sampler), seed=derive_seed(seed, 12) % 2**32)
+    ds = ds[process_index::process_count]
     ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
     iter_ds = ds.to_iter_dataset()
     if data_config.worker_count > 0:
