@@ -275,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 logging.info("Stage 1: training the pixel-reconstruction teacher in %s", stage1_dir)
                 train_and_evaluate(config_lib.stage1_config(config), stage1_dir)
             logging.info("Stage 2: training the student against the frozen teacher")
-        teacher = load_teacher(teacher_path, dtype=jnp.dtype(config.model.dtype))
+        teacher = load_teacher(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
     return _train(config, workdir, teacher)
 
 
@@ -330,6 +330,9 @@ def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | No
                                  normalize_images(images, config.data.mean, config.data.std, encoder.dtype))[0]
     else:
         out_dim, teacher_embed = teacher.width, teacher.embed
+        if teacher.module.patch_size != encoder.patch_size:  # targets are gathered on the student's patch grid
+            raise ValueError(f"Teacher {teacher.path} has patch size {teacher.module.patch_size}, the student "
+                             f"{encoder.patch_size}: their patch grids must match.")
     predictor = build_predictor(config, grid, out_dim)
 
     # ---- optimizer, abstract state, shardings by rule.
@@ -456,7 +459,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
 
     # ---- export the trained encoder (a teacher for later runs, and the evaluation's input).
     export_encoder(workdir / ENCODER_DIR, trainer.encoder, state.params["encoder"], mean=config.data.mean,
-                   std=config.data.std)
+                   std=config.data.std, image_size=config.data.image_size)
     if is_main:
         curve = write_loss_curve(workdir)
         logging.info("Done: encoder in %s, loss curve in %s", workdir / ENCODER_DIR, curve)
