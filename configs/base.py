@@ -38,6 +38,7 @@ def get_config(arg: str | None = None):
     c.teacher.optim.warmup_steps = 20
 
     c.log_every = 20
+    c.eval_every = 100
     c.checkpoint.every = 200
     if arg:
         apply_variants(c, arg)

@@ -30,7 +30,11 @@ def smoke_config(**overrides):
 
 
 def read_metrics(workdir):
-    return {r["step"]: r for r in map(json.loads, (Path(workdir) / train.METRICS_FILE).read_text().splitlines())}
+    """step -> merged metrics (training and validation rows of a step are separate lines)."""
+    merged = {}
+    for row in map(json.loads, (Path(workdir) / train.METRICS_FILE).read_text().splitlines()):
+        merged.setdefault(row["step"], {}).update(row)
+    return merged
 
 
 def encoder_params(workdir):
@@ -170,3 +174,15 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(teacher_dir, tmp_
     with pytest.raises(FloatingPointError, match="last good checkpoint"):
         train.train_and_evaluate(config, tmp_path)
     assert not (tmp_path / "encoder").exists()
+
+
+def test_validation_loss_keeps_the_best_encoder(tmp_path):
+    config = smoke_config(**{"method": "pixel", "optim.total_steps": 4, "eval_every": 2})
+    train.train_and_evaluate(config, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / train.METRICS_FILE).read_text().splitlines()]
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+    assert sorted(val) == [2, 4]
+    best_step = min(val, key=val.get)
+    best = json.loads((tmp_path / train.BEST_ENCODER_DIR / "model.json").read_text())["source"]
+    assert best["step"] == best_step and best["val_loss"] == pytest.approx(val[best_step])
+    assert train.best_val_loss(tmp_path) == pytest.approx(min(val.values()))

@@ -43,6 +43,7 @@ from usjepa_jax.teacher import FrozenTeacher, export_encoder, is_exported_encode
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 ENCODER_DIR = "encoder"
+BEST_ENCODER_DIR = "encoder_best"  # the encoder at the lowest validation loss (the one to use downstream)
 TEACHER_DIR = "teacher"
 
 
@@ -233,8 +234,9 @@ def write_loss_curve(workdir: Path) -> Path | None:
     path = workdir / METRICS_FILE
     if not path.exists():
         return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = {r["step"]: r for r in rows if "loss" in r}  # a resumed run may rewrite steps: keep the last
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = {r["step"]: r for r in records if "loss" in r}  # a resumed run may rewrite steps: keep the last
+    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     if not rows:
         return None
     import matplotlib
@@ -242,7 +244,10 @@ def write_loss_curve(workdir: Path) -> Path | None:
     import matplotlib.pyplot as plt
     steps = sorted(rows)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, [rows[s]["loss"] for s in steps])
+    ax.plot(steps, [rows[s]["loss"] for s in steps], label="train")
+    if val:
+        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation")
+        ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"{workdir.name}: training loss")
@@ -297,6 +302,7 @@ class Trainer:
     teacher_params: Any
     init: Callable[[jax.Array], TrainState]
     step: Callable
+    eval_loss: Callable  # (state, teacher_params, batch) -> scalar loss, no update
 
     @property
     def num_params(self) -> int:
@@ -358,12 +364,40 @@ def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | No
         teacher_params = jax.device_put(teacher.params, teacher_shardings)
 
     # ---- the step: one jit with explicit shardings; the train state is donated, the teacher never is.
-    step = jax.jit(make_train_step(config, make_loss_fn(config, encoder, predictor, teacher_embed), tx),
-                   in_shardings=(state_shardings, teacher_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
+    loss_fn = make_loss_fn(config, encoder, predictor, teacher_embed)
+    in_shardings = (state_shardings, teacher_shardings, sharding.batch_sharding(mesh))
+    step = jax.jit(make_train_step(config, loss_fn, tx), in_shardings=in_shardings,
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+    def eval_loss(state: TrainState, teacher_params, batch):
+        return loss_fn(state.params, state.ema_params if config.method == "ijepa" else teacher_params, batch)[0]
+
     return Trainer(config, mesh, encoder, predictor, sampler, abstract_state, state_shardings, teacher_params,
-                   jax.jit(init, out_shardings=state_shardings), step)
+                   jax.jit(init, out_shardings=state_shardings), step,
+                   jax.jit(eval_loss, in_shardings=in_shardings, out_shardings=sharding.replicated(mesh)))
+
+
+def validation_batches(trainer: Trainer) -> list[dict[str, np.ndarray]]:
+    """The held-out split as fixed batches (masks sampled once, deterministically); empty when too small."""
+    config = trainer.config
+    if config.eval_every <= 0 or config.data.num_val < config.optim.batch_size:
+        return []
+    dataset = build_dataset(config.data, global_batch_size=config.optim.batch_size, split="val", seed=config.seed,
+                            mask_sampler=trainer.sampler, num_epochs=1, shuffle=False)
+    return list(dataset)
+
+
+def validation_loss(trainer: Trainer, state: TrainState, batches: list[dict[str, np.ndarray]]) -> float:
+    losses = [trainer.eval_loss(state, trainer.teacher_params, trainer.place_batch(b)) for b in batches]
+    return float(np.mean(jax.device_get(losses)))
+
+
+def best_val_loss(workdir: Path) -> float:
+    """The validation loss of the encoder already in ``encoder_best`` (inf when none): survives resumes."""
+    path = workdir / BEST_ENCODER_DIR / "model.json"
+    if not path.exists():
+        return math.inf
+    return float(json.loads(path.read_text()).get("source", {}).get("val_loss", math.inf))
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeacher | None) -> dict[str, float]:
@@ -376,6 +410,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
     dataset = build_dataset(config.data, global_batch_size=o.batch_size, split="train", seed=config.seed,
                             mask_sampler=trainer.sampler)
     data_iter = iter(dataset)
+    val_batches = validation_batches(trainer)
+    best = best_val_loss(workdir)
 
     # ---- checkpoints: resume from the latest, refusing a different teacher.
     meta = dict(method=config.method, teacher_path=teacher.path if teacher else None,
@@ -442,6 +478,17 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
                     metrics_file.write(json.dumps(last) + "\n")
                     metrics_file.flush()
                 window_start, window_steps = now, 0
+            if val_batches and (step % config.eval_every == 0 or step == o.total_steps):
+                val = validation_loss(trainer, state, val_batches)
+                if is_main:
+                    logging.info("step %d | val_loss %.4f (best %.4f)", step, val, min(val, best))
+                    metrics_file.write(json.dumps(dict(step=step, val_loss=val)) + "\n")
+                    metrics_file.flush()
+                if val < best:
+                    best = val
+                    export_encoder(workdir / BEST_ENCODER_DIR, trainer.encoder, state.params["encoder"],
+                                   mean=config.data.mean, std=config.data.std, image_size=config.data.image_size,
+                                   source=dict(run=str(workdir), step=step, val_loss=val))
             if is_ckpt:
                 checkpointing.save(manager, step, state, data_iter.get_state(), meta)
             if preemption.reached(step):
