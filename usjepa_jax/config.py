@@ -74,6 +74,9 @@ def default_config() -> ml_collections.ConfigDict:
         # Path of a frozen teacher: an exported encoder directory (``<run>/encoder``). Empty: stage 1 trains a
         # pixel-reconstruction teacher into ``<workdir>/teacher`` first (reused when already there).
         checkpoint="",
+        # Directory of precomputed teacher targets (``python -m usjepa_jax.teacher cache``, teacher/cache.py):
+        # the teacher then never runs (nor is loaded); augmentation must be off and the data config must match.
+        cache="",
         # Stage 1 (SALT): the teacher's encoder, its light pixel decoder and its own optimisation.
         model=model_config("B/16"),
         decoder=predictor_config(width=384, depth=4, num_heads=12),
@@ -140,7 +143,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.eval_every >= 0, "eval_every", config.eval_every, "0 (off) or a number of steps")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, "at least 1")
     _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")
-    if config.method == "usjepa" and not config.teacher.checkpoint:
+    if config.teacher.cache:
+        _check(config.method == "usjepa", "teacher.cache", config.teacher.cache,
+               "empty unless method='usjepa' (only a frozen teacher's targets can be precomputed)")
+        _check(not config.data.augment.enabled, "data.augment.enabled", config.data.augment.enabled,
+               "False with teacher.cache: the augmentations (random resized crop, flips, blur, speckle, contrast) "
+               "change the images on the fly, but the cached targets are the teacher's embeddings of the "
+               "un-augmented images; turn augmentation off or drop teacher.cache")
+    if config.method == "usjepa" and not config.teacher.checkpoint and not config.teacher.cache:
         _validate_model("teacher.model", config.teacher.model, config.data.image_size)
         _validate_optim("teacher.optim", config.teacher.optim)
         _check(vit.parse_variant(config.teacher.model.variant)["patch_size"]

@@ -39,6 +39,7 @@ from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
 from usjepa_jax.teacher import FrozenTeacher, export_encoder, is_exported_encoder, load_teacher, normalize_images
+from usjepa_jax.teacher import cache as teacher_cache
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -133,12 +134,14 @@ def build_predictor(config: ml_collections.ConfigDict, grid_size: tuple[int, int
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,
-                 teacher_embed: Callable[[Any, jax.Array], jax.Array] | None) -> Callable:
+                 teacher_embed: Callable[[Any, jax.Array], jax.Array] | None,
+                 targets_normalized: bool = False) -> Callable:
     """``loss_fn(params, teacher_params, batch) -> (loss, aux)``, pure.
 
     ``batch``: ``image`` uint8 ``[B, H, W, 1]``, ``context_idx``/``context_valid`` ``[B, C]``,
     ``target_idx``/``target_valid`` ``[B, M, T]``. ``teacher_params`` is the frozen teacher (usjepa) or the EMA
-    encoder (ijepa); it only ever enters through ``stop_gradient``.
+    encoder (ijepa); it only ever enters through ``stop_gradient``. With a teacher cache the batch carries
+    ``teacher_targets`` ``[B, N, D]`` (``targets_normalized``: already layer-normalised) and the teacher never runs.
     """
     mean, std = config.data.mean, config.data.std
 
@@ -153,12 +156,16 @@ def make_loss_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, 
                                                         encoder.patch_size,
                                                         normalize_pixels=config.loss.normalize_pixels)
         else:
-            full = jax.lax.stop_gradient(teacher_embed(teacher_params, batch["image"]))  # [B, N, D]
+            if "teacher_targets" in batch:  # precomputed once per image (teacher/cache.py)
+                full = batch["teacher_targets"]
+            else:
+                full = jax.lax.stop_gradient(teacher_embed(teacher_params, batch["image"]))  # [B, N, D]
             b, m, t = batch["target_idx"].shape
             targets = jnp.take_along_axis(full, batch["target_idx"].reshape(b, m * t, 1), axis=1)
             loss = objectives.latent_prediction_loss(pred, targets.reshape(b, m, t, -1), batch["target_valid"],
                                                      kind=config.loss.kind,
-                                                     normalize_targets=config.loss.normalize_targets)
+                                                     normalize_targets=config.loss.normalize_targets
+                                                     and not targets_normalized)
         return loss, {}
 
     return loss_fn
@@ -211,17 +218,24 @@ def make_train_step(config: ml_collections.ConfigDict, loss_fn: Callable,
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def example_batch(config: ml_collections.ConfigDict, sampler: MultiBlockMaskSampler, batch: int) -> dict:
-    """A zero batch with the pipeline's shapes and dtypes (for init and shape inference)."""
+def example_batch(config: ml_collections.ConfigDict, sampler: MultiBlockMaskSampler, batch: int,
+                  teacher_targets: tuple[int, int] | None = None) -> dict:
+    """A zero batch with the pipeline's shapes and dtypes (for init and shape inference).
+
+    ``teacher_targets``: ``(tokens, width)`` of cached targets, added as ``teacher_targets`` when caching."""
     s = config.data.image_size
-    return dict(image=np.zeros((batch, s, s, 1), np.uint8),
-                context_idx=np.zeros((batch, sampler.context_len), np.int32),
-                context_valid=np.ones((batch, sampler.context_len), bool),
-                target_idx=np.zeros((batch, sampler.num_targets, sampler.target_len), np.int32),
-                target_valid=np.ones((batch, sampler.num_targets, sampler.target_len), bool))
+    out = dict(image=np.zeros((batch, s, s, 1), np.uint8),
+               context_idx=np.zeros((batch, sampler.context_len), np.int32),
+               context_valid=np.ones((batch, sampler.context_len), bool),
+               target_idx=np.zeros((batch, sampler.num_targets, sampler.target_len), np.int32),
+               target_valid=np.ones((batch, sampler.num_targets, sampler.target_len), bool))
+    if teacher_targets is not None:
+        out[CACHED_TARGETS_KEY] = np.zeros((batch, *teacher_targets), jnp.bfloat16)
+    return out
 
 
 MODEL_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid")
+CACHED_TARGETS_KEY = teacher_cache.KEY  # also placed on device when training from a teacher cache
 
 
 def format_duration(seconds: float) -> str:
@@ -269,6 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     config_lib.validate(config)
     workdir = Path(workdir)
     teacher = None
+    if config.method == "usjepa" and config.teacher.cache:  # precomputed targets: the teacher is never loaded
+        return _train(config, workdir, teacher_cache.open_for_training(config))
     if config.method == "usjepa":
         teacher_path = config.teacher.checkpoint
         if not teacher_path:
@@ -303,17 +319,23 @@ class Trainer:
     init: Callable[[jax.Array], TrainState]
     step: Callable
     eval_loss: Callable  # (state, teacher_params, batch) -> scalar loss, no update
+    teacher_cache: teacher_cache.TeacherCache | None = None  # targets come from the pipeline, not the teacher
 
     @property
     def num_params(self) -> int:
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
 
     def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return sharding.global_batch({k: local_batch[k] for k in MODEL_KEYS}, self.mesh)
+        keys = MODEL_KEYS + ((CACHED_TARGETS_KEY,) if self.teacher_cache is not None else ())
+        return sharding.global_batch({k: local_batch[k] for k in keys}, self.mesh)
 
 
-def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | None) -> Trainer:
-    """Mesh, models, masks, optimizer, abstract state and shardings, and the jitted init and step."""
+def build_trainer(config: ml_collections.ConfigDict,
+                  teacher: FrozenTeacher | teacher_cache.TeacherCache | None) -> Trainer:
+    """Mesh, models, masks, optimizer, abstract state and shardings, and the jitted init and step.
+
+    A ``TeacherCache`` in place of the teacher: the batches carry the targets, nothing of the teacher is on device.
+    """
     # ---- mesh: the global batch is split over every device.
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
     per_step = mesh.size * config.optim.grad_accum_steps
@@ -326,6 +348,7 @@ def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | No
     grid = (config.data.image_size // encoder.patch_size,) * 2
     sampler = MultiBlockMaskSampler.from_config(config.masks, grid)
     teacher_embed = None
+    cached = isinstance(teacher, teacher_cache.TeacherCache)
     if config.method == "pixel":
         out_dim = encoder.patch_size**2 * 1  # grayscale pixels of one patch
     elif config.method == "ijepa":
@@ -335,9 +358,10 @@ def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | No
             return encoder.apply({"params": ema_params},
                                  normalize_images(images, config.data.mean, config.data.std, encoder.dtype))[0]
     else:
-        out_dim, teacher_embed = teacher.width, teacher.embed
-        if teacher.module.patch_size != encoder.patch_size:  # targets are gathered on the student's patch grid
-            raise ValueError(f"Teacher {teacher.path} has patch size {teacher.module.patch_size}, the student "
+        out_dim, teacher_embed = teacher.width, None if cached else teacher.embed
+        teacher_patch = teacher.patch_size if cached else teacher.module.patch_size
+        if teacher_patch != encoder.patch_size:  # targets are gathered on the student's patch grid
+            raise ValueError(f"Teacher {teacher.path} has patch size {teacher_patch}, the student "
                              f"{encoder.patch_size}: their patch grids must match.")
     predictor = build_predictor(config, grid, out_dim)
 
@@ -359,12 +383,12 @@ def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | No
     abstract_state = jax.eval_shape(init, jax.random.key(0))
     state_shardings = sharding.tree_shardings(abstract_state, mesh, config.sharding.strategy)
     teacher_params = teacher_shardings = None
-    if teacher is not None:
+    if teacher is not None and not cached:
         teacher_shardings = sharding.tree_shardings(teacher.params, mesh, config.sharding.strategy)
         teacher_params = jax.device_put(teacher.params, teacher_shardings)
 
     # ---- the step: one jit with explicit shardings; the train state is donated, the teacher never is.
-    loss_fn = make_loss_fn(config, encoder, predictor, teacher_embed)
+    loss_fn = make_loss_fn(config, encoder, predictor, teacher_embed, cached and teacher.normalized)
     in_shardings = (state_shardings, teacher_shardings, sharding.batch_sharding(mesh))
     step = jax.jit(make_train_step(config, loss_fn, tx), in_shardings=in_shardings,
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
@@ -374,7 +398,8 @@ def build_trainer(config: ml_collections.ConfigDict, teacher: FrozenTeacher | No
 
     return Trainer(config, mesh, encoder, predictor, sampler, abstract_state, state_shardings, teacher_params,
                    jax.jit(init, out_shardings=state_shardings), step,
-                   jax.jit(eval_loss, in_shardings=in_shardings, out_shardings=sharding.replicated(mesh)))
+                   jax.jit(eval_loss, in_shardings=in_shardings, out_shardings=sharding.replicated(mesh)),
+                   teacher if cached else None)
 
 
 def validation_batches(trainer: Trainer) -> list[dict[str, np.ndarray]]:
@@ -383,7 +408,8 @@ def validation_batches(trainer: Trainer) -> list[dict[str, np.ndarray]]:
     if config.eval_every <= 0 or config.data.num_val < config.optim.batch_size:
         return []
     dataset = build_dataset(config.data, global_batch_size=config.optim.batch_size, split="val", seed=config.seed,
-                            mask_sampler=trainer.sampler, num_epochs=1, shuffle=False)
+                            mask_sampler=trainer.sampler, num_epochs=1, shuffle=False,
+                            teacher_targets=trainer.teacher_cache and trainer.teacher_cache.targets("val"))
     return list(dataset)
 
 
@@ -408,14 +434,16 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
 
     # ---- input pipeline (mask sampling happens per example, in numpy, inside it).
     dataset = build_dataset(config.data, global_batch_size=o.batch_size, split="train", seed=config.seed,
-                            mask_sampler=trainer.sampler)
+                            mask_sampler=trainer.sampler,
+                            teacher_targets=trainer.teacher_cache and trainer.teacher_cache.targets("train"))
     data_iter = iter(dataset)
     val_batches = validation_batches(trainer)
     best = best_val_loss(workdir)
 
     # ---- checkpoints: resume from the latest, refusing a different teacher.
     meta = dict(method=config.method, teacher_path=teacher.path if teacher else None,
-                teacher_hash=teacher.content_hash if teacher else None, config=config.to_json_best_effort())
+                teacher_hash=teacher.content_hash if teacher else None, config=config.to_json_best_effort(),
+                teacher_cache=trainer.teacher_cache.directory if trainer.teacher_cache else None)
     manager = checkpointing.make_manager(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
                                          keep_period=config.checkpoint.keep_period or None,
                                          async_save=config.checkpoint.async_save)

@@ -145,9 +145,12 @@ class SampleMasks(grain.transforms.RandomMap):
 # ------------------------------------------------------------------------------------------------ dataset
 def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: int, split: str = "train",
                   seed: int, mask_sampler=None, process_index: int | None = None, process_count: int | None = None,
-                  num_epochs: int | None = None, drop_remainder: bool = True, shuffle: bool | None = None
-                  ) -> grain.IterDataset:
-    """The batched iterable dataset of this process. ``num_epochs=None`` repeats forever (train default)."""
+                  num_epochs: int | None = None, drop_remainder: bool = True, shuffle: bool | None = None,
+                  teacher_targets: grain.transforms.Map | None = None) -> grain.IterDataset:
+    """The batched iterable dataset of this process. ``num_epochs=None`` repeats forever (train default).
+
+    ``teacher_targets``: a transform attaching precomputed targets by ``index`` (``teacher/cache.py``).
+    """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
@@ -164,6 +167,8 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     if data_config.augment.enabled and split == "train":
         ds = ds.random_map(Augment(data_config.augment.to_dict()), seed=derive_seed(seed, 11) % 2**32)
     ds = ds.map(ToModelInput(data_config.image_size))
+    if teacher_targets is not None:
+        ds = ds.map(teacher_targets)
     if mask_sampler is not None:
         ds = ds.random_map(SampleMasks(mask_sampler), seed=derive_seed(seed, 12) % 2**32)
     ds = ds[process_index::process_count]

@@ -4,6 +4,8 @@
         [--format auto] [--num-heads 12] [--image-size 224] [--mean 0.5 0.5 0.5 --std 0.5 0.5 0.5]
     python -m usjepa_jax.teacher export --workdir runs/usjepa --output usjepa_vit.safetensors [--which encoder]
     python -m usjepa_jax.teacher inspect PATH
+    python -m usjepa_jax.teacher cache --config=configs/base.py --output caches/base \\
+        [--teacher RUN/teacher/encoder] [--split train,val] [--batch-size 64] [--normalize] [--config.KEY=VALUE]
 
 ``convert`` writes an exported-encoder directory (``model.json`` + ``params/``) usable as
 ``config.teacher.checkpoint`` and prints what it found. ``export`` writes ``RUN/encoder`` (``--which encoder``)
@@ -15,6 +17,11 @@ normalisation; in PyTorch::
     model = timm.models.vision_transformer.VisionTransformer(**cfg['model_args'])
     model.load_state_dict(safetensors.torch.load_file('usjepa_vit.safetensors'))
     tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
+
+``cache`` runs the frozen teacher (``--teacher``, default ``config.teacher.checkpoint``) once over every image
+of the split(s) as the pipeline produces them (no augmentation, no masks) and writes the patch embeddings in
+bfloat16 ArrayRecord shards + ``cache.json`` (see ``usjepa_jax/teacher/cache.py``); train with
+``--config.teacher.cache=DIR`` and the teacher never runs.
 """
 
 from __future__ import annotations
@@ -131,8 +138,42 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     print(describe(enc, params_hash(enc.params)))
 
 
+def load_config(spec: str, overrides: list[str]) -> Any:
+    """``configs/x.py[:arg]`` plus ``--config.key=value`` overrides, parsed as ``usjepa_jax.main`` parses them."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    bad = [o for o in overrides if not o.startswith("--config.")]
+    if bad:
+        raise SystemExit(f"error: unrecognized arguments: {' '.join(bad)}")
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
+    try:
+        fv(["cache", f"--config={spec}", *overrides])
+    except flags.Error as err:
+        raise SystemExit(f"error: {err}") from None
+    flags.FLAGS.mark_as_parsed()  # grain's multiprocess prefetch (data.worker_count > 0) reads absl flags
+    return fv.config
+
+
+def cmd_cache(args: argparse.Namespace, overrides: list[str]) -> None:
+    from usjepa_jax.teacher import cache
+
+    config = load_config(args.config, overrides)
+    if config.data.augment.enabled:
+        print("note:          data.augment.enabled=True is ignored here: the cache holds the un-augmented images' "
+              "targets (training from it requires augmentation off)", file=sys.stderr)
+    manifest = cache.write_cache(config, args.output, teacher_path=args.teacher, splits=args.split.split(","),
+                                 batch_size=args.batch_size, normalize=args.normalize,
+                                 images_per_shard=args.images_per_shard)
+    sizes = ", ".join(f"{k} {v['num_images']}" for k, v in manifest["splits"].items())
+    print(f"teacher:       {manifest['teacher']['path']} (hash {manifest['teacher']['content_hash'][:12]})")
+    print(f"targets:       {manifest['tokens']} tokens x {manifest['width']} ({manifest['dtype']}, "
+          f"{'layer-normalised' if manifest['normalized'] else 'raw'}), images: {sizes}")
+    print(f"wrote:         {Path(args.output).absolute()} (use as config.teacher.cache)")
+
+
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work
     parser = argparse.ArgumentParser(prog="python -m usjepa_jax.teacher", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,9 +204,25 @@ def main(argv: list[str] | None = None) -> None:
     i.add_argument("--format", default="auto", choices=formats.FORMATS)
     i.add_argument("--num-heads", type=int, default=None)
     i.set_defaults(func=cmd_inspect)
-    args = parser.parse_args(argv)
+    k = sub.add_parser("cache", help="precompute the frozen teacher's targets of a dataset split",
+                       description="Also takes --config.KEY=VALUE overrides, as usjepa_jax.main does.")
+    k.add_argument("--config", required=True, help="experiment config, configs/NAME.py[:arg]")
+    k.add_argument("--output", required=True, help="cache directory to write (use as config.teacher.cache)")
+    k.add_argument("--teacher", default=None, help="teacher checkpoint (default: config.teacher.checkpoint)")
+    k.add_argument("--split", default="train,val",
+                   help="comma-separated splits (val is needed for the validation loss when eval_every > 0)")
+    k.add_argument("--batch-size", type=int, default=64, help="images per teacher forward")
+    k.add_argument("--normalize", action="store_true",
+                   help="store layer-normalised targets (as the loss uses them) instead of raw embeddings")
+    k.add_argument("--images-per-shard", type=int, default=4096)
+    k.set_defaults(func=cmd_cache)
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "cache":
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work (the cache uses accelerators)
     try:
-        args.func(args)
+        args.func(args, extra) if args.command == "cache" else args.func(args)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

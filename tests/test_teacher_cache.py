@@ -1,0 +1,162 @@
+"""The teacher-target cache: the CLI writes it, training from it equals training with the teacher (bf16
+tolerance) without loading the teacher, and configs whose images differ from the cached ones are refused."""
+
+import json
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from usjepa_jax import checkpointing, train
+from usjepa_jax.data.pipeline import build_dataset
+from usjepa_jax.teacher import FrozenTeacher, export_encoder, load_teacher
+from usjepa_jax.teacher import cache as teacher_cache
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def smoke_config(**overrides):
+    c = base.get_config("smoke")
+    c.optim.total_steps = 2
+    c.log_every = 1
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+def read_metrics(workdir):
+    merged = {}
+    for row in map(json.loads, (Path(workdir) / train.METRICS_FILE).read_text().splitlines()):
+        merged.setdefault(row["step"], {}).update(row)
+    return merged
+
+
+def random_teacher(directory, seed):
+    """A randomly initialised smoke-size teacher, exported as training exports encoders."""
+    config = smoke_config()
+    module = train.build_encoder(config.teacher.model)
+    s = config.data.image_size
+    params = module.init(jax.random.key(seed), jnp.zeros((1, s, s, 1)))["params"]
+    export_encoder(directory, module, params, mean=0.5, std=0.5, image_size=s)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return random_teacher(tmp_path_factory.mktemp("teacher") / "encoder", seed=3)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(teacher_dir, tmp_path_factory):
+    """Written once through the CLI (train and val splits, 2 train shards of 40 + 24 images)."""
+    out = tmp_path_factory.mktemp("cache") / "targets"
+    result = subprocess.run([sys.executable, "-m", "usjepa_jax.teacher", "cache", "--config=configs/base.py:smoke",
+                             f"--output={out}", f"--config.teacher.checkpoint={teacher_dir}", "--batch-size=16",
+                             "--images-per-shard=40"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "img/s" in result.stderr and "use as config.teacher.cache" in result.stdout
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(teacher_dir, tmp_path_factory):
+    """The reference: 2 steps (+ validation) running the teacher every step."""
+    workdir = tmp_path_factory.mktemp("with_teacher")
+    train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": teacher_dir}), workdir)
+    return read_metrics(workdir)
+
+
+def test_cli_writes_the_teachers_embeddings_of_the_pipeline_images(cache_dir, teacher_dir):
+    manifest = json.loads((Path(cache_dir) / teacher_cache.MANIFEST).read_text())
+    teacher = load_teacher(teacher_dir, image_size=48)
+    config = smoke_config()
+    assert manifest["teacher"]["content_hash"] == teacher.content_hash
+    assert manifest["data"] == teacher_cache.data_signature(config.data, config.seed)
+    assert (manifest["tokens"], manifest["width"], manifest["normalized"]) == (36, teacher.width, False)
+    assert manifest["splits"]["train"]["num_images"] == 64 and len(manifest["splits"]["train"]["shards"]) == 2
+    assert manifest["splits"]["val"]["num_images"] == 16
+
+    images = next(iter(build_dataset(config.data, global_batch_size=64, split="train", seed=config.seed,
+                                     num_epochs=1, shuffle=False)))
+    expected = np.asarray(teacher.embed(teacher.params, images["image"]))
+    targets = teacher_cache.TeacherTargets(cache_dir, "train")
+    targets = pickle.loads(pickle.dumps(targets))  # grain workers receive it pickled
+    for i in (0, 39, 40, 63):  # both shards, their edges
+        got = targets[i]
+        assert got.dtype == jnp.bfloat16 and got.shape == (36, teacher.width)
+        np.testing.assert_allclose(got.astype(np.float32), expected[i], rtol=1e-2, atol=1e-2)
+    assert targets.map({"index": np.int32(5)})["teacher_targets"].shape == (36, teacher.width)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_training_from_the_cache_equals_training_with_the_teacher(teacher_dir, cache_dir, teacher_run, tmp_path,
+                                                                  monkeypatch, normalize):
+    if normalize:  # the layer-normalised variant, through the Python API
+        cache_dir = str(tmp_path / "normalized")
+        config = smoke_config(**{"teacher.checkpoint": teacher_dir})
+        manifest = teacher_cache.write_cache(config, cache_dir, batch_size=32, normalize=True, progress=print)
+        assert manifest["normalized"]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the teacher must not be loaded or run when training from the cache")
+
+    monkeypatch.setattr(train, "load_teacher", forbidden)
+    monkeypatch.setattr(FrozenTeacher, "embed", forbidden)
+    workdir = tmp_path / "cached"
+    train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir}), workdir)
+    cached = read_metrics(workdir)
+    for step in (1, 2):
+        assert cached[step]["loss"] == pytest.approx(teacher_run[step]["loss"], rel=1e-2), step
+    assert cached[2]["val_loss"] == pytest.approx(teacher_run[2]["val_loss"], rel=1e-2)
+
+    # The teacher's content hash is in the checkpoint metadata, as for a loaded teacher.
+    manager = checkpointing.make_manager(workdir / "checkpoints")
+    meta = checkpointing.restore_meta(manager, manager.latest_step())
+    manager.close()
+    assert meta["teacher_hash"] == teacher_cache.TeacherCache.open(cache_dir).content_hash
+    assert meta["teacher_cache"] == str(Path(cache_dir).absolute())
+
+
+def test_augmentation_is_refused(cache_dir):
+    config = smoke_config(**{"teacher.cache": cache_dir, "data.augment.enabled": True})
+    with pytest.raises(ValueError, match=r"data\.augment\.enabled"):
+        train.train_and_evaluate(config, "/nonexistent/never/written")
+    with pytest.raises(ValueError, match=r"config\.data\.augment\.enabled=True cannot be used"):  # below validate
+        teacher_cache.check_compatible(config, teacher_cache.read_manifest(cache_dir))
+
+
+@pytest.mark.parametrize("key,value", [("data.synthetic.vessel_prob", 0.9), ("data.image_size", 32),
+                                       ("seed", 1), ("data.synthetic.image_size", 96)])
+def test_other_images_are_refused_naming_the_key(cache_dir, key, value):
+    with pytest.raises(ValueError, match=re.escape(f"config.{key}={value!r} differs")):
+        train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir, key: value}), "/nonexistent/x")
+
+
+def test_more_images_than_cached_are_refused(cache_dir):
+    with pytest.raises(ValueError, match=r"config\.data\.num_train=128 exceeds"):
+        train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir, "data.num_train": 128}), "/none/x")
+    manifest = teacher_cache.read_manifest(cache_dir)
+    del manifest["splits"]["val"]
+    with pytest.raises(ValueError, match=r"no 'val' split.*eval_every=0"):
+        teacher_cache.check_compatible(smoke_config(**{"teacher.cache": cache_dir}), manifest)
+    teacher_cache.check_compatible(smoke_config(**{"teacher.cache": cache_dir, "eval_every": 0}), manifest)
+
+
+def test_another_teacher_is_refused(cache_dir, tmp_path):
+    other = random_teacher(tmp_path / "other", seed=4)
+    with pytest.raises(ValueError, match=r"config\.teacher\.checkpoint=.* is not the teacher of"):
+        train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir, "teacher.checkpoint": other}),
+                                 "/none/x")
+    with pytest.raises(FileNotFoundError, match="not a teacher cache"):
+        train.train_and_evaluate(smoke_config(**{"teacher.cache": str(tmp_path)}), "/none/x")
