@@ -186,3 +186,13 @@ def test_validation_loss_keeps_the_best_encoder(tmp_path):
     best = json.loads((tmp_path / train.BEST_ENCODER_DIR / "model.json").read_text())["source"]
     assert best["step"] == best_step and best["val_loss"] == pytest.approx(val[best_step])
     assert train.best_val_loss(tmp_path) == pytest.approx(min(val.values()))
+
+
+def test_stage1_config_takes_the_teacher_settings():
+    config = base.get_config()
+    stage1 = config_lib.stage1_config(config)
+    assert stage1.method == "pixel"
+    assert stage1.model.depth == config.teacher.model.depth and stage1.predictor.width == config.teacher.decoder.width
+    assert stage1.optim.total_steps == config.teacher.optim.total_steps
+    assert stage1.loss.normalize_pixels is False  # configs/base.py: raw-pixel stage 1 (see its comment)
+    assert config.loss.normalize_pixels is True  # the student's own config is untouched

@@ -81,6 +81,10 @@ def default_config() -> ml_collections.ConfigDict:
         model=model_config("B/16"),
         decoder=predictor_config(width=384, depth=4, num_heads=12),
         optim=optim_config(),
+        # Stage-1 pixel targets per-patch normalised (MAE). On small, briefly trained teachers the normalised
+        # target is mostly speckle, which cannot be predicted, and the encoder's output can collapse to a
+        # constant: raw pixels (False) keep the predictable anatomy (patch brightness) in the target.
+        normalize_pixels=True,
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     c.sharding = ml_collections.ConfigDict(dict(strategy="replicate"))  # replicate (data parallel) | fsdp
@@ -166,4 +170,5 @@ def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     stage1.model = config.teacher.model
     stage1.predictor = config.teacher.decoder
     stage1.optim = config.teacher.optim
+    stage1.loss.normalize_pixels = config.teacher.normalize_pixels
     return stage1
