@@ -264,7 +264,7 @@ def write_loss_curve(workdir: Path) -> Path | None:
         ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"{workdir.name}: training loss")
+    ax.set_title(f"{workdir.name}: loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out = workdir / LOSS_CURVE_FILE
