@@ -215,7 +215,9 @@ def open_for_training(config: ml_collections.ConfigDict) -> TeacherCache:
 # ------------------------------------------------------------------------------------------------ writing
 def _format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _print_progress(line: str) -> None:
