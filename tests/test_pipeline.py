@@ -69,7 +69,7 @@ def test_iterator_state_round_trips(workers):
     expected = batches(it, 2)
     resumed = make()
     resumed.set_state(state)
-    for want, got in zip(expected, batches(resumed, 2)):
+    for want, got in zip(expected, batches(resumed, 2), strict=True):
         for key in want:
             np.testing.assert_array_equal(want[key], got[key])
 
