@@ -1,0 +1,36 @@
+"""US-JEPA (USrc masking) on real ultrasound prepared by `python -m usjepa_jax.data.prepare`, CPU-sized like
+configs/base.py (64 x 64 input, patch 8, a 4-layer Ti encoder; SALT stage 1 teacher first).
+
+Run:
+    python -m usjepa_jax.data.prepare --input /data/busi_v1 --input /data/dicoms --output /data/prepared --size 64
+    python -m usjepa_jax.main --config=configs/folder.py:/data/prepared --workdir=/tmp/usjepa_folder
+Several prepared directories: ``--config=configs/folder.py:/data/a,/data/b`` (or
+``--config.data.paths="['/data/a','/data/b']"``). Variant ``smoke`` (``configs/folder.py:/data/prepared,smoke``)
+shrinks the model and the run to seconds, as in configs/base.py.
+
+Prepare at the training size (``--size 64`` here) so that no resize is left for training. Datasets are balanced
+with the per-dataset cap N_t (``data.cap_per_dataset``, 50,000) and 5% of the files are held out for the
+validation loss and the best-encoder export (``data.val_fraction``; at most ``data.num_val`` frames of them).
+USrc: ``masks.min_valid_in_target`` = 3 (tau) at this 8 x 8 grid, where a target block of scale 0.075-0.125
+holds 5-8 patches (the paper-scale choice is 10 of 15-25, configs/usrc_vitb16.py).
+"""
+
+from configs import base
+
+
+def get_config(arg: str | None = None):
+    paths, variants = [], []
+    for part in (arg or "").split(","):
+        if part in ("smoke",):
+            variants.append(part)
+        elif part:
+            paths.append(part)
+    c = base.get_config(",".join(variants) or None)
+    c.data.source = "prepared"
+    c.data.paths = paths
+    c.data.cap_per_dataset = 50_000
+    c.data.mixture_epochs = 10
+    c.data.val_fraction = 0.05
+    c.data.num_val = 512
+    c.masks.min_valid_in_target = 1 if "smoke" in variants else 3
+    return c

@@ -1,0 +1,299 @@
+"""Decode and preprocess real ultrasound once, into ArrayRecord shards that training reads fast.
+
+    python -m usjepa_jax.data.prepare --input /data/busi_v1 --input /data/echo_dicoms --output /data/prepared \
+        [--workers N] [--size 224] [--shard-size 1024] [--on-error skip|raise] [--include-test]
+
+Inputs may mix formats (image folders, DICOM incl. cine loops, NIfTI, UltraBench dataset folders or a folder of
+them); each input folder is one dataset named after the folder (an UltraBench folder: its own name). Files are
+decoded and preprocessed (``preprocess.py``: grayscale, inpainting, scan region, percentile rescaling, crop,
+resize to ``--size``) in ``--workers`` processes; the main process writes the frames to
+``shard-NNNNN.array_record`` files (one record per frame, ``sources.encode_record``: header + uint8 image +
+bit-packed scan mask) and, when a shard is complete and closed, appends its files to ``progress.jsonl``. A file's
+frames never straddle shards.
+
+Resume: an interrupted run (Ctrl-C, kill, crash) loses at most the open shard; rerunning the same command deletes
+shards that ``progress.jsonl`` does not list and continues with the files it does not list (finished files are
+not decoded again). The settings (size, preprocessing) of a rerun must match the first run's.
+
+At the end ``manifest.json`` lists per dataset its files, frames and skipped files with reasons, the shards, and
+one row per file (dataset, relative path, shard, first record, frames, label, split), sorted by (dataset, file) so
+the frame order does not depend on worker timing. UltraBench ``test.json`` files are left out unless
+``--include-test`` (a benchmark's test images must not leak into pretraining). Train with
+``config.data.source='prepared'``, ``config.data.paths=[DIR]`` (``configs/folder.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+from usjepa_jax.data import preprocess as pp
+from usjepa_jax.data import sources as src
+
+PROGRESS = "progress.jsonl"
+MANIFEST = "manifest.json"
+VERSION = 1
+DEFAULT_OPTIONS = "group_size:1"  # random access: one record per chunk
+
+
+def _process(task: tuple) -> tuple[int, list | None, str | None]:
+    """Worker: decode + preprocess every frame of one file -> (task id, [(image, mask), ...] or None, error)."""
+    tid, path, kind, mask_path, prep, nifti_axis = task
+    try:
+        mask = src.read_mask(mask_path)
+        frames = [pp.preprocess_frame(f, prep, mask) for f in src.iter_frames(path, kind, nifti_axis)]
+        if not frames:
+            raise src.BadFileError("no frames")
+        return tid, frames, None
+    except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
+        return tid, None, f"{type(exc).__name__}: {exc}"
+
+
+class _Progress:
+    def __init__(self, total_files: int, total_frames: int, enabled: bool = True):
+        self.total_files, self.total_frames, self.enabled = total_files, total_frames, enabled
+        self.files = self.frames = 0
+        self.start = self.last = time.perf_counter()
+
+    def update(self, files: int, frames: int, force: bool = False) -> None:
+        self.files += files
+        self.frames += frames
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.5 and not force):
+            return
+        self.last = now
+        elapsed = now - self.start
+        rate = self.frames / elapsed if elapsed > 0 else 0.0
+        left = max(self.total_frames - self.frames, 0)
+        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "--:--:--"
+        pct = 100.0 * self.frames / max(self.total_frames, 1)
+        sys.stderr.write(f"\r[prepare] {self.files}/{self.total_files} files, {self.frames}/{self.total_frames} "
+                         f"frames ({pct:5.1f}%), {rate:7.1f} frames/s, ETA {eta}   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(0, 0, force=True)
+            sys.stderr.write("\n")
+
+
+class _ShardWriter:
+    """The open shard; on close its files are appended to progress.jsonl (the completion records)."""
+
+    def __init__(self, output: Path, number: int, options: str, progress_file):
+        from array_record.python import array_record_module
+        self.name = f"shard-{number:05d}{src.SHARD_SUFFIX}"
+        self.writer = array_record_module.ArrayRecordWriter(str(output / self.name), options)
+        self.records, self.files, self.progress_file = 0, [], progress_file
+
+    def add_file(self, row: dict[str, Any], frames: list, file_id: int) -> None:
+        row = dict(row, shard=self.name, offset=self.records, frames=len(frames))
+        for k, (image, mask) in enumerate(frames):
+            self.writer.write(src.encode_record(image, mask, row["label"], k, file_id))
+        self.records += len(frames)
+        self.files.append(row)
+
+    def close(self) -> None:
+        self.writer.close()
+        _append(self.progress_file, {"type": "shard", "name": self.name, "records": self.records, "files": self.files})
+
+
+def _append(f, record: dict) -> None:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _read_progress(output: Path) -> list[dict]:
+    path = output / PROGRESS
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill: its shard is not complete
+            break
+    return out
+
+
+def prepare(inputs: list[str], output: str, *, workers: int = 0, size: int = 224, shard_size: int = 1024,
+            on_error: str = "skip", preprocess: pp.PreprocessConfig | dict | None = None, nifti_axis: int = -1,
+            include_test: bool = False, options: str = DEFAULT_OPTIONS, progress: bool = True) -> dict[str, Any]:
+    """Prepare (or continue preparing) ``output`` from ``inputs``; returns the manifest."""
+    if on_error not in src.ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: expected one of {src.ON_ERROR}")
+    prep = preprocess if isinstance(preprocess, pp.PreprocessConfig) else pp.PreprocessConfig.from_dict(preprocess)
+    prep = dataclasses.replace(prep, size=int(size))
+    prep_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(prep).items()}
+    settings = {"version": VERSION, "size": int(size), "preprocess": prep_dict, "nifti_axis": int(nifti_axis),
+                "include_test": bool(include_test)}
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- state of a previous run: finished shards and skipped files; partial shards are removed.
+    records = _read_progress(out)
+    config_rec = next((r for r in records if r.get("type") == "config"), None)
+    if config_rec is not None and config_rec["settings"] != settings:
+        raise ValueError(f"{out} was prepared with other settings {config_rec['settings']} (now {settings}); "
+                         "use a new output directory.")
+    shards = [r for r in records if r.get("type") == "shard"]
+    done = {(f["dataset"], f["file"]) for s in shards for f in s["files"]}
+    failed = {(r["dataset"], r["file"]): r["reason"] for r in records if r.get("type") == "skipped"}
+    listed = {s["name"] for s in shards}
+    for p in out.glob(f"shard-*{src.SHARD_SUFFIX}"):
+        if p.name not in listed:
+            p.unlink()
+    next_shard = 1 + max((int(s["name"][6:11]) for s in shards), default=-1)
+
+    # ---- scan the inputs.
+    scans: dict[str, src.DatasetScan] = {}
+    for path in inputs:
+        for scan in src.scan_input(path, on_error, nifti_axis):
+            if scan.name in scans:
+                raise ValueError(f"two inputs give the dataset name {scan.name!r} ({scans[scan.name].root} and "
+                                 f"{scan.root}): rename one folder.")
+            scans[scan.name] = scan
+    tasks, rows = [], []
+    for scan in scans.values():
+        for e in scan.entries:
+            key = (scan.name, e.relpath)
+            if (e.split == "test" and not include_test) or key in done or key in failed:
+                continue
+            rows.append({"dataset": scan.name, "file": e.relpath, "label": e.label, "split": e.split})
+            tasks.append((len(tasks), e.path, e.kind, e.mask_path, prep, nifti_axis))
+    total_frames = sum(e.frames for s in scans.values() for e in s.entries
+                       if (s.name, e.relpath) not in done and (s.name, e.relpath) not in failed
+                       and (e.split != "test" or include_test))
+
+    # ---- decode in parallel, write shards in the main process.
+    meter = _Progress(len(tasks), total_frames, progress)
+    with open(out / PROGRESS, "a") as pf:
+        if config_rec is None:
+            _append(pf, {"type": "config", "settings": settings})
+        shard = None
+        pool = None
+        try:
+            if workers > 0 and tasks:
+                method = "spawn" if "jax" in sys.modules else "fork"
+                pool = multiprocessing.get_context(method).Pool(workers)
+                results = pool.imap_unordered(_process, tasks, chunksize=1)
+            else:
+                results = map(_process, tasks)
+            for tid, frames, error in results:
+                row = rows[tid]
+                if error is not None:
+                    if on_error == "raise":
+                        raise src.BadFileError(f"{row['dataset']}/{row['file']}: {error}")
+                    src.log.warning("skipping %s/%s: %s", row["dataset"], row["file"], error)
+                    _append(pf, {"type": "skipped", "dataset": row["dataset"], "file": row["file"], "reason": error})
+                    failed[(row["dataset"], row["file"])] = error
+                    meter.update(1, 0)
+                    continue
+                if shard is None:
+                    shard = _ShardWriter(out, next_shard, options, pf)
+                    next_shard += 1
+                shard.add_file(row, frames, zlib.crc32(f"{row['dataset']}/{row['file']}".encode()))
+                meter.update(1, len(frames))
+                if shard.records >= shard_size:
+                    shard.close()
+                    shard = None
+            if shard is not None:
+                shard.close()
+                shard = None
+        except BaseException:
+            if pool is not None:
+                pool.terminate()
+            if shard is not None:  # keep what is complete: the files in the open shard are all whole
+                shard.close()
+            meter.close()
+            raise
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+    meter.close()
+    seconds = time.perf_counter() - meter.start
+    manifest = write_manifest(out, scans, settings)
+    manifest["throughput"] = {"seconds": round(seconds, 3), "frames": meter.frames,
+                              "frames_per_second": round(meter.frames / seconds, 2) if seconds > 0 else None}
+    return manifest
+
+
+def write_manifest(out: Path, scans: dict[str, src.DatasetScan], settings: dict) -> dict[str, Any]:
+    """``manifest.json`` from progress.jsonl (the durable record) and the scans (scan-time skipped files)."""
+    records = _read_progress(out)
+    shards = [r for r in records if r.get("type") == "shard"]
+    files = sorted(({**f} for s in shards for f in s["files"]), key=lambda f: (f["dataset"], f["file"]))
+    datasets: dict[str, dict[str, Any]] = {}
+    for name, scan in scans.items():
+        datasets[name] = {"root": scan.root, "files": 0, "frames": 0, "skipped": list(scan.skipped),
+                          "label_names": scan.label_names}
+
+    def entry(name: str) -> dict[str, Any]:
+        return datasets.setdefault(name, {"root": None, "files": 0, "frames": 0, "skipped": [], "label_names": None})
+
+    for f in files:
+        d = entry(f["dataset"])
+        d["files"] += 1
+        d["frames"] += f["frames"]
+    for r in records:
+        if r.get("type") == "skipped":
+            d = entry(r["dataset"])
+            d["skipped"].append({"file": r["file"], "reason": r["reason"]})
+    manifest = {"version": VERSION, "settings": settings, "datasets": datasets,
+                "shards": [{"name": s["name"], "records": s["records"]} for s in shards], "files": files,
+                "total": {"files": len(files), "frames": sum(f["frames"] for f in files)}}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    tmp.replace(out / MANIFEST)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m usjepa_jax.data.prepare", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", action="append", required=True, help="a dataset folder or file (repeatable)")
+    p.add_argument("--output", required=True)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoder processes (0: in-process)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--shard-size", type=int, default=1024, help="frames per shard (a file is never split)")
+    p.add_argument("--on-error", choices=src.ON_ERROR, default="skip")
+    p.add_argument("--nifti-axis", type=int, default=-1)
+    p.add_argument("--include-test", action="store_true", help="also UltraBench test.json files")
+    p.add_argument("--options", default=DEFAULT_OPTIONS, help="ArrayRecord writer options, e.g. group_size:1,zstd:3")
+    for step in ("grayscale", "inpaint", "detect_scan_region", "crop_to_scan_region"):
+        p.add_argument(f"--no-{step.replace('_', '-')}", dest=step, action="store_false")
+    p.add_argument("--no-rescale", dest="rescale", action="store_false", help="no 2-98 percentile rescaling")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    prep = pp.PreprocessConfig(grayscale=a.grayscale, inpaint=a.inpaint, detect_scan_region=a.detect_scan_region,
+                               crop_to_scan_region=a.crop_to_scan_region,
+                               rescale_percentiles=pp.PreprocessConfig.rescale_percentiles if a.rescale else None)
+    try:
+        m = prepare(a.input, a.output, workers=a.workers, size=a.size, shard_size=a.shard_size,
+                    on_error=a.on_error, preprocess=prep, nifti_axis=a.nifti_axis, include_test=a.include_test,
+                    options=a.options, progress=not a.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished shards are kept; rerun the same command to continue.", file=sys.stderr)
+        return 130
+    for name, d in m["datasets"].items():
+        print(f"{name}: {d['files']} files, {d['frames']} frames, {len(d['skipped'])} skipped", file=sys.stderr)
+        for s in d["skipped"]:
+            print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    t = m["throughput"]
+    print(f"wrote {a.output}: {m['total']['frames']} frames in {len(m['shards'])} shards; this run {t['frames']} "
+          f"frames in {t['seconds']:.1f} s ({t['frames_per_second']} frames/s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
