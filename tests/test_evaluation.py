@@ -1,0 +1,132 @@
+"""Evaluation: probe protocol, few-shot subsets, corruptions, speckle invariance, collapse monitors, end to end."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from usjepa_jax.evaluation import corruptions, metrics
+from usjepa_jax.evaluation.probe import (
+    ProbeConfig,
+    classification_metrics,
+    stratified_nested_subsets,
+    train_probe,
+)
+
+FAST = ProbeConfig(max_epochs=60, patience=10, num_seeds=3)
+
+
+def _blobs(n, d, classes, rng, sep):
+    y = rng.integers(0, classes, n)
+    centers = rng.standard_normal((classes, d)) * sep
+    return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
+
+
+def test_classification_metrics():
+    m = classification_metrics(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 3)
+    assert m["accuracy"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx(0.75)
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # class 2 absent from both: not averaged
+
+
+def test_probe_separable_and_random():
+    rng = np.random.default_rng(0)
+    x, y = _blobs(600, 16, 4, rng, sep=6.0)
+    probe = train_probe(x[:300], y[:300], x[300:400], y[300:400], 4, FAST)
+    good = probe.evaluate(x[400:], y[400:])
+    assert good["macro_f1_mean"] > 0.97 and good["accuracy_mean"] > 0.97
+    xr = rng.standard_normal((600, 16)).astype(np.float32)
+    probe = train_probe(xr[:300], y[:300], xr[300:400], y[300:400], 4, FAST)
+    chance = probe.evaluate(xr[400:], y[400:])
+    assert chance["balanced_accuracy_mean"] < 0.45  # chance is 0.25
+    # Random features: the validation loss stalls at once, so early stopping ends long before max_epochs.
+    assert probe.epochs.max() < FAST.max_epochs
+    assert np.all(probe.epochs == probe.best_epoch + FAST.patience)
+    assert np.isnan(probe.val_loss[0, probe.epochs[0]:]).all() and np.isfinite(probe.val_loss[0, :probe.epochs[0]]).all()
+
+
+def test_few_shot_subsets_stratified_and_nested():
+    labels = np.repeat(np.arange(5), [100, 200, 50, 300, 10])
+    subsets = stratified_nested_subsets(labels, (0.01, 0.05, 0.1, 0.5, 1.0), seed=3)
+    fractions = sorted(subsets)
+    for small, large in itertools.pairwise(fractions):
+        assert set(subsets[small]) <= set(subsets[large])
+    assert len(subsets[1.0]) == len(labels)
+    counts = np.bincount(labels[subsets[0.1]], minlength=5)
+    np.testing.assert_array_equal(counts, [10, 20, 5, 30, 1])
+    assert np.all(np.bincount(labels[subsets[0.01]], minlength=5) >= 1)  # every class kept
+
+
+@pytest.mark.parametrize("name", ["blur", "contrast", "speckle"])
+def test_corruptions_identity_and_monotone(name):
+    from usjepa_jax.data.synthetic import SimulatorConfig, render
+
+    out = render(1, 2, SimulatorConfig(image_size=64))
+    image, mask = out["image"][..., None], out["scan_mask"]
+    same = corruptions.corrupt(name, image, mask, 0, np.random.default_rng(0))
+    np.testing.assert_array_equal(same, image)
+    effects = [np.abs(corruptions.corrupt(name, image, mask, s, np.random.default_rng(0)).astype(float)
+                      - image).mean() for s in (1, 2, 3)]
+    assert 0 < effects[0] < effects[1] < effects[2], effects
+
+
+def test_blur_kernel_size():
+    impulse = np.zeros((21, 21), np.uint8)
+    impulse[10, 10] = 255
+    for e in (1, 2, 3):
+        support = np.flatnonzero(corruptions.gaussian_blur(impulse, e)[10] > 0)
+        assert support.max() - support.min() + 1 <= 2 * int(np.floor(2 * e)) + 1
+
+
+def test_speckle_invariance_constant_and_oracle():
+    from configs import base
+    from usjepa_jax.evaluation.data import render_invariance_set
+    from usjepa_jax.evaluation.features import pool  # noqa: F401  (import check)
+
+    cfg = base.get_config("smoke")
+    s = render_invariance_set(cfg.data, num_anatomies=6, num_speckles=3, seed=0)
+    assert s["image"].shape[:2] == (6, 3)
+    constant = metrics.speckle_invariance(np.ones((6, 3, 8)))
+    assert constant["ratio"] == pytest.approx(1.0) and constant["retrieval"] == pytest.approx(
+        constant["chance_retrieval"])
+    # An "encoder" given the phantom labels directly: one-hot segmentation per pixel (identical across speckle).
+    onehot = np.eye(9)[s["segmentation"]].reshape(6, 3, -1)
+    oracle = metrics.speckle_invariance(onehot)
+    assert oracle["within"] == pytest.approx(1.0) and oracle["ratio"] > 1.2 and oracle["retrieval"] == 1.0
+    pixels = metrics.speckle_invariance(s["image"].reshape(6, 3, -1).astype(float))
+    assert pixels["ratio"] < oracle["ratio"]  # raw pixels carry speckle
+
+
+def test_rankme_and_collapse():
+    rng = np.random.default_rng(0)
+    iso = rng.standard_normal((2000, 32))
+    assert metrics.rankme(iso) > 0.9 * 32
+    rank1 = rng.standard_normal((2000, 1)) * rng.standard_normal((1, 32))
+    assert metrics.rankme(rank1) < 1.1
+    c = metrics.collapse_metrics(np.concatenate([iso, np.zeros((2000, 4))], 1))
+    assert c["dead_fraction"] == pytest.approx(4 / 36) and c["std_min"] == 0.0
+
+
+def test_knn():
+    rng = np.random.default_rng(1)
+    x, y = _blobs(400, 8, 3, rng, sep=5.0)
+    assert metrics.knn_metrics(x[:300], y[:300], x[300:], y[300:], 3, k=5)["accuracy"] > 0.95
+
+
+def test_end_to_end_smoke(tmp_path):
+    """Train the smoke config (stage 1 + 2), then run every evaluator via the CLI's function on each encoder."""
+    from configs import base
+    from usjepa_jax import evaluate, train
+
+    cfg = base.get_config("smoke")
+    cfg.mesh.data = 1
+    train.train_and_evaluate(cfg, tmp_path)
+    evaluate.shrink_for_tests(cfg.evals)
+    for which in ("student", "teacher", "random"):
+        results = evaluate.evaluate_run(cfg, tmp_path, encoder=which, checkpoint="latest")
+        assert np.isfinite(results["linear_probe/macro_f1_mean"]), which
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(saved) == {"student:latest", "teacher", "random"}
+    for name in ("masks", "pca_features", "probe_curves", "robustness", "few_shot"):
+        assert (tmp_path / "eval" / "student_latest" / f"{name}.png").is_file(), name

@@ -1,0 +1,80 @@
+"""``default_eval_config()``: the ``config.evals`` subtree (which evaluators run, on how much data, with what settings).
+
+Kept free of jax imports so that ``usjepa_jax/config.py`` can include it cheaply. Every key is overridable from
+the command line, e.g. ``--config.evals.evaluators=linear_probe,knn --config.evals.probe.num_seeds=3``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Every evaluator, in the order they run (``evaluators`` names a subset, comma separated).
+EVALUATOR_NAMES = ("collapse", "knn", "linear_probe", "few_shot", "robustness", "speckle_invariance")
+POOLINGS = ("mean", "max", "mean_max")
+CORRUPTIONS = ("blur", "contrast", "speckle")
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        # Comma-separated subset of EVALUATOR_NAMES (order does not matter; figures are drawn when figures=True).
+        "evaluators": "collapse,knn,linear_probe,few_shot,robustness,speckle_invariance",
+        "seed": 0,  # evaluation images come from seed streams disjoint from the pretraining train/val streams
+        # Labelled simulator images (class = lesion type, data/synthetic.CLASS_NAMES), rendered with config.data's
+        # simulator settings and resized to config.data.image_size, like the pretraining inputs.
+        "num_train": 2000, "num_val": 500, "num_test": 1000,
+        "pooling": "mean",  # patch tokens -> one vector: mean | max | mean_max (concatenation)
+        "batch_size": 64,  # feature-extraction batch (the last batch is padded: one compilation)
+        "probe": {  # linear probe, the paper's protocol
+            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "max_epochs": 150, "patience": 15, "num_seeds": 5,
+            "standardize": True,  # z-score features with the probe-train split's mean/std
+        },
+        "few_shot": {"fractions": (0.01, 0.05, 0.1, 0.5, 1.0)},  # stratified, nested subsets of the train split
+        "knn": {"k": 20, "temperature": 0.07},  # cosine k-NN, votes weighted exp(sim / temperature)
+        "robustness": {
+            "corruptions": "blur,contrast,speckle",
+            "severities": (0, 1, 2, 3),  # 0 = clean (identity)
+            "speckle_correlation": 1.5,  # pixels: the Gaussian smoothing of the speckle field K
+        },
+        # Speckle invariance: M anatomies x K speckle realisations each.
+        "invariance": {"num_anatomies": 16, "num_speckles": 4},
+        "figures": True, "num_figure_images": 4,
+    })
+
+
+def evaluator_list(evals: ml_collections.ConfigDict) -> list[str]:
+    names = [n.strip() for n in str(evals.evaluators).split(",") if n.strip()]
+    unknown = [n for n in names if n not in EVALUATOR_NAMES]
+    if unknown:
+        raise ValueError(f"config.evals.evaluators: unknown {unknown}; known: {EVALUATOR_NAMES}.")
+    return [n for n in EVALUATOR_NAMES if n in names]
+
+
+def corruption_list(evals: ml_collections.ConfigDict) -> list[str]:
+    names = [n.strip() for n in str(evals.robustness.corruptions).split(",") if n.strip()]
+    unknown = [n for n in names if n not in CORRUPTIONS]
+    if unknown:
+        raise ValueError(f"config.evals.robustness.corruptions: unknown {unknown}; known: {CORRUPTIONS}.")
+    return names
+
+
+def validate_eval_config(evals: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the key of any invalid value."""
+    evaluator_list(evals)
+    corruption_list(evals)
+    if evals.pooling not in POOLINGS:
+        raise ValueError(f"config.evals.pooling={evals.pooling!r}: expected one of {POOLINGS}.")
+    for key in ("num_train", "num_val", "num_test", "batch_size"):
+        if evals[key] < 1:
+            raise ValueError(f"config.evals.{key}={evals[key]} must be at least 1.")
+    p = evals.probe
+    for key in ("batch_size", "max_epochs", "num_seeds", "patience"):
+        if p[key] < 1:
+            raise ValueError(f"config.evals.probe.{key}={p[key]} must be at least 1.")
+    if any(not 0 < f <= 1 for f in evals.few_shot.fractions):
+        raise ValueError(f"config.evals.few_shot.fractions={evals.few_shot.fractions}: each in (0, 1].")
+    if any(s not in (0, 1, 2, 3) for s in evals.robustness.severities):
+        raise ValueError(f"config.evals.robustness.severities={evals.robustness.severities}: each in 0..3.")
+    if evals.knn.k < 1:
+        raise ValueError(f"config.evals.knn.k={evals.knn.k} must be at least 1.")
+    if evals.invariance.num_anatomies < 2 or evals.invariance.num_speckles < 2:
+        raise ValueError("config.evals.invariance: num_anatomies and num_speckles must be at least 2.")

@@ -1,0 +1,66 @@
+"""Frozen-encoder features: one jitted forward per fixed-size batch (the last one padded), patch tokens pooled.
+
+``FeatureExtractor(encoder, pooling)`` takes a ``FrozenTeacher`` (any exported/imported encoder, or a random init
+wrapped by ``random_encoder``) and maps uint8 images ``[N, H, W, 1]`` to pooled features ``[N, D]`` (float32 numpy),
+or to the patch tokens ``[N, T, D]`` with ``tokens``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from usjepa_jax import config as config_lib
+from usjepa_jax.models.vit import VisionTransformer
+from usjepa_jax.teacher import FrozenTeacher, params_hash
+
+
+def pool(tokens: jax.Array, pooling: str) -> jax.Array:
+    """``[B, T, D]`` -> ``[B, D]`` (mean, max) or ``[B, 2D]`` (mean_max)."""
+    if pooling == "mean":
+        return tokens.mean(axis=1)
+    if pooling == "max":
+        return tokens.max(axis=1)
+    if pooling == "mean_max":
+        return jnp.concatenate([tokens.mean(axis=1), tokens.max(axis=1)], axis=-1)
+    raise ValueError(f"pooling={pooling!r}: expected mean, max or mean_max.")
+
+
+def random_encoder(model_cfg: ml_collections.ConfigDict, image_size: int, *, mean: float = 0.5, std: float = 0.5,
+                   seed: int = 0) -> FrozenTeacher:
+    """A randomly initialised encoder of ``model_cfg`` (the floor every method should beat)."""
+    module = VisionTransformer(**config_lib.encoder_kwargs(model_cfg), dtype=jnp.dtype(model_cfg.dtype))
+    params = module.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 1)))["params"]
+    params = jax.tree.map(np.asarray, params)
+    return FrozenTeacher(module, params, 1, mean, std, f"random-init(seed={seed})", params_hash(params))
+
+
+class FeatureExtractor:
+    def __init__(self, encoder: FrozenTeacher, pooling: str = "mean", batch_size: int = 64):
+        pool(jnp.zeros((1, 1, 1)), pooling)  # fail early on a bad name
+        self.encoder, self.pooling, self.batch_size = encoder, pooling, int(batch_size)
+        self.params = jax.device_put(encoder.params)
+        self._pooled = jax.jit(lambda p, x: pool(encoder.embed(p, x).astype(jnp.float32), pooling))
+        self._tokens = jax.jit(lambda p, x: encoder.embed(p, x).astype(jnp.float32))
+
+    def _run(self, fn, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        n, b = len(images), self.batch_size
+        out = []
+        for start in range(0, n, b):
+            chunk = images[start:start + b]
+            pad = b - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            out.append(np.asarray(fn(self.params, chunk))[:b - pad])
+        return np.concatenate(out)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self._pooled, images)
+
+    def tokens(self, images: np.ndarray) -> np.ndarray:
+        return self._run(self._tokens, images)

@@ -1,0 +1,193 @@
+"""Evaluators by name, run on one frozen encoder: ``run_evaluators(encoder, config) -> {metric: value}``.
+
+Each evaluator is a function ``(ctx: EvalContext) -> {name: float}``; the runner prefixes the names with the
+evaluator's (``linear_probe/macro_f1_mean``). ``EvalContext`` extracts each split's features once, trains the
+clean linear probe once (shared by ``linear_probe`` and ``robustness``) and collects what the figures need.
+
+Evaluators (``config.evals.evaluators``):
+- ``collapse``: per-dimension std, dead dimensions and RankMe of the pooled test embeddings;
+- ``knn``: cosine k-NN (train -> test), accuracy / macro-F1 / balanced accuracy;
+- ``linear_probe``: paper protocol (probe.py), macro-F1 / accuracy / balanced accuracy mean and std over seeds;
+- ``few_shot``: the probe on stratified nested 1/5/10/50/100% subsets of the train split;
+- ``robustness``: the clean probe tested under blur / contrast / speckle at each severity (corruptions.py);
+- ``speckle_invariance``: M anatomies x K speckle seeds, within- vs across-anatomy cosine similarity (metrics.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from usjepa_jax.evaluation import config as eval_config_lib
+from usjepa_jax.evaluation import corruptions, metrics, plots
+from usjepa_jax.evaluation.data import EvalData, render_eval_data, render_invariance_set
+from usjepa_jax.evaluation.features import FeatureExtractor
+from usjepa_jax.evaluation.probe import (
+    ProbeConfig,
+    TrainedProbe,
+    stratified_nested_subsets,
+    train_probe,
+)
+from usjepa_jax.teacher import FrozenTeacher
+
+
+class EvalContext:
+    def __init__(self, encoder: FrozenTeacher, config: ml_collections.ConfigDict, data: EvalData,
+                 out_dir: str | Path | None = None):
+        self.encoder, self.config, self.evals, self.data = encoder, config, config.evals, data
+        self.extractor = FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
+        self.probe_cfg = ProbeConfig.from_config(config.evals.probe)
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.figures: dict[str, str] = {}
+        self._features: dict[str, np.ndarray] = {}
+        self._probe: TrainedProbe | None = None
+
+    def features(self, split: str) -> np.ndarray:
+        if split not in self._features:
+            self._features[split] = self.extractor(getattr(self.data, split).image)
+        return self._features[split]
+
+    def probe(self) -> TrainedProbe:
+        if self._probe is None:
+            self._probe = train_probe(self.features("train"), self.data.train.label, self.features("val"),
+                                      self.data.val.label, self.data.num_classes, self.probe_cfg, self.evals.seed)
+        return self._probe
+
+    def figure_path(self, name: str) -> Path | None:
+        if self.out_dir is None or not self.evals.figures:
+            return None
+        return self.out_dir / name
+
+
+# ------------------------------------------------------------------------------------------------ evaluators
+def eval_collapse(ctx: EvalContext) -> dict[str, float]:
+    return metrics.collapse_metrics(ctx.features("test"))
+
+
+def eval_knn(ctx: EvalContext) -> dict[str, float]:
+    k = ctx.evals.knn
+    return metrics.knn_metrics(ctx.features("train"), ctx.data.train.label, ctx.features("test"),
+                               ctx.data.test.label, ctx.data.num_classes, k.k, k.temperature)
+
+
+def eval_linear_probe(ctx: EvalContext) -> dict[str, float]:
+    probe = ctx.probe()
+    out = probe.evaluate(ctx.features("test"), ctx.data.test.label)
+    out.update(epochs_mean=float(probe.epochs.mean()), best_epoch_mean=float(probe.best_epoch.mean()))
+    path = ctx.figure_path("probe_curves.png")
+    if path is not None:
+        ctx.figures["probe_curves"] = str(plots.save_probe_curves(probe.train_loss, probe.val_loss, path))
+    return out
+
+
+def eval_few_shot(ctx: EvalContext) -> dict[str, float]:
+    fractions = tuple(float(f) for f in ctx.evals.few_shot.fractions)
+    subsets = stratified_nested_subsets(ctx.data.train.label, fractions, ctx.evals.seed)
+    x_tr, x_va, x_te = ctx.features("train"), ctx.features("val"), ctx.features("test")
+    out, means, stds = {}, [], []
+    for f, idx in subsets.items():
+        probe = ctx.probe() if len(idx) == len(x_tr) else train_probe(
+            x_tr[idx], ctx.data.train.label[idx], x_va, ctx.data.val.label, ctx.data.num_classes, ctx.probe_cfg,
+            ctx.evals.seed)
+        m = probe.evaluate(x_te, ctx.data.test.label)
+        tag = f"{100 * f:g}pct"
+        out[f"{tag}/macro_f1_mean"], out[f"{tag}/macro_f1_std"] = m["macro_f1_mean"], m["macro_f1_std"]
+        out[f"{tag}/num_examples"] = float(len(idx))
+        means.append(m["macro_f1_mean"])
+        stds.append(m["macro_f1_std"])
+    path = ctx.figure_path("few_shot.png")
+    if path is not None:
+        ctx.figures["few_shot"] = str(plots.save_few_shot_curve(list(subsets), means, stds, path))
+    return out
+
+
+def eval_robustness(ctx: EvalContext) -> dict[str, float]:
+    r = ctx.evals.robustness
+    probe, test = ctx.probe(), ctx.data.test
+    out, bars = {}, {}
+    for name in eval_config_lib.corruption_list(ctx.evals):
+        bars[name] = {}
+        for sev in r.severities:
+            images = test.image if sev == 0 else corruptions.corrupt_batch(
+                name, test.image, test.scan_mask, int(sev), ctx.evals.seed, r.speckle_correlation)
+            x = ctx.features("test") if sev == 0 else ctx.extractor(images)
+            m = probe.evaluate(x, test.label)
+            out[f"{name}/s{sev}/macro_f1_mean"], out[f"{name}/s{sev}/macro_f1_std"] = (m["macro_f1_mean"],
+                                                                                       m["macro_f1_std"])
+            bars[name][int(sev)] = (m["macro_f1_mean"], m["macro_f1_std"])
+        worst = [v[0] for s, v in bars[name].items() if s > 0]
+        if worst and 0 in bars[name]:
+            out[f"{name}/mean_drop"] = float(bars[name][0][0] - np.mean(worst))
+    path = ctx.figure_path("robustness.png")
+    if path is not None:
+        ctx.figures["robustness"] = str(plots.save_robustness_bars(bars, path))
+    return out
+
+
+def eval_speckle_invariance(ctx: EvalContext) -> dict[str, float]:
+    inv = ctx.evals.invariance
+    s = render_invariance_set(ctx.config.data, inv.num_anatomies, inv.num_speckles, ctx.evals.seed)
+    m, k = s["image"].shape[:2]
+    x = ctx.extractor(s["image"].reshape((m * k,) + s["image"].shape[2:]))
+    return metrics.speckle_invariance(x.reshape(m, k, -1))
+
+
+EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
+    "collapse": eval_collapse, "knn": eval_knn, "linear_probe": eval_linear_probe, "few_shot": eval_few_shot,
+    "robustness": eval_robustness, "speckle_invariance": eval_speckle_invariance}
+assert tuple(EVALUATORS) == eval_config_lib.EVALUATOR_NAMES
+
+
+def feature_figures(ctx: EvalContext) -> None:
+    """Input with a context/target mask sample overlaid, and the PCA of the patch features beside the input."""
+    if ctx.out_dir is None or not ctx.evals.figures:
+        return
+    from usjepa_jax.masks import MultiBlockMaskSampler
+    from usjepa_jax.visualize import save_mask_figure
+
+    n = min(ctx.evals.num_figure_images, len(ctx.data.test))
+    images, scan = ctx.data.test.image[:n], ctx.data.test.scan_mask[:n]
+    patch = ctx.encoder.module.patch_size
+    grid = (images.shape[1] // patch, images.shape[2] // patch)
+    try:
+        sampler = MultiBlockMaskSampler.from_config(ctx.config.masks, grid)
+        rng = np.random.default_rng(ctx.evals.seed)
+        samples = [sampler(rng, scan_mask=m) for m in scan]
+        ctx.figures["masks"] = str(save_mask_figure(list(images), samples, patch, ctx.out_dir / "masks.png"))
+    except ValueError as e:  # a mask config that does not fit this grid: skip the figure, not the evaluation
+        ctx.figures["masks_error"] = str(e)
+    tokens = ctx.extractor.tokens(images)
+    ctx.figures["pca"] = str(plots.save_pca_figure(images, tokens, patch, ctx.out_dir / "pca_features.png",
+                                                   title="input / PCA of patch features (RGB = PC 1-3)"))
+
+
+def run_evaluators(encoder: FrozenTeacher, config: ml_collections.ConfigDict, data: EvalData | None = None,
+                   out_dir: str | Path | None = None, log: Callable[[str], None] | None = None
+                   ) -> tuple[dict[str, float], dict[str, str]]:
+    """Run ``config.evals.evaluators`` on ``encoder``; returns (``{evaluator/metric: value}``, figures written).
+
+    ``data``: pre-rendered evaluation images (to share them between encoders); rendered from the config if None.
+    """
+    evals = config.evals
+    eval_config_lib.validate_eval_config(evals)
+    log = log or (lambda msg: None)
+    if data is None:
+        t = time.perf_counter()
+        data = render_eval_data(config.data, evals)
+        log(f"rendered {len(data.train)}/{len(data.val)}/{len(data.test)} evaluation images in "
+            f"{time.perf_counter() - t:.1f}s")
+    ctx = EvalContext(encoder, config, data, out_dir)
+    results: dict[str, float] = {}
+    for name in eval_config_lib.evaluator_list(evals):
+        t = time.perf_counter()
+        values = EVALUATORS[name](ctx)
+        results.update({f"{name}/{k}": float(v) for k, v in values.items()})
+        results[f"{name}/seconds"] = time.perf_counter() - t
+        log(f"{name} ({results[f'{name}/seconds']:.1f}s): " + ", ".join(
+            f"{k}={v:.4g}" for k, v in values.items() if not k.endswith("_std"))[:400])
+    feature_figures(ctx)
+    return results, ctx.figures
