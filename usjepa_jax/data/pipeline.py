@@ -25,10 +25,11 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from usjepa_jax.data.preprocess import default_preprocess_dict
 from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource, derive_seed
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
-SOURCES = ("synthetic",)
+SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/sources.py
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -49,6 +50,16 @@ def default_data_config() -> ml_collections.ConfigDict:
             speckle_prob=0.5, speckle_sigma=(0.05, 0.3), speckle_correlation=1.5,
             contrast_prob=0.5, contrast_range=(0.7, 1.3),
         ),
+        # Real data (source files | ultrabench | prepared; data/sources.py, data/mixture.py): input directories,
+        # optional dataset-name filter, per-dataset epoch cap N_t, hold-out fraction (by file), bad-file policy.
+        paths=[],
+        datasets=[],
+        cap_per_dataset=50_000,
+        mixture_epochs=1,  # capped-dataset epochs per pass of the train source (fresh subsets each), mixture.py
+        val_fraction=0.05,
+        on_error="skip",  # a bad file is logged and skipped ('skip') or fails the run ('raise')
+        nifti_axis=-1,  # NIfTI frames: slices along this axis (volumes) / time points (2-D+t)
+        preprocess=default_preprocess_dict(),  # raw sources only (prepared data was preprocessed once)
         shuffle=True,
         worker_count=0,  # grain worker processes (0: in the training process)
         worker_buffer_size=2,  # batches buffered per worker
@@ -69,6 +80,9 @@ def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
         raise ValueError(f"config.data.source={data_config.source!r}: expected one of {SOURCES}.")
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
+    if data_config.source != "synthetic":
+        from usjepa_jax.data.sources import make_real_source
+        return make_real_source(data_config, split, seed)
     num = data_config.num_train if split == "train" else data_config.num_val
     return SyntheticUltrasoundSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config))
 
