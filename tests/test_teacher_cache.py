@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from tests.test_train import read_metrics
+from tests.test_train import smoke_config as train_smoke_config
 from usjepa_jax import checkpointing, train
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.teacher import FrozenTeacher, export_encoder, load_teacher
@@ -23,23 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def smoke_config(**overrides):
-    c = base.get_config("smoke")
-    c.optim.total_steps = 2
-    c.log_every = 1
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
-
-
-def read_metrics(workdir):
-    merged = {}
-    for row in map(json.loads, (Path(workdir) / train.METRICS_FILE).read_text().splitlines()):
-        merged.setdefault(row["step"], {}).update(row)
-    return merged
+    return train_smoke_config(**{"optim.total_steps": 2, "log_every": 1, **overrides})
 
 
 def random_teacher(directory, seed):
