@@ -112,7 +112,7 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def detect_scan_region(gray: np.ndarray, threshold: int = 12, opening: float = 0.015,
-                       max_side: int = 320) -> np.ndarray:
+                       max_side: int = 256) -> np.ndarray:
     """The scan region (bool ``[H, W]``) of a grey frame; see the module docstring, step 4. Frames larger than
     ``max_side`` are analysed at a reduced size (box filter) and the mask brought back (nearest)."""
     h, w = gray.shape
