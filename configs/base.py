@@ -10,6 +10,7 @@ scale 0.075-0.125 holds 5-8 patches (the paper's 10 assumes 196).
 """
 
 from usjepa_jax import config as config_lib
+from usjepa_jax.evaluation.config import shrink_for_smoke
 
 
 def get_config(arg: str | None = None):
@@ -66,5 +67,6 @@ def apply_variants(c, arg: str) -> None:
                 o.batch_size, o.total_steps, o.warmup_steps = 8, 4, 1
             c.log_every = 2
             c.checkpoint.every = 2
+            shrink_for_smoke(c.evals)
         else:
             raise ValueError(f"Unknown config variant {variant!r} in configs/base.py (known: smoke).")

@@ -115,18 +115,26 @@ def test_knn():
 
 
 def test_end_to_end_smoke(tmp_path):
-    """Train the smoke config (stage 1 + 2), then run every evaluator via the CLI's function on each encoder."""
-    from configs import base
+    """Train the one-stage smoke config (pixel method), then evaluate its encoder (all evaluators), the same
+    encoder as a `teacher`, a random init, and the encoder restored from the step-2 train checkpoint."""
+    from configs import mae
     from usjepa_jax import evaluate, train
 
-    cfg = base.get_config("smoke")
+    cfg = mae.get_config("smoke")
     cfg.mesh.data = 1
     train.train_and_evaluate(cfg, tmp_path)
-    evaluate.shrink_for_tests(cfg.evals)
-    for which in ("student", "teacher", "random"):
-        results = evaluate.evaluate_run(cfg, tmp_path, encoder=which, checkpoint="latest")
-        assert np.isfinite(results["linear_probe/macro_f1_mean"]), which
-    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert set(saved) == {"student:latest", "teacher", "random"}
+    results = evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="latest")
+    for key in ("linear_probe/macro_f1_mean", "knn/accuracy", "collapse/rankme", "speckle_invariance/ratio",
+                "robustness/blur/s3/macro_f1_mean", "few_shot/10pct/macro_f1_mean"):
+        assert np.isfinite(results[key]), key
     for name in ("masks", "pca_features", "probe_curves", "robustness", "few_shot"):
         assert (tmp_path / "eval" / "student_latest" / f"{name}.png").is_file(), name
+    cfg.evals.evaluators = "knn,collapse"  # the other encoders: the cheap monitors only
+    cfg.teacher.checkpoint = str(tmp_path / "encoder")
+    teacher = evaluate.evaluate_run(cfg, tmp_path, encoder="teacher")
+    assert teacher["knn/accuracy"] == results["knn/accuracy"]  # the same encoder, loaded as a teacher
+    evaluate.evaluate_run(cfg, tmp_path, encoder="random")
+    evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="2")
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert set(saved) == {"student:latest", "teacher", "random", "student:step_2"}
+    assert saved["student:step_2"]["content_hash"] != saved["student:latest"]["content_hash"]

@@ -11,6 +11,7 @@ import ml_collections
 
 from usjepa_jax import objectives
 from usjepa_jax.data.pipeline import default_data_config
+from usjepa_jax.evaluation.config import default_eval_config, validate_eval_config
 from usjepa_jax.masks import default_mask_config
 from usjepa_jax.models import vit
 
@@ -91,6 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every = 50
     c.eval_every = 1000  # validation loss on data.num_val held-out images; the best encoder -> encoder_best/
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, keep_period=0, async_save=True))
+    c.evals = default_eval_config()  # frozen-encoder evaluation (python -m usjepa_jax.evaluate, evaluation/)
     return c
 
 
@@ -147,6 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.eval_every >= 0, "eval_every", config.eval_every, "0 (off) or a number of steps")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, "at least 1")
     _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")
+    if "evals" in config:
+        validate_eval_config(config.evals)
     if config.teacher.cache:
         _check(config.method == "usjepa", "teacher.cache", config.teacher.cache,
                "empty unless method='usjepa' (only a frozen teacher's targets can be precomputed)")

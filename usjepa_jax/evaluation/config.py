@@ -78,3 +78,14 @@ def validate_eval_config(evals: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.evals.knn.k={evals.knn.k} must be at least 1.")
     if evals.invariance.num_anatomies < 2 or evals.invariance.num_speckles < 2:
         raise ValueError("config.evals.invariance: num_anatomies and num_speckles must be at least 2.")
+
+
+def shrink_for_smoke(evals: ml_collections.ConfigDict) -> None:
+    """Tiny sizes for smoke configs and tests (seconds on a CPU): every evaluator still runs."""
+    evals.num_train, evals.num_val, evals.num_test = 60, 30, 30
+    evals.batch_size = 32
+    evals.probe.max_epochs, evals.probe.patience, evals.probe.num_seeds = 20, 5, 2
+    evals.few_shot.fractions = (0.1, 1.0)
+    evals.knn.k = 5
+    evals.invariance.num_anatomies, evals.invariance.num_speckles = 4, 2
+    evals.num_figure_images = 2

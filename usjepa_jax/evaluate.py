@@ -1,0 +1,139 @@
+"""Evaluate a training run's frozen encoder: ``python -m usjepa_jax.evaluate --config=CONFIG --workdir=RUN``.
+
+    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base
+    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=teacher
+    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=random
+    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --checkpoint=200 \
+        --config.evals.evaluators=linear_probe,knn
+
+``--encoder``: ``student`` (the run's encoder), ``teacher`` (its frozen teacher: ``config.teacher.checkpoint`` or
+the stage-1 ``RUN/teacher/encoder``), ``random`` (a random init of ``config.model``, the floor).
+``--checkpoint`` (student only): ``latest`` = the exported final encoder ``RUN/encoder``; ``best`` = the lowest
+validation-loss encoder ``RUN/encoder_best``; a step number = the encoder restored from ``RUN/checkpoints/STEP``.
+
+Writes ``RUN/eval/results.json`` (one entry per evaluated encoder, e.g. ``student:latest``, ``teacher``,
+``random``; entries of other encoders are kept) and figures in ``RUN/eval/<entry>/``: ``masks.png`` (inputs with a
+context/target sample), ``pca_features.png``, ``probe_curves.png``, ``few_shot.png``, ``robustness.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+EVAL_DIR = "eval"
+RESULTS_FILE = "results.json"
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number (student only).")
+_ENCODER = flags.DEFINE_enum("encoder", "student", ["student", "teacher", "random"], "Which encoder to evaluate.")
+
+
+def entry_name(encoder: str, checkpoint: str) -> str:
+    if encoder != "student":
+        return encoder
+    return f"student:{checkpoint if checkpoint in ('latest', 'best') else f'step_{int(checkpoint)}'}"
+
+
+def _restore_step(config: ml_collections.ConfigDict, workdir: Path, step: int):
+    """The student encoder of train checkpoint ``step`` (restored as saved, without building the trainer)."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from usjepa_jax import checkpointing, train
+    from usjepa_jax.teacher import FrozenTeacher, params_hash
+
+    manager = checkpointing.make_manager(workdir / "checkpoints", async_save=False)
+    try:
+        if step not in manager.all_steps():
+            raise FileNotFoundError(f"No checkpoint at step {step} in {workdir / 'checkpoints'} "
+                                    f"(available: {sorted(manager.all_steps())}).")
+        abstract = manager.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
+                                                             sharding=jax.sharding.SingleDeviceSharding(
+                                                                 jax.devices()[0])), abstract)
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    finally:
+        manager.close()
+    params = jax.tree.map(np.asarray, state["params"]["encoder"])
+    return FrozenTeacher(train.build_encoder(config.model), params, 1, config.data.mean, config.data.std,
+                         f"{workdir / 'checkpoints'}@{step}", params_hash(params))
+
+
+def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
+                 checkpoint: str = "latest"):
+    """The ``FrozenTeacher`` to evaluate (see the module docstring for the choices)."""
+    import jax.numpy as jnp
+
+    from usjepa_jax import train
+    from usjepa_jax.evaluation.features import random_encoder
+    from usjepa_jax.teacher import load_teacher
+
+    workdir = Path(workdir)
+    size = config.data.image_size
+    if encoder == "random":
+        return random_encoder(config.model, size, mean=config.data.mean, std=config.data.std, seed=config.seed)
+    if encoder == "teacher":
+        path = config.teacher.checkpoint or workdir / train.TEACHER_DIR / train.ENCODER_DIR
+        return load_teacher(path, image_size=size)
+    if checkpoint in ("latest", "best"):
+        path = workdir / (train.ENCODER_DIR if checkpoint == "latest" else train.BEST_ENCODER_DIR)
+        if not (path / "model.json").is_file():
+            raise FileNotFoundError(f"No exported encoder in {path}" + (
+                " (encoder_best/ is written only when the run computes a validation loss: eval_every > 0 and "
+                "data.num_val >= batch_size)" if checkpoint == "best" else " (has the run finished?)"))
+        return load_teacher(path, image_size=size, dtype=jnp.dtype(config.model.dtype))
+    return _restore_step(config, workdir, int(checkpoint))
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
+                 checkpoint: str = "latest", data=None) -> dict[str, float]:
+    """Run ``config.evals`` on one encoder of the run; merge the results into ``RUN/eval/results.json``."""
+    from usjepa_jax.evaluation import run_evaluators
+
+    workdir = Path(workdir)
+    name = entry_name(encoder, checkpoint)
+    model = load_encoder(config, workdir, encoder, checkpoint)
+    out_dir = workdir / EVAL_DIR / name.replace(":", "_")
+    logging.info("Evaluating %s (%s) -> %s", name, model.path, out_dir)
+    t = time.perf_counter()
+    results, figures = run_evaluators(model, config, data=data, out_dir=out_dir, log=logging.info)
+    path = workdir / EVAL_DIR / RESULTS_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    saved[name] = {"metrics": results, "figures": figures, "encoder_path": str(model.path),
+                       "content_hash": model.content_hash, "evals": config.evals.to_dict(), "seconds": time.perf_counter() - t}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=2, default=float))
+    logging.info("Results in %s", path)
+    return results
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    from usjepa_jax.evaluation import validate_eval_config
+
+    if "evals" not in config:
+        raise app.UsageError("The config has no `evals` section (usjepa_jax.evaluation.default_eval_config()).")
+    validate_eval_config(config.evals)
+    checkpoint = _CHECKPOINT.value
+    if checkpoint not in ("latest", "best") and not checkpoint.isdigit():
+        raise app.UsageError(f"--checkpoint={checkpoint!r}: expected latest, best or a step number.")
+    results = evaluate_run(config, _WORKDIR.value, _ENCODER.value, checkpoint)
+    for key, value in results.items():
+        if not key.endswith(("_std", "seconds")):
+            print(f"{key:48s} {value:.4f}")
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
