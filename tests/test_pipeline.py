@@ -75,12 +75,49 @@ def test_iterator_state_round_trips(workers):
 
 
 def test_augmentations_change_images_and_keep_black_outside_the_scan():
+    config = small_config(enabled=True)
+    config.synthetic.overlay_prob = 0.0  # burned-in text may sit outside the scan region
     plain = next(iter(pipeline.build_dataset(small_config(), global_batch_size=4, seed=0)))
-    augmented = next(iter(pipeline.build_dataset(small_config(enabled=True), global_batch_size=4, seed=0)))
+    augmented = next(iter(pipeline.build_dataset(config, global_batch_size=4, seed=0)))
     np.testing.assert_array_equal(plain["index"], augmented["index"])
     assert not np.array_equal(plain["image"], augmented["image"])
     outside = augmented["scan_mask"] == 0
-    assert np.all(augmented["image"][..., 0][outside] == 0)
+    assert outside.any() and np.all(augmented["image"][..., 0][outside] == 0)
+
+
+def test_geometric_augmentations_move_image_and_scan_mask_together():
+    flips = dict(enabled=True, random_resized_crop=False, hflip=True, vflip=True, blur_prob=0.0, speckle_prob=0.0,
+                 contrast_prob=0.0)
+    plain = next(iter(pipeline.build_dataset(small_config(), global_batch_size=8, seed=1)))
+    flipped = next(iter(pipeline.build_dataset(small_config(**flips), global_batch_size=8, seed=1)))
+    moved = 0
+    for i in range(8):
+        candidates = [(a, m) for a, m in ((plain["image"][i], plain["scan_mask"][i]),) for a, m in
+                      ((a, m), (a[:, ::-1], m[:, ::-1]), (a[::-1], m[::-1]), (a[::-1, ::-1], m[::-1, ::-1]))]
+        matches = [k for k, (a, m) in enumerate(candidates)
+                   if np.array_equal(a, flipped["image"][i]) and np.array_equal(m, flipped["scan_mask"][i])]
+        assert matches, i  # one of the four flips, applied to image and mask alike
+        moved += matches[0] > 0
+    assert moved > 0
+
+
+def test_augmentation_with_every_switch_off_is_the_identity():
+    off = dict(enabled=True, random_resized_crop=False, hflip=False, vflip=False, blur_prob=0.0, speckle_prob=0.0,
+               contrast_prob=0.0)
+    plain = next(iter(pipeline.build_dataset(small_config(), global_batch_size=4, seed=0)))
+    same = next(iter(pipeline.build_dataset(small_config(**off), global_batch_size=4, seed=0)))
+    for key in plain:
+        np.testing.assert_array_equal(plain[key], same[key])
+
+
+def test_train_and_val_splits_are_disjoint():
+    config = small_config()
+    train, val = (pipeline.make_source(config, split, seed=0) for split in ("train", "val"))
+    train_seeds = {train.seeds(i)[0] for i in range(len(train))}
+    val_seeds = {val.seeds(i)[0] for i in range(len(val))}
+    assert len(train_seeds) == len(train) and not train_seeds & val_seeds
+    val_batch = next(iter(pipeline.build_dataset(config, global_batch_size=4, split="val", seed=0, num_epochs=1)))
+    np.testing.assert_array_equal(val_batch["index"], np.arange(4))  # val is never shuffled
 
 
 def test_unknown_simulator_key_is_named():

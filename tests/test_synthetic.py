@@ -60,6 +60,22 @@ def test_speckle_grain_grows_with_psf_width():
     assert widths[0] < widths[1] < widths[2], widths
 
 
+def axial_correlation_width(env: np.ndarray) -> float:
+    return lateral_correlation_width(env.T)
+
+
+def test_axial_speckle_grain_grows_with_pulse_length():
+    config = sim.SimulatorConfig(image_size=128, line_density=1.0)
+    widths = [axial_correlation_width(sim.render_homogeneous(0, config, cycles=c)) for c in (0.5, 1.0, 2.0)]
+    assert widths[0] < widths[1] < widths[2], widths
+
+
+def test_rendered_envelope_is_returned_before_log_compression():
+    out = sim.render(2, 3, SMALL, return_envelope=True)
+    assert out["envelope"].dtype == np.float32 and out["envelope"].shape == SMALL.grid_shape
+    assert out["envelope"].min() >= 0 and "envelope" not in sim.render(2, 3, SMALL)
+
+
 def test_labels_match_the_phantom():
     seen = set()
     for seed in range(60):
@@ -70,6 +86,7 @@ def test_labels_match_the_phantom():
         if label == 0:
             assert sum(lesion_pixels.values()) == 0
         else:
+            assert lesion_pixels[label] > 0, (seed, label)  # the lesion is visible in the scan region
             assert all(n == 0 for s, n in lesion_pixels.items() if s != label)
         assert np.all(seg[~out["scan_mask"]] == sim.SEG["outside"])
     assert seen == set(range(len(sim.CLASS_NAMES)))

@@ -33,22 +33,30 @@ SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/so
 
 
 def default_data_config() -> ml_collections.ConfigDict:
+    """The ``config.data`` subtree. Every key is overridable from the command line (``--config.data.KEY=...``)."""
     simulator = {k: list(v) if isinstance(v, tuple) else v
                  for k, v in dataclasses.asdict(SimulatorConfig()).items()}
     return ml_collections.ConfigDict(dict(
-        source="synthetic",  # the built-in simulator (data/synthetic.py)
-        image_size=224,  # model input (square); rendered images are resized to it
+        source="synthetic",  # the built-in simulator (data/synthetic.py); the only source so far
+        image_size=224,  # model input (square, pixels); rendered images are resized to it (bilinear)
         num_train=100_000,  # images per epoch of the train split
-        num_val=1_000,  # held-out images (disjoint anatomy seeds)
-        mean=0.5, std=0.5,  # on-device normalisation (x / 255 - mean) / std
-        synthetic=simulator,  # SimulatorConfig fields; synthetic.image_size is the render resolution
+        num_val=1_000,  # held-out images of the val split, rendered from a disjoint seed stream
+        mean=0.5, std=0.5,  # on-device normalisation (image / 255 - mean) / std, applied by the trainer
+        # SimulatorConfig fields (ranges are [low, high], sampled per image from its anatomy seed);
+        # synthetic.image_size is the render resolution, independent of the model's image_size.
+        synthetic=simulator,
         augment=dict(
-            enabled=False,  # the method is augmentation-free (I-JEPA sense); the paper's list is a switch
-            random_resized_crop_scale=(0.6, 1.0), random_resized_crop_ratio=(0.75, 4 / 3),
-            hflip=True, vflip=True,
-            blur_prob=0.5, blur_sigma=(0.2, 1.5),
+            enabled=False,  # master switch; off = augmentation-free (I-JEPA sense), the paper's list is opt-in
+            random_resized_crop=True,  # crop a random area fraction / aspect ratio, resized back
+            random_resized_crop_scale=(0.6, 1.0),  # area fraction of the crop
+            random_resized_crop_ratio=(0.75, 4 / 3),  # aspect ratio (w / h) of the crop, log-uniform
+            hflip=True,  # horizontal flip with probability 1/2
+            vflip=True,  # vertical flip with probability 1/2
+            blur_prob=0.5, blur_sigma=(0.2, 1.5),  # Gaussian blur: probability (0 = off), sigma range (px)
+            # multiplicative correlated speckle I * (1 + eta * K), K unit-variance noise smoothed with
+            # speckle_correlation (px): probability (0 = off), range of eta's scale
             speckle_prob=0.5, speckle_sigma=(0.05, 0.3), speckle_correlation=1.5,
-            contrast_prob=0.5, contrast_range=(0.7, 1.3),
+            contrast_prob=0.5, contrast_range=(0.7, 1.3),  # contrast about the in-scan median: probability, factor
         ),
         # Real data (source files | ultrabench | prepared; data/sources.py, data/mixture.py): input directories,
         # optional dataset-name filter, per-dataset epoch cap N_t, hold-out fraction (by file), bad-file policy.
@@ -60,7 +68,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         on_error="skip",  # a bad file is logged and skipped ('skip') or fails the run ('raise')
         nifti_axis=-1,  # NIfTI frames: slices along this axis (volumes) / time points (2-D+t)
         preprocess=default_preprocess_dict(),  # raw sources only (prepared data was preprocessed once)
-        shuffle=True,
+        shuffle=True,  # reshuffle the train split every epoch (val/test are never shuffled)
         worker_count=0,  # grain worker processes (0: in the training process)
         worker_buffer_size=2,  # batches buffered per worker
     ))
@@ -94,6 +102,17 @@ def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size, size), resample))
 
 
+def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """The scan mask resized with the image's own (bilinear) filter, kept where it has any weight (uint8 0/1).
+
+    So the resized mask covers every pixel the resized image can take from the scan region: outside it the image
+    stays black (or burned-in overlay), never an interpolated edge.
+    """
+    if mask.shape == (size, size):
+        return mask.astype(np.uint8)
+    return (_resize(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
+
+
 class Augment(grain.transforms.RandomMap):
     """The paper's augmentations, each a switch: random resized crop, flips, blur, speckle, contrast."""
 
@@ -104,14 +123,14 @@ class Augment(grain.transforms.RandomMap):
         c = self.cfg
         image, mask = element["image"], element["scan_mask"].astype(np.uint8)
         size = image.shape[0]
-        # Random resized crop (area fraction and aspect ratio), back to the same size.
-        scale = rng.uniform(*c["random_resized_crop_scale"])
-        ratio = np.exp(rng.uniform(*np.log(c["random_resized_crop_ratio"])))
-        w = int(min(size, round(size * np.sqrt(scale * ratio))))
-        h = int(min(size, round(size * np.sqrt(scale / ratio))))
-        top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-        image = _resize(image[top:top + h, left:left + w], size, Image.BILINEAR)
-        mask = _resize(mask[top:top + h, left:left + w], size, Image.NEAREST)
+        if c.get("random_resized_crop", True):  # area fraction and aspect ratio, back to the same size
+            scale = rng.uniform(*c["random_resized_crop_scale"])
+            ratio = np.exp(rng.uniform(*np.log(c["random_resized_crop_ratio"])))
+            w = int(min(size, round(size * np.sqrt(scale * ratio))))
+            h = int(min(size, round(size * np.sqrt(scale / ratio))))
+            top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+            image = _resize(image[top:top + h, left:left + w], size, Image.BILINEAR)
+            mask = _resize_mask(mask[top:top + h, left:left + w], size)
         if c["hflip"] and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
         if c["vflip"] and rng.random() < 0.5:
@@ -128,20 +147,24 @@ class Augment(grain.transforms.RandomMap):
             inside = mask > 0
             median = float(np.median(x[inside])) if inside.any() else 0.0
             x = median + (x - median) * rng.uniform(*c["contrast_range"])
-        x = np.where(mask > 0, x, 0.0)
-        return dict(element, image=np.clip(np.rint(x), 0, 255).astype(np.uint8), scan_mask=mask.astype(bool))
+        # Photometric changes act on the scan region only: outside stays black, burned-in text stays as it was.
+        x = np.where(mask > 0, np.clip(np.rint(x), 0, 255), image)
+        return dict(element, image=x.astype(np.uint8), scan_mask=mask.astype(bool))
 
 
 class ToModelInput(grain.transforms.Map):
-    """Resize to the model's input; ``image`` ``[S, S, 1]`` uint8, ``scan_mask`` uint8; drops the segmentation."""
+    """Resize to the model's input; ``image`` ``[S, S, 1]`` uint8, ``scan_mask`` uint8; drops the segmentation.
+
+    The image is not cut to the scan mask: burned-in overlays (text, depth ruler) outside it stay, as in real
+    scanner exports; outside the scan region everything else is already black.
+    """
 
     def __init__(self, image_size: int):
         self.image_size = image_size
 
     def map(self, element: dict) -> dict:
         image = _resize(element["image"], self.image_size, Image.BILINEAR)
-        mask = _resize(element["scan_mask"].astype(np.uint8), self.image_size, Image.NEAREST)
-        image = np.where(mask > 0, image, 0).astype(np.uint8)  # interpolation must not leak past the scan edge
+        mask = _resize_mask(element["scan_mask"], self.image_size)
         return dict(image=image[..., None], scan_mask=mask, label=np.int32(element["label"]),
                     index=np.int32(element["index"]))
 
