@@ -94,6 +94,7 @@ def test_speckle_invariance_constant_and_oracle():
     onehot = np.eye(9)[s["segmentation"]].reshape(6, 3, -1)
     oracle = metrics.speckle_invariance(onehot)
     assert oracle["within"] == pytest.approx(1.0) and oracle["ratio"] > 1.2 and oracle["retrieval"] == 1.0
+    assert oracle["anatomy_variance_fraction"] == pytest.approx(1.0) and constant["anatomy_variance_fraction"] == 0
     pixels = metrics.speckle_invariance(s["image"].reshape(6, 3, -1).astype(float))
     assert pixels["ratio"] < oracle["ratio"]  # raw pixels carry speckle
 
