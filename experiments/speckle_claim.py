@@ -105,7 +105,7 @@ def _num(metrics: dict, key: str, fmt: str = "{:.3f}") -> str:
 def write_table(rows: dict, plan: dict, out: Path) -> Path:
     corr = ("blur", "contrast", "speckle")
     head = ("| encoder | train steps | train FLOPs | probe macro-F1 | balanced acc | k-NN acc | "
-            "speckle inv. ratio | anatomy var. frac. | NN retrieval | " + " | ".join(f"{c} s3 macro-F1" for c in corr) + " | RankMe |")
+            "speckle inv. ratio | anatomy var. frac. (pooled) | (per patch) | NN retrieval | " + " | ".join(f"{c} s3 macro-F1" for c in corr) + " | RankMe |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, m in rows.items():
         method = name if name in METHODS else None
@@ -113,7 +113,9 @@ def write_table(rows: dict, plan: dict, out: Path) -> Path:
         steps = str(plan["steps"][method]) if method else "-"
         lines.append(f"| {LABELS[name]} | {steps} | {flops} | {_pm(m, 'linear_probe/macro_f1')} | "
                      f"{_pm(m, 'linear_probe/balanced_accuracy')} | {_num(m, 'knn/accuracy')} | "
-                     f"{_num(m, 'speckle_invariance/ratio')} | {_num(m, 'speckle_invariance/anatomy_variance_fraction')} | {_num(m, 'speckle_invariance/retrieval', '{:.2f}')} | "
+                     f"{_num(m, 'speckle_invariance/ratio')} | {_num(m, 'speckle_invariance/anatomy_variance_fraction')} | "
+                     f"{_num(m, 'speckle_invariance/patch_anatomy_variance_fraction')} | "
+                     f"{_num(m, 'speckle_invariance/retrieval', '{:.2f}')} | "
                      + " | ".join(_pm(m, f"robustness/{c}/s3/macro_f1") for c in corr)
                      + f" | {_num(m, 'collapse/rankme', '{:.1f}')} |")
     text = ("# Speckle claim: equal-FLOPs pretraining on the simulator\n\n"
@@ -122,7 +124,9 @@ def write_table(rows: dict, plan: dict, out: Path) -> Path:
             + f"; budget {plan['budget']:.3g} FLOPs per method (US-JEPA's stage 1 counted against it).\n"
             "Probe metrics: mean ± std over probe seeds. s3 = severity 3. Speckle invariance ratio: mean cosine "
             "similarity within an anatomy (different speckle) / across anatomies (1 = no invariance); anatomy var. "
-            "frac.: share of embedding variance between anatomy means (1 = speckle-invariant, chance (M-1)/(MK-1)).\n\n"
+            "frac.: share of embedding variance between anatomy means, M anatomies x K speckle seeds scanned with one "
+            "acquisition (1 = speckle-invariant, (M-1)/(MK-1) = anatomy irrelevant), of mean-pooled embeddings and "
+            "per patch token inside the scan.\n\n"
             + "\n".join(lines) + "\n")
     path = out / "results.md"
     path.write_text(text)
@@ -151,13 +155,15 @@ def write_plot(rows: dict, out: Path) -> Path:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
     ax = fig.add_subplot(1, 2, 2)
-    ax.bar(np.arange(len(names)), [rows[n].get("speckle_invariance/anatomy_variance_fraction", np.nan)
-                                   for n in names])
+    for j, (key, label) in enumerate((("anatomy_variance_fraction", "pooled embedding"),
+                                      ("patch_anatomy_variance_fraction", "per patch token"))):
+        ax.bar(np.arange(len(names)) + (j - 0.5) * 0.4, [rows[n].get(f"speckle_invariance/{key}", np.nan)
+                                                         for n in names], 0.4, label=label)
     chance = next((r["speckle_invariance/anatomy_variance_fraction_chance"] for r in rows.values()
                    if "speckle_invariance/anatomy_variance_fraction_chance" in r), None)
     if chance is not None:
         ax.axhline(chance, color="k", lw=0.8, ls="--", label="anatomy irrelevant")
-        ax.legend(fontsize=7)
+    ax.legend(fontsize=7)
     ax.set_xticks(np.arange(len(names)), [LABELS[n] for n in names], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("embedding variance between anatomies")
     ax.set_ylim(0, 1)

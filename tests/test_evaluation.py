@@ -97,6 +97,20 @@ def test_speckle_invariance_constant_and_oracle():
     assert oracle["anatomy_variance_fraction"] == pytest.approx(1.0) and constant["anatomy_variance_fraction"] == 0
     pixels = metrics.speckle_invariance(s["image"].reshape(6, 3, -1).astype(float))
     assert pixels["ratio"] < oracle["ratio"]  # raw pixels carry speckle
+    # Per patch: 8x8 pixel patches as "tokens"; the phantom labels give 1, constant tokens 0, raw pixels between.
+    size = s["image"].shape[2]
+
+    def as_tokens(x):
+        g = size // 8
+        return x.reshape(6, 3, g, 8, g, 8, -1).transpose(0, 1, 2, 4, 3, 5, 6).reshape(6, 3, g * g, -1)
+
+    oracle_tokens = metrics.speckle_invariance(onehot.reshape(6, 3, -1)[..., :1], as_tokens(np.eye(9)[s["segmentation"]]))
+    pixel_tokens = metrics.speckle_invariance(np.ones((6, 3, 1)), as_tokens(s["image"].astype(float)))
+    assert oracle_tokens["patch_anatomy_variance_fraction"] == pytest.approx(1.0)
+    assert 0.0 < pixel_tokens["patch_anatomy_variance_fraction"] < 0.9
+    assert metrics.speckle_invariance(np.ones((6, 3, 1)), np.ones((6, 3, 4, 2)))["patch_anatomy_variance_fraction"] == 0
+    # One acquisition for the whole set: the scan region (geometry) is identical for every anatomy.
+    assert s["scan_mask"].shape == (size, size) and (s["image"][..., 0] > 0).any(axis=(0, 1))[~s["scan_mask"]].sum() == 0
 
 
 def test_rankme_and_collapse():

@@ -351,14 +351,22 @@ def envelope(echo: np.ndarray, pulse: dict, rng: np.random.Generator) -> np.ndar
 
 
 def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = SimulatorConfig(), *,
-           return_envelope: bool = False) -> dict[str, Any]:
+           return_envelope: bool = False, acquisition_seed: int | None = None) -> dict[str, Any]:
     """One B-mode image.
+
+    ``acquisition_seed``: when given, the scanner settings (geometry, pulse, display, overlay) come from this seed
+    instead of the anatomy seed, and only the phantom (layers, vessel, lesion, texture, label) from
+    ``anatomy_seed``: several anatomies scanned with one probe and one preset (the speckle-invariance set).
 
     Returns ``image`` uint8 ``[S, S]``, ``label`` int (index into ``CLASS_NAMES``), ``segmentation`` uint8
     ``[S, S]`` (index into ``SEGMENTATION_NAMES``), ``scan_mask`` bool ``[S, S]``, ``params`` (dict), and with
     ``return_envelope`` the envelope ``[A, L]`` on the acquisition grid before attenuation and log compression.
     """
     anatomy = sample_anatomy(anatomy_seed, config)
+    if acquisition_seed is not None:
+        scanner = sample_anatomy(acquisition_seed, config)
+        anatomy = dataclasses.replace(anatomy, geometry=scanner.geometry, pulse=scanner.pulse,
+                                      display=scanner.display, overlay=scanner.overlay)
     rng = np.random.default_rng(derive_seed(speckle_seed, 2))
     grid, size = config.grid_shape, config.image_size
     x, z = _acquisition_points(anatomy.geometry, grid)

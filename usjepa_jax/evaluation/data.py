@@ -65,21 +65,31 @@ def render_eval_data(data_config: ml_collections.ConfigDict, evals: ml_collectio
 def render_invariance_set(data_config: ml_collections.ConfigDict, num_anatomies: int, num_speckles: int,
                           seed: int) -> dict[str, np.ndarray]:
     """``num_anatomies`` phantoms, each under ``num_speckles`` speckle seeds: ``image`` uint8 ``[M, K, S, S, 1]``,
-    ``segmentation`` uint8 ``[M, K, S, S]`` (identical along K: anatomy only), ``label`` ``[M]``."""
-    sim = simulator_config(data_config)
+    ``segmentation`` uint8 ``[M, K, S, S]`` (identical along K: anatomy only), ``label`` ``[M]``,
+    ``scan_mask`` bool ``[S, S]`` (shared).
+
+    All M phantoms are scanned with one acquisition (geometry, pulse, gain, dynamic range drawn once, no burned-in
+    overlays): otherwise the scan geometry and gain, which every encoder (a random one too) picks up, dominate the
+    differences between anatomies and hide what speckle does. Across anatomies only the tissue differs, within an
+    anatomy only the speckle; and the patch grids of all images are aligned, so patch tokens can be compared too.
+    """
+    sim = dataclasses.replace(simulator_config(data_config), overlay_prob=0.0)
     to_input = ToModelInput(data_config.image_size)
     base = derive_seed(seed, EVAL_STREAMS["invariance"])
+    acquisition = derive_seed(base, 2**20)
     images, segs, labels = [], [], []
     for m in range(num_anatomies):
         row, seg_row = [], []
         for k in range(num_speckles):
-            out = render(derive_seed(base, m, 0), derive_seed(base, m, 1, k), sim)
-            row.append(_model_input(out, to_input)["image"])
+            out = render(derive_seed(base, m, 0), derive_seed(base, m, 1, k), sim, acquisition_seed=acquisition)
+            model_input = _model_input(out, to_input)
+            row.append(model_input["image"])
             seg_row.append(_resize_nearest(out["segmentation"], data_config.image_size))
         labels.append(out["label"])
         images.append(np.stack(row))
         segs.append(np.stack(seg_row))
-    return {"image": np.stack(images), "segmentation": np.stack(segs), "label": np.asarray(labels, np.int32)}
+    return {"image": np.stack(images), "segmentation": np.stack(segs), "label": np.asarray(labels, np.int32),
+            "scan_mask": np.asarray(model_input["scan_mask"], bool)}
 
 
 def _resize_nearest(array: np.ndarray, size: int) -> np.ndarray:

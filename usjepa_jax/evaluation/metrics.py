@@ -53,17 +53,29 @@ def collapse_metrics(x: np.ndarray) -> dict[str, float]:
                 "rankme_max": float(min(x.shape))}
 
 
-def speckle_invariance(features: np.ndarray) -> dict[str, float]:
-    """``features [M, K, D]``: M anatomies, each embedded under K speckle realisations.
+def between_anatomy_fraction(x: np.ndarray) -> float:
+    """``x [M, K, ..., D]`` (M anatomies x K speckle realisations, optionally per patch position): the share of the
+    variance (about the mean over all M K images, per position) that lies between the anatomy means. 1: speckle
+    moves nothing; about ``(M - 1) / (M K - 1)`` when the anatomy does not matter; 0 for constant features."""
+    x = np.asarray(x, np.float64)
+    centred = x - x.mean(axis=(0, 1))
+    total = float((centred**2).sum())
+    between = float(x.shape[1] * (centred.mean(axis=1) ** 2).sum())
+    return between / total if total > 1e-12 else 0.0
+
+
+def speckle_invariance(features: np.ndarray, tokens: np.ndarray | None = None) -> dict[str, float]:
+    """``features [M, K, D]``: M anatomies, each embedded under K speckle realisations (same acquisition).
 
     ``within``: mean cosine similarity over pairs of different realisations of the same anatomy; ``across``: over
     pairs of different anatomies; ``ratio = within / across`` (1: speckle moves the embedding as much as the
     anatomy does; large: the embedding encodes anatomy, not speckle); ``gap = within - across``; ``retrieval``:
-    fraction of embeddings whose nearest other embedding is of the same anatomy (ties split evenly).
-    Raw cosine similarities of pooled embeddings share a large common component (``across`` near 1 for short
-    runs), which squeezes the ratio towards 1; ``anatomy_variance_fraction`` is free of it: the share of the
-    embeddings' total variance that lies between anatomy means (1: speckle moves nothing; about
-    ``(M - 1) / (M K - 1)`` when the anatomy does not matter; 0 for constant features) (chance ~ (K-1)/(MK-1)).
+    fraction of embeddings whose nearest other embedding is of the same anatomy (ties split evenly; chance
+    ``(K-1)/(MK-1)``). Raw cosine similarities of pooled embeddings share a large common component (``across``
+    near 1), which squeezes the ratio towards 1; ``anatomy_variance_fraction`` is free of it: the share of the
+    embeddings' variance between anatomy means (``between_anatomy_fraction``). Mean pooling averages most speckle
+    away, so with ``tokens [M, K, N, D]`` (patch tokens at N aligned positions inside the scan) the same fraction is
+    also reported per patch position: ``patch_anatomy_variance_fraction``, the stricter test.
     """
     m, k, _ = features.shape
     z = _normalize(features.reshape(m * k, -1))
@@ -77,10 +89,12 @@ def speckle_invariance(features: np.ndarray) -> dict[str, float]:
     # Nearest neighbour with ties broken at random (in expectation): constant features give chance, not 1.
     ties = masked >= masked.max(1, keepdims=True) - 1e-9
     hit = (ties & same).sum(1) / ties.sum(1)
-    x = features.reshape(m * k, -1).astype(np.float64)
-    total = float(((x - x.mean(0)) ** 2).sum())
-    between = float(k * ((features.reshape(m, k, -1).mean(1) - x.mean(0)) ** 2).sum())
-    return {"within": within, "across": across, "ratio": within / across if abs(across) > 1e-12 else float("inf"),
-            "gap": within - across, "retrieval": float(hit.mean()), "chance_retrieval": (k - 1) / (m * k - 1),
-            "anatomy_variance_fraction": between / total if total > 1e-12 else 0.0,
-            "anatomy_variance_fraction_chance": (m - 1) / (m * k - 1)}
+    out = {"within": within, "across": across, "ratio": within / across if abs(across) > 1e-12 else float("inf"),
+           "gap": within - across, "retrieval": float(hit.mean()), "chance_retrieval": (k - 1) / (m * k - 1),
+           "anatomy_variance_fraction": between_anatomy_fraction(features),
+           "anatomy_variance_fraction_chance": (m - 1) / (m * k - 1)}
+    if tokens is not None:
+        if tokens.shape[:2] != (m, k) or tokens.ndim != 4:
+            raise ValueError(f"speckle_invariance: tokens of shape {tokens.shape}, expected ({m}, {k}, N, D).")
+        out["patch_anatomy_variance_fraction"] = between_anatomy_fraction(tokens)
+    return out

@@ -10,7 +10,8 @@ Evaluators (``config.evals.evaluators``):
 - ``linear_probe``: paper protocol (probe.py), macro-F1 / accuracy / balanced accuracy mean and std over seeds;
 - ``few_shot``: the probe on stratified nested 1/5/10/50/100% subsets of the train split;
 - ``robustness``: the clean probe tested under blur / contrast / speckle at each severity (corruptions.py);
-- ``speckle_invariance``: M anatomies x K speckle seeds, within- vs across-anatomy cosine similarity (metrics.py).
+- ``speckle_invariance``: M anatomies x K speckle seeds under one acquisition: within- vs across-anatomy cosine
+  similarity and the between-anatomy share of the variance, of pooled embeddings and per patch (metrics.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from usjepa_jax.evaluation import config as eval_config_lib
 from usjepa_jax.evaluation import corruptions, metrics, plots
 from usjepa_jax.evaluation.data import EvalData, render_eval_data, render_invariance_set
-from usjepa_jax.evaluation.features import FeatureExtractor
+from usjepa_jax.evaluation.features import FeatureExtractor, pool
 from usjepa_jax.evaluation.probe import (
     ProbeConfig,
     TrainedProbe,
@@ -132,8 +133,17 @@ def eval_speckle_invariance(ctx: EvalContext) -> dict[str, float]:
     inv = ctx.evals.invariance
     s = render_invariance_set(ctx.config.data, inv.num_anatomies, inv.num_speckles, ctx.evals.seed)
     m, k = s["image"].shape[:2]
-    x = ctx.extractor(s["image"].reshape((m * k,) + s["image"].shape[2:]))
-    return metrics.speckle_invariance(x.reshape(m, k, -1))
+    images = s["image"].reshape((m * k,) + s["image"].shape[2:])
+    tokens = ctx.extractor.tokens(images)
+    x = np.asarray(pool(tokens, ctx.evals.pooling))
+    inside = patches_inside(s["scan_mask"], ctx.encoder.module.patch_size)
+    return metrics.speckle_invariance(x.reshape(m, k, -1), tokens[:, inside].reshape(m, k, int(inside.sum()), -1))
+
+
+def patches_inside(scan_mask: np.ndarray, patch: int) -> np.ndarray:
+    """Flat boolean over the patch grid: patches lying entirely inside the scan region."""
+    h, w = scan_mask.shape[0] // patch, scan_mask.shape[1] // patch
+    return scan_mask[:h * patch, :w * patch].reshape(h, patch, w, patch).all(axis=(1, 3)).reshape(-1)
 
 
 EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
