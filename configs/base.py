@@ -44,6 +44,7 @@ def get_config(arg: str | None = None):
 
     c.log_every = 20
     c.eval_every = 100
+    c.evals.knn.every = 100  # k-NN monitor during pretraining (labelled simulator images, evaluation/monitor.py)
     c.checkpoint.every = 200
     if arg:
         apply_variants(c, arg)
@@ -68,5 +69,6 @@ def apply_variants(c, arg: str) -> None:
             c.log_every = 2
             c.checkpoint.every = 2
             shrink_for_smoke(c.evals)
+            c.evals.knn.every = 4
         else:
             raise ValueError(f"Unknown config variant {variant!r} in configs/base.py (known: smoke).")

@@ -196,3 +196,33 @@ def test_stage1_config_takes_the_teacher_settings():
     assert stage1.optim.total_steps == config.teacher.optim.total_steps
     assert stage1.loss.normalize_pixels is False  # configs/base.py: raw-pixel stage 1 (see its comment)
     assert config.loss.normalize_pixels is True  # the student's own config is untouched
+
+
+def test_knn_monitor_logs_what_a_direct_evaluation_gives(tmp_path):
+    """config.evals.knn.every: k-NN accuracy during training (metrics.jsonl, on_log, the loss-curve figure) equals
+    the monitor run afterwards on the exported encoder."""
+    from usjepa_jax.evaluation.monitor import KnnMonitor
+
+    config = smoke_config(**{"method": "pixel", "optim.total_steps": 4, "evals.knn.every": 2})
+    seen = []
+    train.train_and_evaluate(config, tmp_path, on_log=lambda run, record: seen.append((run, record)))
+    metrics = read_metrics(tmp_path)
+    assert [s for s in sorted(metrics) if "knn_accuracy" in metrics[s]] == [2, 4]
+    assert all(run == str(tmp_path) for run, _ in seen)
+    assert any("knn_accuracy" in r for _, r in seen) and any("loss" in r for _, r in seen)
+    monitor = KnnMonitor(config, train.build_encoder(config.model), jax.sharding.Mesh(jax.devices()[:1], ("data",)))
+    again = monitor(encoder_params(tmp_path))
+    assert again["knn_accuracy"] == pytest.approx(metrics[4]["knn_accuracy"])
+    assert 0.0 <= again["knn_macro_f1"] <= 1.0
+    assert (tmp_path / train.LOSS_CURVE_FILE).is_file()
+
+
+def test_live_loss_plot_collects_and_draws_outside_a_notebook():
+    from usjepa_jax.visualize import LiveLossPlot
+
+    plot = LiveLossPlot()
+    for step in (1, 2, 3):
+        plot("/runs/teacher", {"step": step, "loss": 1.0 / step})
+        plot("/runs/student", {"step": step, "loss": 2.0 / step, "knn_accuracy": 0.2 * step})
+    assert plot.series["/runs/student"]["knn_accuracy"] == {1: 0.2, 2: 0.4, 3: pytest.approx(0.6)}
+    assert len(plot.figure().axes) == 3  # two runs, the student's with a k-NN axis

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from usjepa_jax import checkpointing, objectives, sharding
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import build_dataset
+from usjepa_jax.evaluation.monitor import KnnMonitor
 from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
 from usjepa_jax.teacher import FrozenTeacher, export_encoder, is_exported_encoder, load_teacher, normalize_images
@@ -243,48 +244,74 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def read_metrics(workdir: str | Path) -> dict[str, dict[int, float]]:
+    """``metrics.jsonl`` as ``{metric: {step: value}}`` (a resumed run may rewrite steps: the last value wins)."""
+    path = Path(workdir) / METRICS_FILE
+    series: dict[str, dict[int, float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                for key, value in record.items():
+                    if key != "step":
+                        series.setdefault(key, {})[int(record["step"])] = float(value)
+    return series
+
+
 def write_loss_curve(workdir: Path) -> Path | None:
-    """Plot ``loss`` from the metrics file (the whole history, across resumes) to ``loss_curve.png``."""
-    path = workdir / METRICS_FILE
-    if not path.exists():
+    """Plot train/validation loss (and the k-NN monitor's accuracy, when on) to ``loss_curve.png``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # not pyplot: no global backend switch inside a notebook
+
+    series = read_metrics(workdir)
+    if "loss" not in series:
         return None
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = {r["step"]: r for r in records if "loss" in r}  # a resumed run may rewrite steps: keep the last
-    val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
-    if not rows:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    steps = sorted(rows)
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot(steps, [rows[s]["loss"] for s in steps], label="train")
-    if val:
-        ax.plot(sorted(val), [val[s] for s in sorted(val)], "o-", label="validation")
-        ax.legend()
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{workdir.name}: loss")
-    ax.grid(alpha=0.3)
+    fig = Figure(figsize=(6, 3.5), dpi=120)
+    FigureCanvasAgg(fig)
+    plot_training_curves(fig.add_subplot(1, 1, 1), series, title=f"{workdir.name}: loss")
     fig.tight_layout()
     out = workdir / LOSS_CURVE_FILE
     fig.savefig(out)
-    plt.close(fig)
     return out
 
 
+def plot_training_curves(ax, series: dict[str, dict[int, float]], title: str = "") -> None:
+    """Train and validation loss on ``ax``; the k-NN monitor's accuracy on a right-hand axis."""
+    for key, style, label in (("loss", "-", "train"), ("val_loss", "o-", "validation")):
+        if key in series:
+            steps = sorted(series[key])
+            ax.plot(steps, [series[key][s] for s in steps], style, label=label, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if "knn_accuracy" in series:
+        right = ax.twinx()
+        steps = sorted(series["knn_accuracy"])
+        right.plot(steps, [series["knn_accuracy"][s] for s in steps], "s--", color="tab:green", ms=3,
+                   label="k-NN accuracy")
+        right.set_ylabel("k-NN accuracy")
+        right.set_ylim(0, 1)
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
+
+
 # ------------------------------------------------------------------------------------------------ entry
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       on_log: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
     """Train by ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the last metrics.
 
     For ``method='usjepa'`` without ``teacher.checkpoint``, stage 1 first trains (or resumes, or reuses) the
-    pixel teacher in ``<workdir>/teacher``.
+    pixel teacher in ``<workdir>/teacher``. ``on_log(run, metrics)`` (process 0) receives every record written to
+    ``metrics.jsonl`` (``run``: the workdir; e.g. a notebook's live loss plot, visualize.LiveLossPlot).
     """
     config_lib.validate(config)
     workdir = Path(workdir)
     teacher = None
     if config.method == "usjepa" and config.teacher.cache:  # precomputed targets: the teacher is never loaded
-        return _train(config, workdir, teacher_cache.open_for_training(config))
+        return _train(config, workdir, teacher_cache.open_for_training(config), on_log)
     if config.method == "usjepa":
         teacher_path = config.teacher.checkpoint
         if not teacher_path:
@@ -294,10 +321,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 logging.info("Stage 1: reusing the pixel teacher in %s", teacher_path)
             else:
                 logging.info("Stage 1: training the pixel-reconstruction teacher in %s", stage1_dir)
-                train_and_evaluate(config_lib.stage1_config(config), stage1_dir)
+                train_and_evaluate(config_lib.stage1_config(config), stage1_dir, on_log)
             logging.info("Stage 2: training the student against the frozen teacher")
         teacher = load_teacher(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
-    return _train(config, workdir, teacher)
+    return _train(config, workdir, teacher, on_log)
 
 
 @dataclasses.dataclass
@@ -426,7 +453,8 @@ def best_val_loss(workdir: Path) -> float:
     return float(json.loads(path.read_text()).get("source", {}).get("val_loss", math.inf))
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeacher | None) -> dict[str, float]:
+def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeacher | None,
+           on_log: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     o = config.optim
@@ -439,6 +467,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
     data_iter = iter(dataset)
     val_batches = validation_batches(trainer)
     best = best_val_loss(workdir)
+    knn_monitor = KnnMonitor(config, trainer.encoder, trainer.mesh) if config.evals.knn.every else None
 
     # ---- checkpoints: resume from the latest, refusing a different teacher.
     meta = dict(method=config.method, teacher_path=teacher.path if teacher else None,
@@ -473,6 +502,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
 
     # ---- the loop.
     metrics_file = (workdir / METRICS_FILE).open("a") if is_main else None
+
+    def record(values: dict[str, float]) -> None:
+        if is_main:
+            metrics_file.write(json.dumps(values) + "\n")
+            metrics_file.flush()
+            if on_log is not None:
+                on_log(str(workdir), values)
+
     last: dict[str, float] = {}
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_start_step = window_start, start_step
@@ -503,20 +540,24 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
                                  "%.2f steps/s | %.1f img/s | ETA %s", step, o.total_steps, last["loss"],
                                  last["grad_norm"], last["param_norm"], last["lr"], last["wd"], steps_per_s,
                                  last["images_per_s"], format_duration(eta))
-                    metrics_file.write(json.dumps(last) + "\n")
-                    metrics_file.flush()
+                record(last)
                 window_start, window_steps = now, 0
             if val_batches and (step % config.eval_every == 0 or step == o.total_steps):
                 val = validation_loss(trainer, state, val_batches)
                 if is_main:
                     logging.info("step %d | val_loss %.4f (best %.4f)", step, val, min(val, best))
-                    metrics_file.write(json.dumps(dict(step=step, val_loss=val)) + "\n")
-                    metrics_file.flush()
+                record(dict(step=step, val_loss=val))
                 if val < best:
                     best = val
                     export_encoder(workdir / BEST_ENCODER_DIR, trainer.encoder, state.params["encoder"],
                                    mean=config.data.mean, std=config.data.std, image_size=config.data.image_size,
                                    source=dict(run=str(workdir), step=step, val_loss=val))
+            if knn_monitor is not None and knn_monitor.due(step, o.total_steps):
+                knn = knn_monitor(state.params["encoder"])
+                if is_main:
+                    logging.info("step %d | k-NN monitor: accuracy %.3f, macro-F1 %.3f", step,
+                                 knn["knn_accuracy"], knn["knn_macro_f1"])
+                record(dict(step=step, **knn))
             if is_ckpt:
                 checkpointing.save(manager, step, state, data_iter.get_state(), meta)
             if preemption.reached(step):

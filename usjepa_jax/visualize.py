@@ -70,3 +70,49 @@ def save_mask_figure(images: Sequence[np.ndarray], samples: Sequence[dict], patc
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
+
+
+class LiveLossPlot:
+    """A loss plot that redraws in place in a notebook as training logs: pass it as ``on_log`` to
+    ``train.train_and_evaluate(config, workdir, on_log=LiveLossPlot())``. One panel per run (the stage-1 teacher
+    and the student are separate runs); outside IPython it does nothing but collect the records."""
+
+    def __init__(self, every: int = 1):
+        self.series: dict[str, dict[str, dict[int, float]]] = {}
+        self.every, self._calls, self._handle = every, 0, None
+
+    def __call__(self, run: str, record: dict[str, float]) -> None:
+        run_series = self.series.setdefault(run, {})
+        for key, value in record.items():
+            if key != "step":
+                run_series.setdefault(key, {})[int(record["step"])] = float(value)
+        self._calls += 1
+        if self._calls % self.every == 0:
+            self.draw()
+
+    def figure(self):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from usjepa_jax.train import plot_training_curves
+
+        fig = Figure(figsize=(5 * max(len(self.series), 1), 3.2), dpi=90)
+        FigureCanvasAgg(fig)
+        for i, (run, series) in enumerate(self.series.items()):
+            plot_training_curves(fig.add_subplot(1, len(self.series), i + 1), series, title=Path(run).name)
+        fig.tight_layout()
+        return fig
+
+    def draw(self) -> None:
+        try:
+            from IPython import get_ipython
+            from IPython.display import display
+        except ImportError:
+            return
+        if get_ipython() is None:
+            return
+        fig = self.figure()
+        if self._handle is None:
+            self._handle = display(fig, display_id=True)
+        else:
+            self._handle.update(fig)

@@ -29,7 +29,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
             "standardize": True,  # z-score features with the probe-train split's mean/std
         },
         "few_shot": {"fractions": (0.01, 0.05, 0.1, 0.5, 1.0)},  # stratified, nested subsets of the train split
-        "knn": {"k": 20, "temperature": 0.07},  # cosine k-NN, votes weighted exp(sim / temperature)
+        # Cosine k-NN, votes weighted exp(sim / temperature). ``every`` > 0 also runs it as a monitor during
+        # pretraining (train.py, evaluation/monitor.py) every that many steps, on its own smaller image sets.
+        "knn": {"k": 20, "temperature": 0.07, "every": 0, "monitor_num_train": 500, "monitor_num_test": 250},
         "robustness": {
             "corruptions": "blur,contrast,speckle",
             "severities": (0, 1, 2, 3),  # 0 = clean (identity)
@@ -74,8 +76,11 @@ def validate_eval_config(evals: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.evals.few_shot.fractions={evals.few_shot.fractions}: each in (0, 1].")
     if any(s not in (0, 1, 2, 3) for s in evals.robustness.severities):
         raise ValueError(f"config.evals.robustness.severities={evals.robustness.severities}: each in 0..3.")
-    if evals.knn.k < 1:
-        raise ValueError(f"config.evals.knn.k={evals.knn.k} must be at least 1.")
+    for key in ("k", "monitor_num_train", "monitor_num_test"):
+        if evals.knn[key] < 1:
+            raise ValueError(f"config.evals.knn.{key}={evals.knn[key]} must be at least 1.")
+    if evals.knn.every < 0:
+        raise ValueError(f"config.evals.knn.every={evals.knn.every} must be 0 (off) or a number of steps.")
     if evals.invariance.num_anatomies < 2 or evals.invariance.num_speckles < 2:
         raise ValueError("config.evals.invariance: num_anatomies and num_speckles must be at least 2.")
 
@@ -87,5 +92,6 @@ def shrink_for_smoke(evals: ml_collections.ConfigDict) -> None:
     evals.probe.max_epochs, evals.probe.patience, evals.probe.num_seeds = 20, 5, 2
     evals.few_shot.fractions = (0.1, 1.0)
     evals.knn.k = 5
+    evals.knn.monitor_num_train, evals.knn.monitor_num_test = 40, 20
     evals.invariance.num_anatomies, evals.invariance.num_speckles = 4, 2
     evals.num_figure_images = 2

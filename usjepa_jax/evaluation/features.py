@@ -38,14 +38,22 @@ def random_encoder(model_cfg: ml_collections.ConfigDict, image_size: int, *, mea
 
 
 class FeatureExtractor:
-    def __init__(self, encoder: FrozenTeacher, pooling: str = "mean", batch_size: int = 64):
+    """``extractor(images)`` -> pooled features, ``extractor.tokens(images)`` -> patch tokens, with the encoder's
+    own parameters or, e.g. for the k-NN monitor during training, with ``params=`` the current (sharded) ones.
+
+    ``mesh``: outputs are replicated over it (so every process of a multi-process run can read them)."""
+
+    def __init__(self, encoder: FrozenTeacher, pooling: str = "mean", batch_size: int = 64,
+                 mesh: jax.sharding.Mesh | None = None):
         pool(jnp.zeros((1, 1, 1)), pooling)  # fail early on a bad name
         self.encoder, self.pooling, self.batch_size = encoder, pooling, int(batch_size)
-        self.params = jax.device_put(encoder.params)
-        self._pooled = jax.jit(lambda p, x: pool(encoder.embed(p, x).astype(jnp.float32), pooling))
-        self._tokens = jax.jit(lambda p, x: encoder.embed(p, x).astype(jnp.float32))
+        self.params = None if encoder.params is None else jax.device_put(encoder.params)
+        out = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+        self._pooled = jax.jit(lambda p, x: pool(encoder.embed(p, x).astype(jnp.float32), pooling), **out)
+        self._tokens = jax.jit(lambda p, x: encoder.embed(p, x).astype(jnp.float32), **out)
 
-    def _run(self, fn, images: np.ndarray) -> np.ndarray:
+    def _run(self, fn, images: np.ndarray, params=None) -> np.ndarray:
+        params = self.params if params is None else params
         images = np.asarray(images)
         if images.ndim == 3:
             images = images[..., None]
@@ -56,11 +64,11 @@ class FeatureExtractor:
             pad = b - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            out.append(np.asarray(fn(self.params, chunk))[:b - pad])
+            out.append(np.asarray(fn(params, chunk))[:b - pad])
         return np.concatenate(out)
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self._run(self._pooled, images)
+    def __call__(self, images: np.ndarray, params=None) -> np.ndarray:
+        return self._run(self._pooled, images, params)
 
-    def tokens(self, images: np.ndarray) -> np.ndarray:
-        return self._run(self._tokens, images)
+    def tokens(self, images: np.ndarray, params=None) -> np.ndarray:
+        return self._run(self._tokens, images, params)

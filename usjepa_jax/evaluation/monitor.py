@@ -1,0 +1,40 @@
+"""k-NN monitor during pretraining: a cheap, label-based signal of representation quality (and of collapse).
+
+Every ``config.evals.knn.every`` steps (0: off) the trainer embeds two small labelled simulator sets (rendered once
+from the evaluation seed streams, disjoint from pretraining: ``monitor_num_train`` / ``monitor_num_test`` images)
+with the encoder being trained and logs cosine k-NN accuracy and macro-F1 (``knn_accuracy``, ``knn_macro_f1``) to
+the progress line and ``metrics.jsonl``. The full evaluation is ``python -m usjepa_jax.evaluate``.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from usjepa_jax.data.synthetic import CLASS_NAMES
+from usjepa_jax.evaluation.data import render_split
+from usjepa_jax.evaluation.features import FeatureExtractor
+from usjepa_jax.evaluation.metrics import knn_metrics
+from usjepa_jax.models import VisionTransformer
+from usjepa_jax.teacher import FrozenTeacher
+
+
+class KnnMonitor:
+    def __init__(self, config: ml_collections.ConfigDict, encoder: VisionTransformer, mesh: jax.sharding.Mesh):
+        evals, knn = config.evals, config.evals.knn
+        self.knn = knn
+        self.train = render_split(config.data, "train", knn.monitor_num_train, evals.seed)
+        self.test = render_split(config.data, "test", knn.monitor_num_test, evals.seed)
+        live = FrozenTeacher(encoder, None, 1, config.data.mean, config.data.std, "training", "")
+        self.extractor = FeatureExtractor(live, evals.pooling, evals.batch_size, mesh=mesh)
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return self.knn.every > 0 and (step % self.knn.every == 0 or step == total_steps)
+
+    def __call__(self, encoder_params) -> dict[str, float]:
+        """``encoder_params``: the student's current parameters (as sharded in the train state)."""
+        x_train = self.extractor(self.train.image, encoder_params)
+        x_test = self.extractor(self.test.image, encoder_params)
+        m = knn_metrics(x_train, self.train.label, x_test, self.test.label, len(CLASS_NAMES), self.knn.k,
+                        self.knn.temperature)
+        return {"knn_accuracy": m["accuracy"], "knn_macro_f1": m["macro_f1"]}
