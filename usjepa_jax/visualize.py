@@ -6,6 +6,7 @@ pyplot backend.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -106,13 +107,15 @@ class LiveLossPlot:
     def draw(self) -> None:
         try:
             from IPython import get_ipython
-            from IPython.display import display
+            from IPython.display import Image, display
         except ImportError:
             return
         if get_ipython() is None:
             return
-        fig = self.figure()
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png")  # PNG bytes: shown whatever matplotlib backend is active
+        image = Image(data=buffer.getvalue(), format="png")
         if self._handle is None:
-            self._handle = display(fig, display_id=True)
+            self._handle = display(image, display_id=True)
         else:
-            self._handle.update(fig)
+            self._handle.update(image)
