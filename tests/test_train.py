@@ -143,6 +143,14 @@ def test_main_smoke_runs_both_stages(tmp_path):
     assert (tmp_path / "teacher" / "encoder" / "model.json").exists()
     assert (tmp_path / "encoder" / "model.json").exists()
     assert "Stage 2" in result.stderr
+    assert "k-NN monitor: accuracy" in result.stderr  # configs/base.py:smoke runs it at its last step
+    # ... and the evaluation CLI on the finished run.
+    result = subprocess.run([sys.executable, "-m", "usjepa_jax.evaluate", "--config=configs/base.py:smoke",
+                             f"--workdir={tmp_path}", "--config.evals.evaluators=knn,speckle_invariance"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "results.json").read_text())["student:latest"]["metrics"]
+    assert 0 <= metrics["knn/accuracy"] <= 1 and 0 <= metrics["speckle_invariance/patch_anatomy_variance_fraction"] <= 1
 
 
 def test_config_typo_fails_before_compute(tmp_path):
