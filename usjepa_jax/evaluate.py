@@ -3,7 +3,7 @@
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=teacher
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=random
-    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --checkpoint=200 \
+    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --checkpoint=200 \\
         --config.evals.evaluators=linear_probe,knn
 
 ``--encoder``: ``student`` (the run's encoder), ``teacher`` (its frozen teacher: ``config.teacher.checkpoint`` or
