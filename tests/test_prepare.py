@@ -108,3 +108,15 @@ def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys
     assert val and val[0]["image"].shape == (2, 32, 32, 1) and len(pipeline.make_source(c, "val", 0)) <= 8
     test = pipeline.make_source(c, "test", 0) if any(f["split"] == "test" for f in m["files"]) else None
     assert test is None  # UltraBench test.json files are left out of prepared data by default
+
+    # A folder too small to hold any file out: the val split is empty, and training goes on without validation.
+    c.val_fraction = 0.0
+    with pytest.raises(src.EmptySplitError, match="no frames in split 'val'"):
+        pipeline.make_source(c, "val", 0)
+    from types import SimpleNamespace
+
+    import ml_collections
+
+    from usjepa_jax import train
+    config = ml_collections.ConfigDict({"data": c, "eval_every": 1, "seed": 0, "optim": {"batch_size": 2}})
+    assert train.validation_batches(SimpleNamespace(config=config, sampler=sampler, teacher_cache=None)) == []

@@ -36,6 +36,7 @@ from jax.sharding import Mesh
 from usjepa_jax import checkpointing, objectives, sharding
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import build_dataset
+from usjepa_jax.data.sources import EmptySplitError
 from usjepa_jax.evaluation.monitor import KnnMonitor
 from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
@@ -434,9 +435,13 @@ def validation_batches(trainer: Trainer) -> list[dict[str, np.ndarray]]:
     config = trainer.config
     if config.eval_every <= 0 or config.data.num_val < config.optim.batch_size:
         return []
-    dataset = build_dataset(config.data, global_batch_size=config.optim.batch_size, split="val", seed=config.seed,
-                            mask_sampler=trainer.sampler, num_epochs=1, shuffle=False,
-                            teacher_targets=trainer.teacher_cache and trainer.teacher_cache.targets("val"))
+    try:
+        dataset = build_dataset(config.data, global_batch_size=config.optim.batch_size, split="val",
+                                seed=config.seed, mask_sampler=trainer.sampler, num_epochs=1, shuffle=False,
+                                teacher_targets=trainer.teacher_cache and trainer.teacher_cache.targets("val"))
+    except EmptySplitError as e:  # a small folder may hold no file out: train on, without a validation loss
+        logging.warning("No validation loss (and no encoder_best/): %s", e)
+        return []
     return list(dataset)
 
 

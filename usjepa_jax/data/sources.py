@@ -621,13 +621,17 @@ def dataset_sources(data_config, split: str) -> list:
     return sources
 
 
+class EmptySplitError(ValueError):
+    """A split without frames (e.g. a folder too small for any file to be held out for validation)."""
+
+
 def make_real_source(data_config, split: str, seed: int):
     """The split's source: train = capped mixture of the datasets; val/test = all of their frames (val at most
     ``num_val``, an evenly spaced deterministic subset)."""
     from usjepa_jax.data.mixture import ConcatSource, MixtureSource, SubsetSource
     sources = dataset_sources(data_config, split)
     if not sources:
-        raise ValueError(f"config.data.paths={list(data_config.paths)}: no frames in split {split!r} "
+        raise EmptySplitError(f"config.data.paths={list(data_config.paths)}: no frames in split {split!r} "
                          f"(source={data_config.source!r}, datasets={list(data_config.get('datasets', []) or [])}).")
     if split == "train":
         return MixtureSource(sources, cap=data_config.get("cap_per_dataset", 50_000),
