@@ -2,6 +2,7 @@
 
     python experiments/speckle_claim.py --out=/tmp/speckle_claim            # full (~1 h on 2 CPU cores)
     python experiments/speckle_claim.py --out=/tmp/speckle_claim_smoke --smoke   # the driver end to end, minutes
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim --replot       # redraw table + plot from results.json
 
 Three pretrainings on the same simulated data (configs/base.py: data, encoder, masks, schedule shape):
 - ``pixel`` (MAE-style masked pixel reconstruction, configs/mae.py),
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 _OUT = flags.DEFINE_string("out", None, "Output directory (runs are resumed / reused when already there).")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Smoke configs and tiny evaluation: checks the driver in minutes.")
 _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step counts (and so of the budget).")
+_REPLOT = flags.DEFINE_bool("replot", False, "Only redraw results.md and the plot from OUT/results.json.")
 _EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",
                                   "config.evals.evaluators for every encoder.")
 
@@ -138,6 +140,8 @@ def write_plot(rows: dict, out: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from usjepa_jax.data.synthetic import CLASS_NAMES
+
     fig = Figure(figsize=(11, 3.8))
     FigureCanvasAgg(fig)
     names = list(rows)
@@ -149,6 +153,7 @@ def write_plot(rows: dict, out: Path) -> Path:
         stds = [rows[name].get(f"robustness/speckle/s{s}/macro_f1_std", 0.0) for s in sev]
         ax.bar(np.arange(len(sev)) + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
                label=LABELS[name])
+    ax.axhline(1 / len(CLASS_NAMES), color="k", lw=0.8, ls="--", label="chance")
     ax.set_xticks(np.arange(len(sev)), [f"speckle s{s}" for s in sev])
     ax.set_ylabel("linear-probe macro-F1")
     ax.set_ylim(0, 1)
@@ -180,6 +185,11 @@ def main(argv) -> None:
     from usjepa_jax.evaluation.data import render_eval_data
 
     out = Path(_OUT.value)
+    if _REPLOT.value:
+        summary = json.loads((out / "results.json").read_text())
+        print(write_table(summary["results"], summary, out).read_text())
+        logging.info("Redrawn: %s", write_plot(summary["results"], out))
+        return
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     plan = equal_flops_plan(_SMOKE.value, _BUDGET_SCALE.value)
