@@ -223,6 +223,9 @@ def test_knn_monitor_logs_what_a_direct_evaluation_gives(tmp_path):
     assert again["knn_accuracy"] == pytest.approx(metrics[4]["knn_accuracy"])
     assert 0.0 <= again["knn_macro_f1"] <= 1.0
     assert (tmp_path / train.LOSS_CURVE_FILE).is_file()
+    # Rerunning the finished run trains nothing and reports the last logged values (a notebook's "run all").
+    again = train.train_and_evaluate(config, tmp_path)
+    assert again["loss"] == pytest.approx(metrics[4]["loss"]) and again["knn_accuracy"] == metrics[4]["knn_accuracy"]
 
 
 def test_live_loss_plot_collects_and_draws_outside_a_notebook():

@@ -578,6 +578,9 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
         if metrics_file:
             metrics_file.close()
 
+    if not last:  # nothing left to train (a rerun of a finished run): report what was logged last
+        last = {key: values[max(values)] for key, values in read_metrics(workdir).items()}
+
     # ---- export the trained encoder (a teacher for later runs, and the evaluation's input).
     export_encoder(workdir / ENCODER_DIR, trainer.encoder, state.params["encoder"], mean=config.data.mean,
                    std=config.data.std, image_size=config.data.image_size)
