@@ -8,6 +8,8 @@ the progress line and ``metrics.jsonl``. The full evaluation is ``python -m usje
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import ml_collections
 
@@ -16,7 +18,21 @@ from usjepa_jax.evaluation.data import render_split
 from usjepa_jax.evaluation.features import FeatureExtractor
 from usjepa_jax.evaluation.metrics import knn_metrics
 from usjepa_jax.models import VisionTransformer
-from usjepa_jax.teacher import FrozenTeacher
+from usjepa_jax.teacher import normalize_images
+
+
+@dataclasses.dataclass(frozen=True)
+class _Student:
+    """The encoder being trained, as ``FeatureExtractor`` wants it: ``embed(params, uint8 images) -> tokens``, with
+    the trainer's input normalisation (the student sees single-channel images)."""
+
+    module: VisionTransformer
+    mean: float
+    std: float
+    params: None = None  # always passed per call: the current training parameters
+
+    def embed(self, params, images: jax.Array) -> jax.Array:
+        return self.module.apply({"params": params}, normalize_images(images, self.mean, self.std, self.module.dtype))[0]
 
 
 class KnnMonitor:
@@ -25,8 +41,8 @@ class KnnMonitor:
         self.knn = knn
         self.train = render_split(config.data, "train", knn.monitor_num_train, evals.seed)
         self.test = render_split(config.data, "test", knn.monitor_num_test, evals.seed)
-        live = FrozenTeacher(encoder, None, 1, config.data.mean, config.data.std, "training", "")
-        self.extractor = FeatureExtractor(live, evals.pooling, evals.batch_size, mesh=mesh)
+        self.extractor = FeatureExtractor(_Student(encoder, config.data.mean, config.data.std), evals.pooling,
+                                          evals.batch_size, mesh=mesh)
 
     def due(self, step: int, total_steps: int) -> bool:
         return self.knn.every > 0 and (step % self.knn.every == 0 or step == total_steps)
