@@ -30,7 +30,7 @@ def detect_accelerator() -> str:
             or glob.glob("/dev/vfio/[0-9]*"):
         return "tpu"
     if shutil.which("nvidia-smi"):
-        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+        probe = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False)
         if probe.returncode == 0 and "GPU" in probe.stdout:
             return "gpu"
     return "cpu"
