@@ -180,6 +180,9 @@ def test_patch_valid_from_scan_mask():
     v = patch_valid_from_scan_mask(m, (14, 14)).reshape(14, 14)
     assert v[0, 0] and v[7:, 6].all() and v.sum() == 1 + 7
     np.testing.assert_array_equal(patch_valid_from_scan_mask(m[..., None], (14, 14)).reshape(14, 14), v)
+    m[:4, 2:6] = 1  # patches (0, 1) and (1, 1), (0, 2) and (1, 2) lie wholly inside; (0, 0) only touches it
+    whole = patch_valid_from_scan_mask(m, (14, 14), whole=True).reshape(14, 14)
+    assert whole[:2, 1:3].all() and whole.sum() == 4
     with pytest.raises(ValueError, match="scan_mask"):
         patch_valid_from_scan_mask(np.ones((30, 28)), (14, 14))
 

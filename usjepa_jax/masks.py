@@ -114,9 +114,9 @@ def _min_overlap(h: int, w: int, hc: int, wc: int, grid: tuple[int, int]) -> int
     return max(0, h + hc - grid[0]) * max(0, w + wc - grid[1])
 
 
-def patch_valid_from_scan_mask(scan_mask: np.ndarray, grid_size: tuple[int, int]) -> np.ndarray:
+def patch_valid_from_scan_mask(scan_mask: np.ndarray, grid_size: tuple[int, int], whole: bool = False) -> np.ndarray:
     """``scan_mask [H, W]`` (or ``[H, W, 1]``, bool/uint8) -> ``bool [gh*gw]``: a patch is valid when any of its
-    pixels lies in the scan region. ``H`` and ``W`` must be multiples of ``gh`` and ``gw``."""
+    pixels (``whole``: all of them) lies in the scan region. ``H`` and ``W`` must be multiples of ``gh`` and ``gw``."""
     m = np.asarray(scan_mask)
     if m.ndim == 3 and m.shape[-1] == 1:
         m = m[..., 0]
@@ -125,7 +125,8 @@ def patch_valid_from_scan_mask(scan_mask: np.ndarray, grid_size: tuple[int, int]
         raise ValueError(f"scan_mask of shape {np.shape(scan_mask)} does not tile the patch grid {grid_size} "
                          "(expected [H, W] with H % gh == 0 and W % gw == 0)")
     ph, pw = m.shape[0] // gh, m.shape[1] // gw
-    return (m != 0).reshape(gh, ph, gw, pw).any(axis=(1, 3)).reshape(-1)
+    cells = (m != 0).reshape(gh, ph, gw, pw)
+    return (cells.all(axis=(1, 3)) if whole else cells.any(axis=(1, 3))).reshape(-1)
 
 
 # ------------------------------------------------------------------------------------------------ sampler

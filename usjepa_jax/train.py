@@ -42,6 +42,7 @@ from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
 from usjepa_jax.teacher import FrozenTeacher, export_encoder, is_exported_encoder, load_teacher, normalize_images
 from usjepa_jax.teacher import cache as teacher_cache
+from usjepa_jax.visualize import add_record, plot_training_curves
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -252,10 +253,7 @@ def read_metrics(workdir: str | Path) -> dict[str, dict[int, float]]:
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
-                record = json.loads(line)
-                for key, value in record.items():
-                    if key != "step":
-                        series.setdefault(key, {})[int(record["step"])] = float(value)
+                add_record(series, json.loads(line))
     return series
 
 
@@ -274,29 +272,6 @@ def write_loss_curve(workdir: Path) -> Path | None:
     out = workdir / LOSS_CURVE_FILE
     fig.savefig(out)
     return out
-
-
-def plot_training_curves(ax, series: dict[str, dict[int, float]], title: str = "") -> None:
-    """Train and validation loss on ``ax``; the k-NN monitor's accuracy on a right-hand axis."""
-    for key, style, label in (("loss", "-", "train"), ("val_loss", "o-", "validation")):
-        if key in series:
-            steps = sorted(series[key])
-            ax.plot(steps, [series[key][s] for s in steps], style, label=label, ms=3)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if "knn_accuracy" in series:
-        right = ax.twinx()
-        steps = sorted(series["knn_accuracy"])
-        right.plot(steps, [series["knn_accuracy"][s] for s in steps], "s--", color="tab:green", ms=3,
-                   label="k-NN accuracy")
-        right.set_ylabel("k-NN accuracy")
-        right.set_ylim(0, 1)
-        more = right.get_legend_handles_labels()
-        handles, labels = handles + more[0], labels + more[1]
-    ax.legend(handles, labels, fontsize=8)
 
 
 # ------------------------------------------------------------------------------------------------ entry

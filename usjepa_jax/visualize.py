@@ -1,4 +1,5 @@
-"""Small plotting helpers: masks from :class:`usjepa_jax.masks.MultiBlockMaskSampler` drawn over images.
+"""Small plotting helpers: masks from :class:`usjepa_jax.masks.MultiBlockMaskSampler` drawn over images, training
+curves from ``metrics.jsonl`` records, and a live loss plot for notebooks.
 
 Uses matplotlib's object API with the Agg canvas directly, so importing this module never changes the global
 pyplot backend.
@@ -73,6 +74,37 @@ def save_mask_figure(images: Sequence[np.ndarray], samples: Sequence[dict], patc
     return path
 
 
+def add_record(series: dict[str, dict[int, float]], record: dict[str, float]) -> None:
+    """Fold one ``metrics.jsonl`` record (``{"step": s, name: value, ...}``) into ``{name: {step: value}}``
+    (a step logged again, e.g. after a resume, overwrites the earlier value)."""
+    for key, value in record.items():
+        if key != "step":
+            series.setdefault(key, {})[int(record["step"])] = float(value)
+
+
+def plot_training_curves(ax, series: dict[str, dict[int, float]], title: str = "") -> None:
+    """Train and validation loss on ``ax``; the k-NN monitor's accuracy on a right-hand axis."""
+    for key, style, label in (("loss", "-", "train"), ("val_loss", "o-", "validation")):
+        if key in series:
+            steps = sorted(series[key])
+            ax.plot(steps, [series[key][s] for s in steps], style, label=label, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if "knn_accuracy" in series:
+        right = ax.twinx()
+        steps = sorted(series["knn_accuracy"])
+        right.plot(steps, [series["knn_accuracy"][s] for s in steps], "s--", color="tab:green", ms=3,
+                   label="k-NN accuracy")
+        right.set_ylabel("k-NN accuracy")
+        right.set_ylim(0, 1)
+        more = right.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize=8)
+
+
 class LiveLossPlot:
     """A loss plot that redraws in place in a notebook as training logs: pass it as ``on_log`` to
     ``train.train_and_evaluate(config, workdir, on_log=LiveLossPlot())``. One panel per run (the stage-1 teacher
@@ -83,10 +115,7 @@ class LiveLossPlot:
         self.every, self._calls, self._handle = every, 0, None
 
     def __call__(self, run: str, record: dict[str, float]) -> None:
-        run_series = self.series.setdefault(run, {})
-        for key, value in record.items():
-            if key != "step":
-                run_series.setdefault(key, {})[int(record["step"])] = float(value)
+        add_record(self.series.setdefault(run, {}), record)
         self._calls += 1
         if self._calls % self.every == 0:
             self.draw()
@@ -94,8 +123,6 @@ class LiveLossPlot:
     def figure(self):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
-
-        from usjepa_jax.train import plot_training_curves
 
         fig = Figure(figsize=(5 * max(len(self.series), 1), 3.2), dpi=90)
         FigureCanvasAgg(fig)

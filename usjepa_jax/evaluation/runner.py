@@ -33,6 +33,7 @@ from usjepa_jax.evaluation.probe import (
     stratified_nested_subsets,
     train_probe,
 )
+from usjepa_jax.masks import patch_valid_from_scan_mask
 from usjepa_jax.teacher import FrozenTeacher
 
 
@@ -136,14 +137,10 @@ def eval_speckle_invariance(ctx: EvalContext) -> dict[str, float]:
     images = s["image"].reshape((m * k,) + s["image"].shape[2:])
     tokens = ctx.extractor.tokens(images)
     x = np.asarray(pool(tokens, ctx.evals.pooling))
-    inside = patches_inside(s["scan_mask"], ctx.encoder.module.patch_size)
+    patch = ctx.encoder.module.patch_size
+    grid = (s["scan_mask"].shape[0] // patch, s["scan_mask"].shape[1] // patch)
+    inside = patch_valid_from_scan_mask(s["scan_mask"], grid, whole=True)  # patches entirely inside the scan
     return metrics.speckle_invariance(x.reshape(m, k, -1), tokens[:, inside].reshape(m, k, int(inside.sum()), -1))
-
-
-def patches_inside(scan_mask: np.ndarray, patch: int) -> np.ndarray:
-    """Flat boolean over the patch grid: patches lying entirely inside the scan region."""
-    h, w = scan_mask.shape[0] // patch, scan_mask.shape[1] // patch
-    return scan_mask[:h * patch, :w * patch].reshape(h, patch, w, patch).all(axis=(1, 3)).reshape(-1)
 
 
 EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
