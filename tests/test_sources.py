@@ -143,8 +143,8 @@ def test_nifti_volumes_and_cine(tmp_path):
     assert np.allclose(src.read_frame(str(folder / "vol.nii.gz"), "nifti", 3), vol[:, :, 3])
     assert np.array_equal(src.read_frame(str(folder / "cine.nii"), "nifti", 6), cine[:, :, 0, 6])
     assert np.allclose(src.read_frame(str(folder / "vol4.nii.gz"), "nifti", 4), vol4[:, :, 1, 1])
-    assert src.count_frames(str(folder / "vol.nii.gz"), "nifti", nifti_axis=0) == 16
-    assert np.allclose(src.read_frame(str(folder / "vol.nii.gz"), "nifti", 2, nifti_axis=0), vol[2])
+    assert src.count_frames(str(folder / "vol.nii.gz"), "nifti", src.FrameOptions(nifti_axis=0)) == 16
+    assert np.allclose(src.read_frame(str(folder / "vol.nii.gz"), "nifti", 2, src.FrameOptions(nifti_axis=0)), vol[2])
     frames = list(src.iter_frames(str(folder / "vol4.nii.gz"), "nifti"))
     assert len(frames) == 6 and np.allclose(frames[4], vol4[:, :, 1, 1])
 

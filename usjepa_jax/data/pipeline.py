@@ -67,6 +67,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         val_fraction=0.05,
         on_error="skip",  # a bad file is logged and skipped ('skip') or fails the run ('raise')
         nifti_axis=-1,  # NIfTI frames: slices along this axis (volumes) / time points (2-D+t)
+        video_stride=1,  # cine video (.avi/.mp4): every k-th frame
+        h5_key="",  # HDF5: the dataset holding the frames ('' = the only image-like one, data/formats.py)
         preprocess=default_preprocess_dict(),  # raw sources only (prepared data was preprocessed once)
         shuffle=True,  # reshuffle the train split every epoch (val/test are never shuffled)
         worker_count=0,  # grain worker processes (0: in the training process)

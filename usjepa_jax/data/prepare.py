@@ -1,10 +1,13 @@
 """Decode and preprocess real ultrasound once, into ArrayRecord shards that training reads fast.
 
     python -m usjepa_jax.data.prepare --input /data/busi_v1 --input /data/echo_dicoms --output /data/prepared \
-        [--workers N] [--size 224] [--shard-size 1024] [--on-error skip|raise] [--include-test]
+        [--workers N] [--size 224] [--shard-size 1024] [--on-error skip|raise] [--include-test] \
+        [--video-stride K] [--h5-key KEY] [--nifti-axis A]
 
-Inputs may mix formats (image folders, DICOM incl. cine loops, NIfTI, UltraBench dataset folders or a folder of
-them); each input folder is one dataset named after the folder (an UltraBench folder: its own name). Files are
+Inputs may mix formats (image folders, DICOM incl. cine loops, NIfTI, cine video ``.avi/.mp4`` with
+``--video-stride``, HDF5 with ``--h5-key``, MetaImage ``.mhd/.raw``, UltraBench dataset folders or a folder of
+them: ``sources.py``, ``formats.py``); files of other extensions are counted by extension in the manifest
+(``unread``) and the log, and an input without any readable frame fails naming it. Each input folder is one dataset named after the folder (an UltraBench folder: its own name). Files are
 decoded and preprocessed (``preprocess.py``: grayscale, inpainting, scan region, percentile rescaling, crop,
 resize to ``--size``) in ``--workers`` processes; the main process writes the frames to
 ``shard-NNNNN.array_record`` files (one record per frame, ``sources.encode_record``: header + uint8 image +
@@ -46,10 +49,10 @@ DEFAULT_OPTIONS = "group_size:1"  # random access: one record per chunk
 
 def _process(task: tuple) -> tuple[int, list | None, str | None]:
     """Worker: decode + preprocess every frame of one file -> (task id, [(image, mask), ...] or None, error)."""
-    tid, path, kind, mask_path, prep, nifti_axis = task
+    tid, path, kind, mask_path, prep, options = task
     try:
-        mask = src.read_mask(mask_path)
-        frames = [pp.preprocess_frame(f, prep, mask) for f in src.iter_frames(path, kind, nifti_axis)]
+        mask, region = src.read_mask(mask_path), src.file_region(path, kind)
+        frames = [pp.preprocess_frame(f, prep, mask, region) for f in src.iter_frames(path, kind, options)]
         if not frames:
             raise src.BadFileError("no frames")
         return tid, frames, None
@@ -126,16 +129,37 @@ def _read_progress(output: Path) -> list[dict]:
 
 
 def prepare(inputs: list[str], output: str, *, workers: int = 0, size: int = 224, shard_size: int = 1024,
-            on_error: str = "skip", preprocess: pp.PreprocessConfig | dict | None = None, nifti_axis: int = -1,
-            include_test: bool = False, options: str = DEFAULT_OPTIONS, progress: bool = True) -> dict[str, Any]:
-    """Prepare (or continue preparing) ``output`` from ``inputs``; returns the manifest."""
+            on_error: str = "skip", preprocess: pp.PreprocessConfig | dict | None = None,
+            frame_options: src.FrameOptions = src.DEFAULT_OPTIONS, include_test: bool = False,
+            options: str = DEFAULT_OPTIONS, progress: bool = True) -> dict[str, Any]:
+    """Prepare (or continue preparing) ``output`` from ``inputs``; returns the manifest. An input without any
+    readable frame fails (``sources.NoFramesError``, naming it and the extensions it holds)."""
     if on_error not in src.ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: expected one of {src.ON_ERROR}")
+    scans: dict[str, src.DatasetScan] = {}
+    for path in inputs:
+        for scan in src.scan_input(path, on_error, frame_options):
+            if scan.name in scans:
+                raise ValueError(f"two inputs give the dataset name {scan.name!r} ({scans[scan.name].root} and "
+                                 f"{scan.root}): rename one folder.")
+            scans[scan.name] = scan
+    return prepare_scans(scans, output, workers=workers, size=size, shard_size=shard_size, on_error=on_error,
+                         preprocess=preprocess, frame_options=frame_options, include_test=include_test,
+                         options=options, progress=progress)
+
+
+def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, workers: int = 0, size: int = 224,
+                  shard_size: int = 1024, on_error: str = "skip", preprocess: pp.PreprocessConfig | dict | None = None,
+                  frame_options: src.FrameOptions = src.DEFAULT_OPTIONS, include_test: bool = False,
+                  options: str = DEFAULT_OPTIONS, progress: bool = True, extra_settings: dict | None = None
+                  ) -> dict[str, Any]:
+    """Prepare already scanned datasets (``prepare`` after its scan; labelled evaluation tasks, whose files and
+    labels come from their own layouts). ``extra_settings`` join the settings a rerun must match."""
     prep = preprocess if isinstance(preprocess, pp.PreprocessConfig) else pp.PreprocessConfig.from_dict(preprocess)
     prep = dataclasses.replace(prep, size=int(size))
     prep_dict = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(prep).items()}
-    settings = {"version": VERSION, "size": int(size), "preprocess": prep_dict, "nifti_axis": int(nifti_axis),
-                "include_test": bool(include_test)}
+    settings = {"version": VERSION, "size": int(size), "preprocess": prep_dict, "frames": frame_options.to_dict(),
+                "include_test": bool(include_test), **(extra_settings or {})}
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -154,22 +178,16 @@ def prepare(inputs: list[str], output: str, *, workers: int = 0, size: int = 224
             p.unlink()
     next_shard = 1 + max((int(s["name"][6:11]) for s in shards), default=-1)
 
-    # ---- scan the inputs.
-    scans: dict[str, src.DatasetScan] = {}
-    for path in inputs:
-        for scan in src.scan_input(path, on_error, nifti_axis):
-            if scan.name in scans:
-                raise ValueError(f"two inputs give the dataset name {scan.name!r} ({scans[scan.name].root} and "
-                                 f"{scan.root}): rename one folder.")
-            scans[scan.name] = scan
+    # ---- the files still to do.
     tasks, rows = [], []
     for scan in scans.values():
         for e in scan.entries:
             key = (scan.name, e.relpath)
             if (e.split == "test" and not include_test) or key in done or key in failed:
                 continue
-            rows.append({"dataset": scan.name, "file": e.relpath, "label": e.label, "split": e.split})
-            tasks.append((len(tasks), e.path, e.kind, e.mask_path, prep, nifti_axis))
+            rows.append({"dataset": scan.name, "file": e.relpath, "label": e.label, "split": e.split,
+                         **({"group": e.group} if e.group else {})})
+            tasks.append((len(tasks), e.path, e.kind, e.mask_path, prep, frame_options))
     total_frames = sum(e.frames for s in scans.values() for e in s.entries
                        if (s.name, e.relpath) not in done and (s.name, e.relpath) not in failed
                        and (e.split != "test" or include_test))
@@ -236,10 +254,11 @@ def write_manifest(out: Path, scans: dict[str, src.DatasetScan], settings: dict)
     datasets: dict[str, dict[str, Any]] = {}
     for name, scan in scans.items():
         datasets[name] = {"root": scan.root, "files": 0, "frames": 0, "skipped": list(scan.skipped),
-                          "label_names": scan.label_names}
+                          "label_names": scan.label_names, "unread": dict(sorted(scan.unread.items()))}
 
     def entry(name: str) -> dict[str, Any]:
-        return datasets.setdefault(name, {"root": None, "files": 0, "frames": 0, "skipped": [], "label_names": None})
+        return datasets.setdefault(name, {"root": None, "files": 0, "frames": 0, "skipped": [], "label_names": None,
+                                          "unread": {}})
 
     for f in files:
         d = entry(f["dataset"])
@@ -267,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--shard-size", type=int, default=1024, help="frames per shard (a file is never split)")
     p.add_argument("--on-error", choices=src.ON_ERROR, default="skip")
-    p.add_argument("--nifti-axis", type=int, default=-1)
+    p.add_argument("--nifti-axis", type=int, default=-1, help="NIfTI: slice along this axis")
+    p.add_argument("--video-stride", type=int, default=1, help="cine video: every k-th frame")
+    p.add_argument("--h5-key", default="", help="HDF5: the dataset holding the frames (default: the only "
+                   "image-like one)")
     p.add_argument("--include-test", action="store_true", help="also UltraBench test.json files")
     p.add_argument("--options", default=DEFAULT_OPTIONS, help="ArrayRecord writer options, e.g. group_size:1,zstd:3")
     for step in ("grayscale", "inpaint", "detect_scan_region", "crop_to_scan_region"):
@@ -280,15 +302,20 @@ def main(argv: list[str] | None = None) -> int:
                                rescale_percentiles=pp.PreprocessConfig.rescale_percentiles if a.rescale else None)
     try:
         m = prepare(a.input, a.output, workers=a.workers, size=a.size, shard_size=a.shard_size,
-                    on_error=a.on_error, preprocess=prep, nifti_axis=a.nifti_axis, include_test=a.include_test,
-                    options=a.options, progress=not a.quiet)
+                    on_error=a.on_error, preprocess=prep, include_test=a.include_test, options=a.options,
+                    frame_options=src.FrameOptions(a.nifti_axis, a.video_stride, a.h5_key), progress=not a.quiet)
     except KeyboardInterrupt:
         print("\ninterrupted: finished shards are kept; rerun the same command to continue.", file=sys.stderr)
         return 130
+    except src.NoFramesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for name, d in m["datasets"].items():
         print(f"{name}: {d['files']} files, {d['frames']} frames, {len(d['skipped'])} skipped", file=sys.stderr)
         for s in d["skipped"]:
             print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
+        if d["unread"]:
+            print(f"  not read (not a frame format): {src.describe_extensions(d['unread'])}", file=sys.stderr)
     t = m["throughput"]
     print(f"wrote {a.output}: {m['total']['frames']} frames in {len(m['shards'])} shards; this run {t['frames']} "
           f"frames in {t['seconds']:.1f} s ({t['frames_per_second']} frames/s)", file=sys.stderr)

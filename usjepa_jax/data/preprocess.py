@@ -12,7 +12,8 @@
 3. **grayscale** (``grayscale``): ITU-R 601 luma ``0.299 R + 0.587 G + 0.114 B``; with the switch off, RGB frames
    keep their first channel (the data is grey-scale ultrasound; the model takes one channel).
 4. **scan region** (``detect_scan_region``, only when no mask is given): the fan/rectangle of the image without the
-   dark border and burned-in UI: smooth (median 5x5 blurs speckle holes), threshold at ``region_threshold``,
+   dark border and burned-in UI (inside ``region`` when the file gives a bound, e.g. DICOM ultrasound regions;
+   without detection the bound is the region): smooth (median 5x5 blurs speckle holes), threshold at ``region_threshold``,
    binary opening with a disk of radius ~1.5% of the image (cuts thin text, rulers and lines touching the fan),
    largest connected component, hole filling (anechoic structures inside the fan), and a final opening.
    Without detection (and no mask) the whole frame is the region.
@@ -177,8 +178,11 @@ def resize(gray: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, n
 
 # ------------------------------------------------------------------------------------------------ all steps
 def preprocess_frame(frame: np.ndarray, config: PreprocessConfig = PreprocessConfig(),
-                     scan_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """One decoded frame (``[H, W]`` or ``[H, W, C]``, any dtype; RGB if C >= 3) -> (uint8 image, bool mask)."""
+                     scan_mask: np.ndarray | None = None, region: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """One decoded frame (``[H, W]`` or ``[H, W, C]``, any dtype; RGB if C >= 3) -> (uint8 image, bool mask).
+
+    ``scan_mask``: the scan region as given (no detection); ``region``: a bound on it (bool ``[H, W]``)."""
     frame = np.asarray(frame)
     if frame.ndim == 3 and frame.shape[-1] == 1:
         frame = frame[..., 0]
@@ -203,10 +207,15 @@ def preprocess_frame(frame: np.ndarray, config: PreprocessConfig = PreprocessCon
         if mask.shape != gray.shape:
             mask = np.asarray(Image.fromarray((mask > 0).astype(np.uint8)).resize(gray.shape[::-1], Image.NEAREST))
         mask = mask > 0
+    elif region is not None and region.shape != gray.shape:
+        raise ValueError(f"scan-region bound of shape {region.shape} for a frame of shape {gray.shape}")
     elif config.detect_scan_region:
-        mask = detect_scan_region(gray, config.region_threshold, config.region_opening)
+        bounded = gray if region is None else np.where(region, gray, 0).astype(np.uint8)
+        mask = detect_scan_region(bounded, config.region_threshold, config.region_opening)
+        if region is not None:
+            mask &= region
     else:
-        mask = np.ones(gray.shape, bool)
+        mask = np.ones(gray.shape, bool) if region is None else region.copy()
     if config.rescale_percentiles is not None:
         gray = rescale_intensity(gray, mask, *config.rescale_percentiles)
     else:

@@ -1,4 +1,5 @@
-"""Real ultrasound sources: image folders, DICOM, NIfTI, the UltraBench layout, prepared ArrayRecord shards.
+"""Real ultrasound sources: image folders, DICOM, NIfTI, cine video, HDF5, MetaImage, the UltraBench layout,
+prepared ArrayRecord shards.
 
 Every source here is a grain random-access source (``__len__``, ``__getitem__``, picklable: file handles are
 opened lazily per process and never pickled) whose elements are what the pipeline expects::
@@ -16,10 +17,16 @@ Formats (``file_kind``), all decoded to uint8 by ``preprocess.preprocess_frame``
   (cine) object is an example; YBR_* is converted to RGB by pydicom, PALETTE COLOR through its LUT, MONOCHROME1 is
   inverted. Compressed transfer syntaxes need the decoders in requirements.txt: RLE (pydicom, pylibjpeg-rle),
   JPEG baseline/extended (Pillow or pylibjpeg-libjpeg), JPEG lossless and JPEG-LS (pylibjpeg-libjpeg),
-  JPEG 2000 (pylibjpeg-openjpeg).
+  JPEG 2000 (pylibjpeg-openjpeg). When the file carries ``SequenceOfUltrasoundRegions``, the union of its
+  regions' rectangles (``RegionLocationMinX0`` .. ``MaxY1``; the 2-D tissue regions, ``RegionSpatialFormat`` 1,
+  when there are any) bounds the scan region (``dicom_region``): detection runs inside it, and without
+  detection it is the region.
 * NIfTI via nibabel (``.nii .nii.gz``): singleton dimensions are dropped; a 2-D image is one frame; a 3-D array
   (a volume, or 2-D+t) gives one frame per index along ``nifti_axis`` (default -1, the last: slices of a volume,
   time points of a 2-D+t loop); a 4-D array gives those slices for every index of the last (time) dimension.
+* cine video (``.avi .mp4 ...``, PyAV), HDF5 (``.h5 .hdf5``, h5py), MetaImage (``.mhd`` + ``.raw/.zraw``,
+  ``.mha``): ``formats.py``. ``FrameOptions`` holds the choices these formats need (NIfTI axis, video stride,
+  HDF5 dataset key); configs set them as ``data.nifti_axis``, ``data.video_stride``, ``data.h5_key``.
 * UltraBench (``<dataset>_v<version>/images``, ``masks/scan``, ``train_val.json``, ``test.json``), read as is.
   JSON schema accepted (a guess at the layout, documented here): a list whose items are either image paths
   relative to ``images/`` (label unknown) or records ``{"image": path, "label": int or str, ...}`` (the keys
@@ -30,6 +37,10 @@ Formats (``file_kind``), all decoded to uint8 by ``preprocess.preprocess_frame``
   of the same stem there); without one, the scan region is detected. ``test.json`` is the ``test`` split and
   never enters ``train``/``val``.
 * prepared ArrayRecord shards (``prepare.py``): see :class:`PreparedStore`.
+
+Nothing is ignored silently: files of other extensions are counted by extension (``DatasetScan.unread``; the
+prepare manifest and the log list them), and an input in which no frame can be read at all fails
+(``NoFramesError``) naming the folder and the extensions it holds.
 
 Bad input (``on_error``): while scanning, a file whose header cannot be read is logged with its path and reason and
 skipped (``'skip'``) or raises (``'raise'``); a file that fails later while decoding a frame is logged once and
@@ -55,7 +66,9 @@ from typing import Any
 
 import numpy as np
 
+from usjepa_jax.data import formats
 from usjepa_jax.data import preprocess as pp
+from usjepa_jax.data.formats import FrameOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +76,37 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 DICOM_EXTS = (".dcm", ".dicom", ".dic")
 NIFTI_EXTS = (".nii", ".nii.gz")
 ON_ERROR = ("skip", "raise")
+# Extension groups by kind (for messages and the README): what ``file_kind`` recognises.
+READABLE = {"image": IMAGE_EXTS, "dicom": DICOM_EXTS + ("(none, with the DICM preamble)",), "nifti": NIFTI_EXTS,
+            "video": formats.VIDEO_EXTS, "hdf5": formats.HDF5_EXTS, "metaimage": formats.METAIMAGE_EXTS}
+DEFAULT_OPTIONS = FrameOptions()
 
 
 class BadFileError(RuntimeError):
     """A file that cannot be read; the message names the file and the reason."""
 
 
+class NoFramesError(ValueError):
+    """An input in which no frame could be read at all; the message names it and the extensions it holds."""
+
+
+def readable_formats() -> str:
+    return "; ".join(f"{kind}: {' '.join(exts)}" for kind, exts in READABLE.items())
+
+
+def extension(path: str | os.PathLike) -> str:
+    """The lower-case extension (``.nii.gz`` as one), or ``'(none)'``."""
+    name = os.path.basename(str(path)).lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    ext = os.path.splitext(name)[1]
+    return ext or "(none)"
+
+
 # ------------------------------------------------------------------------------------------------ file kinds
 def file_kind(path: str | os.PathLike) -> str | None:
-    """``'image'``, ``'dicom'``, ``'nifti'`` or None (not a frame file: ignored, not an error)."""
+    """``'image'``, ``'dicom'``, ``'nifti'``, ``'video'``, ``'hdf5'``, ``'metaimage'`` or None (not a frame
+    file: counted as unread by the scans, not an error)."""
     name = str(path).lower()
     if name.endswith(NIFTI_EXTS):
         return "nifti"
@@ -79,6 +114,12 @@ def file_kind(path: str | os.PathLike) -> str | None:
         return "dicom"
     if name.endswith(IMAGE_EXTS):
         return "image"
+    if name.endswith(formats.VIDEO_EXTS):
+        return "video"
+    if name.endswith(formats.HDF5_EXTS):
+        return "hdf5"
+    if name.endswith(formats.METAIMAGE_EXTS):
+        return "metaimage"
     if "." not in os.path.basename(name):  # DICOM files often have no extension: sniff the preamble
         try:
             with open(path, "rb") as f:
@@ -128,7 +169,7 @@ def _nifti_layout(shape: tuple[int, ...], axis: int) -> tuple[tuple[int, ...], i
     return shape, ax, frames
 
 
-def count_frames(path: str, kind: str, nifti_axis: int = -1) -> int:
+def count_frames(path: str, kind: str, options: FrameOptions = DEFAULT_OPTIONS) -> int:
     """Frames in a file (reads headers only where the format allows)."""
     if kind == "image":
         from PIL import Image
@@ -145,7 +186,13 @@ def count_frames(path: str, kind: str, nifti_axis: int = -1) -> int:
         return int(ds.get("NumberOfFrames", 1) or 1)
     if kind == "nifti":
         import nibabel as nib
-        return _nifti_layout(nib.load(path).shape, nifti_axis)[2]
+        return _nifti_layout(nib.load(path).shape, options.nifti_axis)[2]
+    if kind == "video":
+        return formats.video_frames(path, options.video_stride)
+    if kind == "hdf5":
+        return formats.hdf5_frames(path, options.h5_key)
+    if kind == "metaimage":
+        return formats.metaimage_frames(path)
     raise BadFileError(f"unknown file kind {kind!r}")
 
 
@@ -173,7 +220,7 @@ def _dicom_frame(ds, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def read_frame(path: str, kind: str, frame: int, nifti_axis: int = -1) -> np.ndarray:
+def read_frame(path: str, kind: str, frame: int, options: FrameOptions = DEFAULT_OPTIONS) -> np.ndarray:
     """One decoded frame (``[H, W]`` or ``[H, W, 3]`` RGB), any dtype."""
     if kind == "image":
         from PIL import Image
@@ -189,7 +236,13 @@ def read_frame(path: str, kind: str, frame: int, nifti_axis: int = -1) -> np.nda
         arr = pixel_array(ds, index=frame) if n > 1 else pixel_array(ds)
         return _dicom_frame(ds, arr)
     if kind == "nifti":
-        return _nifti_slice(_nifti_array(path, _mtime(path)), frame, nifti_axis)
+        return _nifti_slice(_nifti_array(path, _mtime(path)), frame, options.nifti_axis)
+    if kind == "video":
+        return formats.read_video_frame(path, frame, options.video_stride)
+    if kind == "hdf5":
+        return formats.read_hdf5_frame(path, frame, options.h5_key)
+    if kind == "metaimage":
+        return formats.read_metaimage_frame(path, frame)
     raise BadFileError(f"unknown file kind {kind!r}")
 
 
@@ -205,7 +258,7 @@ def _nifti_slice(array: np.ndarray, frame: int, nifti_axis: int) -> np.ndarray:
     return np.asarray(np.take(vol, k, axis=ax))
 
 
-def iter_frames(path: str, kind: str, nifti_axis: int = -1) -> Iterator[np.ndarray]:
+def iter_frames(path: str, kind: str, options: FrameOptions = DEFAULT_OPTIONS) -> Iterator[np.ndarray]:
     """All frames of a file, decoding it once (the prepare step)."""
     if kind == "image":
         from PIL import Image
@@ -227,10 +280,46 @@ def iter_frames(path: str, kind: str, nifti_axis: int = -1) -> Iterator[np.ndarr
     elif kind == "nifti":
         import nibabel as nib
         array = np.asanyarray(nib.load(path).dataobj)
-        for i in range(_nifti_layout(array.shape, nifti_axis)[2]):
-            yield _nifti_slice(array, i, nifti_axis)
+        for i in range(_nifti_layout(array.shape, options.nifti_axis)[2]):
+            yield _nifti_slice(array, i, options.nifti_axis)
+    elif kind == "video":
+        yield from formats.iter_video(path, options.video_stride)
+    elif kind == "hdf5":
+        yield from formats.iter_hdf5(path, options.h5_key)
+    elif kind == "metaimage":
+        yield from formats.iter_metaimage(path)
     else:
         raise BadFileError(f"unknown file kind {kind!r}")
+
+
+def dicom_region(ds) -> np.ndarray | None:
+    """The scan-region bound of a DICOM object from ``SequenceOfUltrasoundRegions`` (bool ``[Rows, Columns]``,
+    the union of the regions' rectangles; only the 2-D tissue regions, RegionSpatialFormat 1, when there are
+    any), or None when the object has no such sequence."""
+    regions = list(ds.get("SequenceOfUltrasoundRegions", None) or [])
+    rects = []
+    for r in regions:
+        try:
+            rect = tuple(int(r[k].value) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
+                                                   "RegionLocationMaxX1", "RegionLocationMaxY1"))
+        except KeyError:
+            continue
+        rects.append((int(r.get("RegionSpatialFormat", 0) or 0), rect))
+    if not rects or "Rows" not in ds or "Columns" not in ds:
+        return None
+    tissue = [rect for fmt, rect in rects if fmt == 1]
+    mask = np.zeros((int(ds.Rows), int(ds.Columns)), bool)
+    for x0, y0, x1, y1 in tissue or [rect for _, rect in rects]:
+        mask[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1] = True
+    return mask if mask.any() else None
+
+
+def file_region(path: str, kind: str) -> np.ndarray | None:
+    """A file's own scan-region bound (DICOM ultrasound regions), or None."""
+    if kind != "dicom":
+        return None
+    import pydicom
+    return dicom_region(pydicom.dcmread(path, stop_before_pixels=True))
 
 
 def read_mask(path: str | None) -> np.ndarray | None:
@@ -251,7 +340,8 @@ class FileEntry:
     frames: int
     label: int = -1
     mask_path: str | None = None
-    split: str = "train_val"  # 'train_val' (hold-out decides train/val) or 'test'
+    split: str = "train_val"  # 'train_val' (hold-out decides train/val) or 'test'; labelled tasks: train|val|test
+    group: str = ""  # labelled tasks: the recording a file belongs to (its frames never straddle splits)
 
 
 @dataclasses.dataclass
@@ -261,10 +351,38 @@ class DatasetScan:
     entries: list[FileEntry]
     skipped: list[dict[str, str]]  # {"file", "reason"}
     label_names: list[str] | None = None
+    unread: dict[str, int] = dataclasses.field(default_factory=dict)  # extension -> files not read (other formats)
 
     @property
     def frames(self) -> int:
         return sum(e.frames for e in self.entries)
+
+
+def describe_extensions(counts: dict[str, int]) -> str:
+    return ", ".join(f"{ext} x{n}" for ext, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+
+
+def require_frames(scans: Sequence[DatasetScan], where: str | os.PathLike) -> None:
+    """Fail (``NoFramesError``) when the scans of input ``where`` hold no readable frame at all."""
+    if sum(s.frames for s in scans):
+        return
+    seen: dict[str, int] = {}
+    for s in scans:
+        for ext, n in s.unread.items():
+            seen[ext] = seen.get(ext, 0) + n
+        for k in s.skipped:
+            ext = extension(k["file"])
+            seen[ext] = seen.get(ext, 0) + 1
+    skipped = [k for s in scans for k in s.skipped]
+    detail = f"; {len(skipped)} unreadable (e.g. {skipped[0]['file']}: {skipped[0]['reason']})" if skipped else ""
+    raise NoFramesError(f"{where}: no readable frame. Extensions seen: {describe_extensions(seen)}{detail}. "
+                        f"Readable: {readable_formats()}.")
+
+
+def log_unread(scan: DatasetScan) -> None:
+    if scan.unread:
+        log.warning("%s: %d files not read (not a frame format): %s", scan.name, sum(scan.unread.values()),
+                    describe_extensions(scan.unread))
 
 
 def _fail(on_error: str, skipped: list, relpath: str, exc: BaseException, dataset: str) -> None:
@@ -280,23 +398,34 @@ def _check_on_error(on_error: str) -> None:
         raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}.")
 
 
+def list_files(root: str | os.PathLike) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+    """(absolute path, relative path, kind) of every frame file under ``root`` (or ``root`` itself), sorted, and
+    the count by extension of the other files (hidden files and MetaImage data files are neither)."""
+    root = Path(root)
+    out, unread = [], {}
+
+    def add(path: str, rel: str) -> None:
+        kind = file_kind(path)
+        if kind:
+            out.append((path, rel, kind))
+        elif not formats.is_metaimage_data(path):
+            unread[extension(path)] = unread.get(extension(path), 0) + 1
+
+    if root.is_file():
+        add(str(root), root.name)
+        return out, unread
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                path = os.path.join(dirpath, name)
+                add(path, os.path.relpath(path, root))
+    return out, unread
+
+
 def list_frame_files(root: str | os.PathLike) -> list[tuple[str, str, str]]:
     """(absolute path, relative path, kind) of every frame file under ``root`` (or ``root`` itself), sorted."""
-    root = Path(root)
-    if root.is_file():
-        kind = file_kind(root)
-        return [(str(root), root.name, kind)] if kind else []
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = os.path.join(dirpath, name)
-            kind = file_kind(path)
-            if kind:
-                out.append((path, os.path.relpath(path, root), kind))
-    return out
+    return list_files(root)[0]
 
 
 def is_ultrabench(root: str | os.PathLike) -> bool:
@@ -306,23 +435,32 @@ def is_ultrabench(root: str | os.PathLike) -> bool:
 
 
 def scan_files(root: str | os.PathLike, name: str | None = None, on_error: str = "skip",
-               nifti_axis: int = -1) -> DatasetScan:
-    """A folder (recursively) or one file of images / DICOM / NIfTI, mixed; dataset name = folder name."""
+               options: FrameOptions = DEFAULT_OPTIONS) -> DatasetScan:
+    """A folder (recursively) or one file of frame files (any readable kind, mixed); dataset name = folder
+    name. Files of other extensions are counted in ``unread`` (and logged)."""
     _check_on_error(on_error)
     root = Path(root).resolve()
     name = name or (root.name if root.is_dir() else root.parent.name)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
     entries, skipped = [], []
-    for path, rel, kind in list_frame_files(root):
+    files, unread = list_files(root)
+    for path, rel, kind in files:
         try:
-            n = count_frames(path, kind, nifti_axis)
-            if n < 1:
-                raise BadFileError("no frames")
-            entries.append(FileEntry(path, rel, kind, n))
+            entries.append(FileEntry(path, rel, kind, checked_frames(path, kind, options)))
         except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
             _fail(on_error, skipped, rel, exc, name)
-    return DatasetScan(name, str(root), entries, skipped)
+    scan = DatasetScan(name, str(root), entries, skipped, unread=unread)
+    log_unread(scan)
+    return scan
+
+
+def checked_frames(path: str, kind: str, options: FrameOptions = DEFAULT_OPTIONS) -> int:
+    """``count_frames``, failing (``BadFileError``) on a file without frames."""
+    n = count_frames(path, kind, options)
+    if n < 1:
+        raise BadFileError("no frames")
+    return n
 
 
 _PATH_KEYS = ("image", "file", "filename", "path", "image_path", "img")
@@ -368,7 +506,8 @@ def _find_mask(mask_dir: Path, rel: str) -> str | None:
     return None
 
 
-def scan_ultrabench(root: str | os.PathLike, on_error: str = "skip", nifti_axis: int = -1) -> DatasetScan:
+def scan_ultrabench(root: str | os.PathLike, on_error: str = "skip",
+                    options: FrameOptions = DEFAULT_OPTIONS) -> DatasetScan:
     """One UltraBench dataset folder ``<dataset>_v<version>`` (see the module docstring for the JSON schema)."""
     _check_on_error(on_error)
     root = Path(root).resolve()
@@ -386,8 +525,8 @@ def scan_ultrabench(root: str | os.PathLike, on_error: str = "skip", nifti_axis:
         try:
             kind = file_kind(path)
             if kind is None:
-                raise BadFileError("not an image/DICOM/NIfTI file")
-            n = count_frames(str(path), kind, nifti_axis)
+                raise BadFileError(f"not a readable frame file ({readable_formats()})")
+            n = count_frames(str(path), kind, options)
             lab = -1 if label is None else (label_index[label] if isinstance(label, str) else int(label))
             entries.append(FileEntry(str(path), rel, kind, n, lab, _find_mask(root / "masks" / "scan", rel), split))
         except Exception as exc:  # noqa: BLE001
@@ -395,17 +534,20 @@ def scan_ultrabench(root: str | os.PathLike, on_error: str = "skip", nifti_axis:
     return DatasetScan(name, str(root), entries, skipped, names or None)
 
 
-def scan_input(path: str | os.PathLike, on_error: str = "skip", nifti_axis: int = -1) -> list[DatasetScan]:
+def scan_input(path: str | os.PathLike, on_error: str = "skip",
+               options: FrameOptions = DEFAULT_OPTIONS) -> list[DatasetScan]:
     """An input path -> datasets: an UltraBench dataset folder, a folder of UltraBench dataset folders, or a
-    folder/file of raw frames (one dataset named after the folder)."""
+    folder/file of raw frames (one dataset named after the folder). Fails (``NoFramesError``) when the input
+    holds no readable frame at all."""
     path = Path(path)
     if is_ultrabench(path):
-        return [scan_ultrabench(path, on_error, nifti_axis)]
-    if path.is_dir():
-        subs = sorted(p for p in path.iterdir() if is_ultrabench(p))
-        if subs:
-            return [scan_ultrabench(p, on_error, nifti_axis) for p in subs]
-    return [scan_files(path, on_error=on_error, nifti_axis=nifti_axis)]
+        scans = [scan_ultrabench(path, on_error, options)]
+    elif path.is_dir() and any(is_ultrabench(p) for p in path.iterdir()):
+        scans = [scan_ultrabench(p, on_error, options) for p in sorted(path.iterdir()) if is_ultrabench(p)]
+    else:
+        scans = [scan_files(path, on_error=on_error, options=options)]
+    require_frames(scans, path)
+    return scans
 
 
 # ------------------------------------------------------------------------------------------------ raw sources
@@ -413,10 +555,10 @@ class FilesSource:
     """The frames of some files of one dataset, decoded and preprocessed on access."""
 
     def __init__(self, name: str, entries: Sequence[FileEntry], preprocess: pp.PreprocessConfig,
-                 on_error: str = "skip", nifti_axis: int = -1):
+                 on_error: str = "skip", options: FrameOptions = DEFAULT_OPTIONS):
         _check_on_error(on_error)
         self.name, self.entries = name, list(entries)
-        self.preprocess, self.on_error, self.nifti_axis = preprocess, on_error, nifti_axis
+        self.preprocess, self.on_error, self.options = preprocess, on_error, options
         counts = np.array([e.frames for e in self.entries], np.int64)
         self._file = np.repeat(np.arange(len(self.entries), dtype=np.int32), counts)
         self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
@@ -435,8 +577,9 @@ class FilesSource:
 
     def _load(self, index: int) -> dict[str, Any]:
         entry, frame = self.locate(index)
-        raw = read_frame(entry.path, entry.kind, frame, self.nifti_axis)
-        image, mask = pp.preprocess_frame(raw, self.preprocess, read_mask(entry.mask_path))
+        raw = read_frame(entry.path, entry.kind, frame, self.options)
+        image, mask = pp.preprocess_frame(raw, self.preprocess, read_mask(entry.mask_path),
+                                          region=file_region(entry.path, entry.kind))
         return {"image": image, "scan_mask": mask, "label": np.int32(entry.label), "index": np.int32(index)}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -601,14 +744,15 @@ def dataset_sources(data_config, split: str) -> list:
     if not prep.get("size"):
         prep["size"] = int(cfg.image_size)
     prep = pp.PreprocessConfig.from_dict(prep)
-    axis = int(cfg.get("nifti_axis", -1))
+    options = FrameOptions.from_config(cfg)
     for path in paths:
         if cfg.source == "ultrabench":
             p = Path(path)
-            scans = ([scan_ultrabench(p, on_error, axis)] if is_ultrabench(p)
-                     else [scan_ultrabench(q, on_error, axis) for q in sorted(p.iterdir()) if is_ultrabench(q)])
+            scans = ([scan_ultrabench(p, on_error, options)] if is_ultrabench(p)
+                     else [scan_ultrabench(q, on_error, options) for q in sorted(p.iterdir()) if is_ultrabench(q)])
+            require_frames(scans, p)
         elif cfg.source == "files":
-            scans = scan_input(path, on_error, axis)
+            scans = scan_input(path, on_error, options)
         else:
             raise ValueError(f"config.data.source={cfg.source!r}: not a real-data source.")
         for scan in scans:
@@ -617,7 +761,7 @@ def dataset_sources(data_config, split: str) -> list:
             entries = _split_files(scan.entries, lambda e, n=scan.name: n, lambda e: e.relpath, lambda e: e.split,
                                    split, val_fraction)
             if entries:
-                sources.append(FilesSource(scan.name, entries, prep, on_error, axis))
+                sources.append(FilesSource(scan.name, entries, prep, on_error, options))
     return sources
 
 
