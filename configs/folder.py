@@ -15,7 +15,9 @@ USrc: ``masks.min_valid_in_target`` = 3 (tau) at this 8 x 8 grid, where a target
 holds 5-8 patches (the paper-scale choice is 10 of 15-25, configs/usrc_vitb16.py).
 """
 
-from configs import base
+from usjepa_jax import config as config_lib
+
+base = config_lib.sibling_config(__file__, "base")
 
 
 def get_config(arg: str | None = None):

@@ -6,7 +6,9 @@ Smoke:  python -m usjepa_jax.main --config=configs/ijepa_ema.py:smoke --workdir=
 Same data, model and schedule as configs/base.py; there is no stage 1 (no frozen teacher).
 """
 
-from configs import base
+from usjepa_jax import config as config_lib
+
+base = config_lib.sibling_config(__file__, "base")
 
 
 def get_config(arg: str | None = None):

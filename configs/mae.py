@@ -7,7 +7,9 @@ This is also exactly SALT's stage 1 (what `configs/base.py` trains its teacher w
 The decoder is the light predictor of `teacher.decoder`.
 """
 
-from configs import base
+from usjepa_jax import config as config_lib
+
+base = config_lib.sibling_config(__file__, "base")
 
 
 def get_config(arg: str | None = None):

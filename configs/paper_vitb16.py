@@ -19,6 +19,7 @@ EPOCHS, WARMUP_EPOCHS, BATCH = 100, 10, 128
 def get_config(arg: str | None = None):
     c = config_lib.default_config()
     c.method = "usjepa"
+    c.expect_accelerator = True
     c.data.image_size = 224
     c.data.num_train = 5_100_000
     c.data.augment.enabled = True

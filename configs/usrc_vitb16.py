@@ -24,7 +24,9 @@ must be set to the mixture's epoch size (sum over datasets of min(|D_i|, N_t)) f
 at the paper's 5.1M when unknown.
 """
 
-from configs import paper_vitb16
+from usjepa_jax import config as config_lib
+
+paper_vitb16 = config_lib.sibling_config(__file__, "paper_vitb16")
 
 
 def get_config(arg: str | None = None):

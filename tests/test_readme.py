@@ -41,6 +41,7 @@ import shlex
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -486,15 +487,33 @@ def python_program(args: tuple[str, ...]) -> tuple[tuple[str, ...] | None, tuple
     return None, (), None
 
 
+@functools.cache
+def package_extras() -> frozenset[str]:
+    """The extras pyproject.toml declares (``pip install -e ".[cuda]"``, ``usjepa_jax[gcs] @ git+...``)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return frozenset(project.get("optional-dependencies", {}))
+
+
+def check_extras(tok: str) -> list[str]:
+    """``.[a,b]`` / ``usjepa_jax[a,b]``: each extra must be declared (other packages' extras are theirs)."""
+    match = re.match(r"^(\.|usjepa_jax)\[([^\]]*)\]", tok)
+    if not match:
+        return []
+    return [f"pip {tok}: no extra {extra!r} in pyproject.toml (known: {sorted(package_extras())})"
+            for extra in match.group(2).split(",") if extra.strip() not in package_extras()]
+
+
 def check_pip(args: tuple[str, ...]) -> list[str]:
     problems = []
     for i, tok in enumerate(args):
         name, eq, value = tok.partition("=")
+        problems += check_extras(tok)
         if name in ("-r", "--requirement", "-c", "--constraint", "-e", "--editable"):
             if not eq:
                 value = args[i + 1] if i + 1 < len(args) else ""
             if name in ("-e", "--editable") and not value.startswith((".", "/")):
                 continue  # a VCS URL or a package name
+            value = value.split("[", 1)[0]  # a local project with extras: .[cuda]
             if value and not is_placeholder(value) and not value.startswith("/") and not (REPO / value).exists():
                 problems.append(f"pip {name} {value}: {value} does not exist")
         elif tok.startswith("-r") and len(tok) > 2 and not (REPO / tok[2:]).exists():
@@ -842,6 +861,9 @@ def test_optional_brackets_are_checked_as_flags():
 
 def test_detects_pip_and_launch_problems():
     assert "requirements-gpu.txt does not exist" in problems_of("pip install -r requirements-gpu.txt")
+    assert problems_of('pip install -e ".[cuda,gcs]"') == ""
+    assert "no extra 'cuda11'" in problems_of('pip install -e ".[cuda11]"')
+    assert "no extra 'dicm'" in problems_of('pip install "usjepa_jax[dicm] @ git+https://x.invalid/u.git"')
     assert "launch/nope.sh does not exist" in problems_of("bash launch/nope.sh --dry-run")
     assert "'--dry-runn' does not occur" in problems_of("launch/tpu_vm.sh --dry-runn delete")
     assert "'delet' does not occur" in problems_of("launch/tpu_vm.sh delet")

@@ -7,6 +7,11 @@ unknown keys are already refused by ``ConfigDict`` itself (CLI overrides of a mi
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import ml_collections
 
 from usjepa_jax import objectives
@@ -17,6 +22,24 @@ from usjepa_jax.models import vit
 
 METHODS = ("usjepa", "ijepa", "pixel")
 DTYPES = ("float32", "bfloat16")
+
+
+def sibling_config(config_file: str, name: str) -> ModuleType:
+    """The config module ``name`` next to ``config_file`` (``configs/folder.py`` builds on ``base.py``).
+
+    Loaded by path, so a config works wherever it lies and however it was loaded: ``--config=configs/x.py`` from
+    the checkout, an absolute path from any directory, or the installed ``usjepa_jax.configs`` package.
+    """
+    path = Path(config_file).resolve().with_name(f"{name}.py")
+    module_name = f"_usjepa_config_{name}_{abs(hash(str(path)))}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or not path.is_file():
+            raise FileNotFoundError(f"{config_file} builds on {path}, which does not exist.")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[module_name] = module
+    return sys.modules[module_name]
 
 
 def model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
@@ -57,6 +80,9 @@ def optim_config() -> ml_collections.ConfigDict:
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # Sized for GPUs/TPUs (the paper-scale configs): main then warns loudly when jax finds only a CPU, which is
+    # what a CPU-only jax install gives on an accelerator machine (README, "Set up and run").
+    c.expect_accelerator = False
     # usjepa: latent prediction against a frozen teacher (stage 1 trains one here when none is given);
     # ijepa: the EMA-teacher baseline; pixel: masked pixel reconstruction (MAE-style baseline / SALT stage 1).
     c.method = "usjepa"

@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+import usjepa_jax
 from usjepa_jax.data import formats
 from usjepa_jax.data import preprocess as pp
 from usjepa_jax.data.formats import FrameOptions
@@ -413,19 +414,28 @@ def list_files(root: str | os.PathLike) -> tuple[list[tuple[str, str, str]], dic
 
     if root.is_file():
         add(str(root), root.name)
-        return out, unread
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                path = os.path.join(dirpath, name)
-                add(path, os.path.relpath(path, root))
+    else:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if not name.startswith("."):
+                    path = os.path.join(dirpath, name)
+                    add(path, os.path.relpath(path, root))
+    require_decoders({kind for _, _, kind in out}, root)
     return out, unread
 
 
 def list_frame_files(root: str | os.PathLike) -> list[tuple[str, str, str]]:
     """(absolute path, relative path, kind) of every frame file under ``root`` (or ``root`` itself), sorted."""
     return list_files(root)[0]
+
+
+def require_decoders(kinds: set, where) -> None:
+    """Fail once, naming the extra to install, when a decoder is missing (instead of skipping every file)."""
+    for kind, module, extra in (("dicom", "pydicom", "dicom"), ("nifti", "nibabel", "nifti"), ("video", "av", "video"),
+                                ("hdf5", "h5py", "hdf5")):
+        if kind in kinds:
+            usjepa_jax.require(module, extra, f"{where}: reading its {kind.upper()} files")
 
 
 def is_ultrabench(root: str | os.PathLike) -> bool:
@@ -519,6 +529,7 @@ def scan_ultrabench(root: str | os.PathLike, on_error: str = "skip",
                 records.append((split, rel, label))
     names = sorted({str(lab) for _, _, lab in records if isinstance(lab, str)})
     label_index = {n: i for i, n in enumerate(names)}
+    require_decoders({file_kind(root / "images" / rel) for _, rel, _ in records}, root)
     entries, skipped = [], []
     for split, rel, label in records:
         path = root / "images" / rel
