@@ -1,11 +1,14 @@
-"""Install the pinned stack for the runtime a notebook runs on: Colab (or any fresh machine) with CPU, GPU or TPU.
+"""Install the package for the runtime a notebook runs on: Colab (or any fresh machine) with CPU, GPU or TPU.
 
 The notebooks' first cell clones the repository when it is not already there, then calls ``install()``, which
-pip-installs ``requirements.txt`` with ``jax`` swapped for the build that matches the accelerator
-(``jax[cuda13]`` on NVIDIA GPUs, ``jax[tpu]`` on TPUs, plain ``jax`` on CPU) at the same pinned version. From a
-checkout whose environment already has the requirements (local Jupyter, CI) the notebooks skip this.
+pip-installs the clone as a package with the extras for this runtime: the jax build for the accelerator
+(``[cuda]`` = ``jax[cuda13]`` on NVIDIA GPUs, ``[tpu]`` = ``jax[tpu]`` on TPUs, plain jax on CPU) and the
+DICOM/NIfTI decoders, at the versions ``requirements.txt`` pins (used as constraints, so nothing else from it is
+installed). Only the package's runtime needs: no test tools, no Jupyter packages, so the kernel's own
+(``ipykernel``, ``jupyter_client``...) stay as Colab ships them. From a checkout whose environment already has
+the requirements (local Jupyter, CI) the notebooks skip this.
 
-    python notebooks/colab_setup.py --dry-run     # print what would be installed here
+    python notebooks/colab_setup.py --dry-run     # print the pip command for this machine
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ import argparse
 import glob
 import importlib.metadata
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements.txt"
-JAX_EXTRAS = {"cpu": "", "gpu": "[cuda13]", "tpu": "[tpu]"}
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATOR_EXTRAS = {"cpu": [], "gpu": ["cuda"], "tpu": ["tpu"]}
+DATA_EXTRAS = ["dicom", "nifti"]  # notebooks/your_data.ipynb reads DICOMs
 
 
 def detect_accelerator() -> str:
@@ -36,25 +39,12 @@ def detect_accelerator() -> str:
     return "cpu"
 
 
-def requirements_for(accelerator: str, requirements: Path = REQUIREMENTS) -> list[str]:
-    """The pinned requirement lines for ``accelerator``: ``jax==V`` -> ``jax[extra]==V``; the extras pull in the
-    matching ``jaxlib`` (and its plugins), so the CPU ``jaxlib`` pin is dropped on accelerators."""
-    if accelerator not in JAX_EXTRAS:
-        raise ValueError(f"accelerator={accelerator!r}: expected one of {tuple(JAX_EXTRAS)}.")
-    lines = []
-    for raw in requirements.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name = re.split(r"[=<>\[ ;]", line, maxsplit=1)[0].lower()
-        if name == "jaxlib" and accelerator != "cpu":
-            continue
-        if name == "jax":
-            line = "jax" + JAX_EXTRAS[accelerator] + line[len("jax"):]
-        lines.append(line)
-    if not any(re.match(r"jax(\[|=)", line) for line in lines):
-        raise ValueError(f"{requirements}: no 'jax==VERSION' line to adapt.")
-    return lines
+def pip_arguments(accelerator: str, root: Path = ROOT) -> list[str]:
+    """``pip install`` arguments: the clone, editable, with this runtime's extras, constrained to the lock."""
+    if accelerator not in ACCELERATOR_EXTRAS:
+        raise ValueError(f"accelerator={accelerator!r}: expected one of {tuple(ACCELERATOR_EXTRAS)}.")
+    extras = ",".join(ACCELERATOR_EXTRAS[accelerator] + DATA_EXTRAS)
+    return ["-e", f"{root}[{extras}]", "-c", str(root / "requirements.txt")]
 
 
 def stale_modules() -> list[str]:
@@ -69,21 +59,20 @@ def stale_modules() -> list[str]:
 
 def install(accelerator: str | None = None, dry_run: bool = False) -> list[str]:
     accelerator = accelerator or detect_accelerator()
-    reqs = requirements_for(accelerator)
-    print(f"runtime: {accelerator}; installing {len(reqs)} pinned requirements "
-          f"({next(r for r in reqs if r.startswith('jax'))})")
+    args = pip_arguments(accelerator)
+    print(f"runtime: {accelerator}; pip install {' '.join(args)}")
     if not dry_run:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *reqs], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
         stale = stale_modules()
         if stale:
             raise SystemExit("Installed; this runtime had already imported " + ", ".join(stale) + ". Restart the "
                              "runtime (Colab: Runtime > Restart session) and run all cells again.")
-    return reqs
+    return args
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--accelerator", choices=tuple(JAX_EXTRAS), help="Default: detected.")
-    parser.add_argument("--dry-run", action="store_true", help="Print the requirements, install nothing.")
+    parser.add_argument("--accelerator", choices=tuple(ACCELERATOR_EXTRAS), help="Default: detected.")
+    parser.add_argument("--dry-run", action="store_true", help="Print the pip command, install nothing.")
     args = parser.parse_args()
-    print("\n".join(install(args.accelerator, args.dry_run)))
+    install(args.accelerator, args.dry_run)

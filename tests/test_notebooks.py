@@ -6,7 +6,9 @@ in a fresh kernel on one CPU device, like a Colab CPU runtime.
 """
 
 import json
+import re
 import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -57,15 +59,19 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     client.execute()  # raises CellExecutionError with the failing cell and its traceback
 
 
-def test_colab_setup_swaps_jax_for_the_runtime():
+def test_colab_setup_installs_the_package_for_the_runtime_and_its_runtime_needs_only():
     import colab_setup
 
-    cpu, gpu, tpu = (colab_setup.requirements_for(a) for a in ("cpu", "gpu", "tpu"))
-    pinned = next(line for line in cpu if line.startswith("jax=="))
-    version = pinned.split("==")[1]
-    assert any(line.startswith("jaxlib==") for line in cpu)
-    assert f"jax[cuda13]=={version}" in gpu and f"jax[tpu]=={version}" in tpu
-    assert not any(line.startswith("jaxlib") for line in gpu + tpu)
-    assert set(cpu) - {pinned} - {f"jaxlib=={version}"} == set(gpu) - {f"jax[cuda13]=={version}"}
+    cpu, gpu, tpu = (colab_setup.pip_arguments(a) for a in ("cpu", "gpu", "tpu"))
+    assert cpu == ["-e", f"{REPO}[dicom,nifti]", "-c", str(REPO / "requirements.txt")]
+    assert gpu[1] == f"{REPO}[cuda,dicom,nifti]" and tpu[1] == f"{REPO}[tpu,dicom,nifti]"
+    # what those extras pull in: the runtime, jax's accelerator build, decoders; nothing of the test tools or of
+    # the Jupyter kernel (Colab's own ipykernel stays)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert extras["cuda"] == ["jax[cuda13]>=0.10.2,<0.11"] and extras["tpu"] == ["jax[tpu]>=0.10.2,<0.11"]
+    installed = project["dependencies"] + [r for e in ("cuda", "tpu", "dicom", "nifti") for r in extras[e]]
+    names = {re.split(r"[\[<>=]", r, maxsplit=1)[0].lower() for r in installed}
+    assert not names & {"pytest", "ipykernel", "nbclient", "nbformat", "portpicker", "jupyter_client"}, names
     with pytest.raises(ValueError, match="accelerator"):
-        colab_setup.requirements_for("ipu")
+        colab_setup.pip_arguments("ipu")
