@@ -3,7 +3,7 @@
 The notebooks' first cell clones the repository when it is not already there, then calls ``install()``, which
 pip-installs the clone as a package with the extras for this runtime: the jax build for the accelerator
 (``[cuda]`` = ``jax[cuda13]`` on NVIDIA GPUs, ``[tpu]`` = ``jax[tpu]`` on TPUs, plain jax on CPU) and the
-DICOM/NIfTI decoders, at the versions ``requirements.txt`` pins (used as constraints, so nothing else from it is
+real-data decoders (DICOM, NIfTI, video, HDF5), at the versions ``requirements.txt`` pins (used as constraints, so nothing else from it is
 installed). Only the package's runtime needs: no test tools, no Jupyter packages, so the kernel's own
 (``ipykernel``, ``jupyter_client``...) stay as Colab ships them. From a checkout whose environment already has
 the requirements (local Jupyter, CI) the notebooks skip this.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATOR_EXTRAS = {"cpu": [], "gpu": ["cuda"], "tpu": ["tpu"]}
-DATA_EXTRAS = ["dicom", "nifti"]  # notebooks/your_data.ipynb reads DICOMs
+DATA_EXTRAS = ["dicom", "nifti", "video", "hdf5"]  # the real-data readers (notebooks/your_data.ipynb)
 
 
 def detect_accelerator() -> str:

@@ -63,14 +63,15 @@ def test_colab_setup_installs_the_package_for_the_runtime_and_its_runtime_needs_
     import colab_setup
 
     cpu, gpu, tpu = (colab_setup.pip_arguments(a) for a in ("cpu", "gpu", "tpu"))
-    assert cpu == ["-e", f"{REPO}[dicom,nifti]", "-c", str(REPO / "requirements.txt")]
-    assert gpu[1] == f"{REPO}[cuda,dicom,nifti]" and tpu[1] == f"{REPO}[tpu,dicom,nifti]"
+    assert cpu == ["-e", f"{REPO}[dicom,nifti,video,hdf5]", "-c", str(REPO / "requirements.txt")]
+    assert gpu[1] == f"{REPO}[cuda,dicom,nifti,video,hdf5]"
+    assert tpu[1] == f"{REPO}[tpu,dicom,nifti,video,hdf5]"
     # what those extras pull in: the runtime, jax's accelerator build, decoders; nothing of the test tools or of
     # the Jupyter kernel (Colab's own ipykernel stays)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert extras["cuda"] == ["jax[cuda13]>=0.10.2,<0.11"] and extras["tpu"] == ["jax[tpu]>=0.10.2,<0.11"]
-    installed = project["dependencies"] + [r for e in ("cuda", "tpu", "dicom", "nifti") for r in extras[e]]
+    installed = project["dependencies"] + [r for e in ("cuda", "tpu", "dicom", "nifti", "video", "hdf5") for r in extras[e]]
     names = {re.split(r"[\[<>=]", r, maxsplit=1)[0].lower() for r in installed}
     assert not names & {"pytest", "ipykernel", "nbclient", "nbformat", "portpicker", "jupyter_client"}, names
     with pytest.raises(ValueError, match="accelerator"):
