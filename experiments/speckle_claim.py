@@ -182,7 +182,7 @@ def write_plot(rows: dict, out: Path) -> Path:
 def main(argv) -> None:
     del argv
     from usjepa_jax import evaluate, train
-    from usjepa_jax.evaluation.data import render_eval_data
+    from usjepa_jax.evaluation.runner import render_tasks
 
     out = Path(_OUT.value)
     if _REPLOT.value:
@@ -202,7 +202,7 @@ def main(argv) -> None:
 
     for cfg in cfgs.values():
         cfg.evals.evaluators = _EVALUATORS.value
-    data = render_eval_data(cfgs["usjepa"].data, cfgs["usjepa"].evals)  # the same images for every encoder
+    data = render_tasks(cfgs["usjepa"], logging.info)  # the same images for every encoder
     rows = {}
     for m in METHODS:
         rows[m] = evaluate.evaluate_run(cfgs[m], out / m, "student", "latest", data=data)

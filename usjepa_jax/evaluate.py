@@ -11,9 +11,11 @@ the stage-1 ``RUN/teacher/encoder``), ``random`` (a random init of ``config.mode
 ``--checkpoint`` (student only): ``latest`` = the exported final encoder ``RUN/encoder``; ``best`` = the lowest
 validation-loss encoder ``RUN/encoder_best``; a step number = the encoder restored from ``RUN/checkpoints/STEP``.
 
-Writes ``RUN/eval/results.json`` (one entry per evaluated encoder, e.g. ``student:latest``, ``teacher``,
-``random``; entries of other encoders are kept) and figures in ``RUN/eval/<entry>/``: ``masks.png`` (inputs with a
-context/target sample), ``pca_features.png``, ``probe_curves.png``, ``few_shot.png``, ``robustness.png``.
+Every evaluator runs on every task of ``config.evals.tasks`` (the simulated task suite, evaluation/tasks.py),
+speckle invariance once. Writes ``RUN/eval/results.json`` (one entry per evaluated encoder, e.g. ``student:latest``,
+``teacher``, ``random``; entries of other encoders are kept; its ``metrics`` keyed by task, task-free metrics under
+``all``) and figures in ``RUN/eval/<entry>/<task>/``: ``masks.png`` (inputs with a context/target sample),
+``pca_features.png``, ``probe_curves.png``, ``few_shot.png``, ``robustness.png``.
 """
 
 from __future__ import annotations
@@ -96,8 +98,12 @@ def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path, encoder
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
                  checkpoint: str = "latest", data=None) -> dict[str, float]:
-    """Run ``config.evals`` on one encoder of the run; merge the results into ``RUN/eval/results.json``."""
+    """Run ``config.evals`` on one encoder of the run; merge the results into ``RUN/eval/results.json``.
+
+    Returns ``{task/evaluator/metric: value}`` (``speckle_invariance/metric`` without a task); ``data``:
+    pre-rendered tasks (``evaluation.runner.render_tasks``) shared between encoders."""
     from usjepa_jax.evaluation import run_evaluators
+    from usjepa_jax.evaluation.runner import by_task
 
     workdir = Path(workdir)
     name = entry_name(encoder, checkpoint)
@@ -108,7 +114,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder
     results, figures = run_evaluators(model, config, data=data, out_dir=out_dir, log=logging.info)
     path = workdir / EVAL_DIR / RESULTS_FILE
     saved = json.loads(path.read_text()) if path.exists() else {}
-    saved[name] = {"metrics": results, "figures": figures, "encoder_path": str(model.path),
+    saved[name] = {"metrics": by_task(results), "figures": figures, "encoder_path": str(model.path),
                        "content_hash": model.content_hash, "evals": config.evals.to_dict(), "seconds": time.perf_counter() - t}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(saved, indent=2, default=float))

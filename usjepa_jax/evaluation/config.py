@@ -12,6 +12,8 @@ import ml_collections
 EVALUATOR_NAMES = ("collapse", "knn", "linear_probe", "few_shot", "robustness", "speckle_invariance")
 POOLINGS = ("mean", "max", "mean_max")
 CORRUPTIONS = ("blur", "contrast", "speckle")
+TASK_NAMES = ("lesion", "organ", "margin", "grade")  # the simulated task suite (tasks.py)
+DEFAULT_TASKS = "lesion"  # TODO(tasks): all four once the simulator's phantom families land
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
@@ -19,8 +21,10 @@ def default_eval_config() -> ml_collections.ConfigDict:
         # Comma-separated subset of EVALUATOR_NAMES (order does not matter; figures are drawn when figures=True).
         "evaluators": "collapse,knn,linear_probe,few_shot,robustness,speckle_invariance",
         "seed": 0,  # evaluation images come from seed streams disjoint from the pretraining train/val streams
-        # Labelled simulator images (class = lesion type, data/synthetic.CLASS_NAMES), rendered with config.data's
-        # simulator settings and resized to config.data.image_size, like the pretraining inputs.
+        # Labelled simulated tasks (comma-separated subset of TASK_NAMES, tasks.py), each with balanced labels and
+        # these many train/val/test images, rendered with config.data's simulator settings and resized to
+        # config.data.image_size, like the pretraining inputs. Every evaluator but speckle_invariance runs per task.
+        "tasks": DEFAULT_TASKS,
         "num_train": 2000, "num_val": 500, "num_test": 1000,
         "pooling": "mean",  # patch tokens -> one vector: mean | max | mean_max (concatenation)
         "batch_size": 64,  # feature-extraction batch (the last batch is padded: one compilation)
@@ -43,6 +47,18 @@ def default_eval_config() -> ml_collections.ConfigDict:
     })
 
 
+def task_list(evals: ml_collections.ConfigDict) -> list[str]:
+    """The task names of ``config.evals.tasks`` (comma separated), validated, in the order given."""
+    names = [n.strip() for n in str(evals.tasks).split(",") if n.strip()]
+    unknown = [n for n in names if n not in TASK_NAMES]
+    if unknown or not names:
+        raise ValueError(f"config.evals.tasks={evals.tasks!r}: unknown tasks {unknown}; known: {TASK_NAMES} "
+                         "(comma separated, at least one).")
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.evals.tasks={evals.tasks!r}: a task is named twice.")
+    return names
+
+
 def evaluator_list(evals: ml_collections.ConfigDict) -> list[str]:
     names = [n.strip() for n in str(evals.evaluators).split(",") if n.strip()]
     unknown = [n for n in names if n not in EVALUATOR_NAMES]
@@ -62,6 +78,7 @@ def corruption_list(evals: ml_collections.ConfigDict) -> list[str]:
 def validate_eval_config(evals: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the key of any invalid value."""
     evaluator_list(evals)
+    task_list(evals)
     corruption_list(evals)
     if evals.pooling not in POOLINGS:
         raise ValueError(f"config.evals.pooling={evals.pooling!r}: expected one of {POOLINGS}.")

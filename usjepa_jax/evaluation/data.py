@@ -1,7 +1,9 @@
-"""Labelled evaluation images from the simulator, rendered once and shared by every evaluator (and every encoder).
+"""Evaluation data types (``Split``, ``EvalData``: one labelled task, shared by every evaluator and every encoder)
+and the speckle-invariance set.
 
-Splits ``train``/``val``/``test`` come from seed streams (``derive_seed(evals.seed, 100 + k)``) disjoint from the
-pretraining streams (``derive_seed(config.seed, 0|1|2)``), so no evaluation anatomy was seen in pretraining.
+The labelled tasks themselves are built by ``tasks.py`` (the simulated suite) or by a real labelled dataset; both
+return ``EvalData``. The invariance set comes from its own seed stream (``EVAL_STREAMS``), disjoint from the
+pretraining streams (``derive_seed(config.seed, 0|1|2)``) and from the tasks' streams.
 Images go through the pipeline's ``ToModelInput`` (resize to ``config.data.image_size``, black outside the scan).
 """
 
@@ -13,14 +15,9 @@ import ml_collections
 import numpy as np
 
 from usjepa_jax.data.pipeline import ToModelInput, simulator_config
-from usjepa_jax.data.synthetic import (
-    CLASS_NAMES,
-    SyntheticUltrasoundSource,
-    derive_seed,
-    render,
-)
+from usjepa_jax.data.synthetic import derive_seed, render
 
-EVAL_STREAMS = {"train": 100, "val": 101, "test": 102, "invariance": 103}
+EVAL_STREAMS = {"invariance": 103}  # 100-102 were the splits of the single lesion task, now tasks.py's streams
 
 
 @dataclasses.dataclass
@@ -28,38 +25,31 @@ class Split:
     image: np.ndarray  # uint8 [N, S, S, 1]
     scan_mask: np.ndarray  # bool [N, S, S]
     label: np.ndarray  # int32 [N]
+    segmentation: np.ndarray | None = None  # uint8 [N, S, S] tissue codes (simulated tasks: the oracle's input)
+    anatomy_seed: np.ndarray | None = None  # uint64 [N] (simulated tasks: what the splits are disjoint by)
 
     def __len__(self) -> int:
         return len(self.label)
 
     def subset(self, idx: np.ndarray) -> Split:
-        return Split(self.image[idx], self.scan_mask[idx], self.label[idx])
+        return Split(*(None if a is None else a[idx] for a in (self.image, self.scan_mask, self.label,
+                                                                self.segmentation, self.anatomy_seed)))
 
 
 @dataclasses.dataclass
 class EvalData:
+    """One labelled task: three splits, ``num_classes`` classes named ``class_names`` (labels index into them)."""
+
     train: Split
     val: Split
     test: Split
-    num_classes: int = len(CLASS_NAMES)
-    class_names: tuple[str, ...] = CLASS_NAMES
+    num_classes: int
+    class_names: tuple[str, ...]
+    name: str = "task"
 
 
 def _model_input(out: dict, to_input: ToModelInput) -> dict:
     return to_input.map({"image": out["image"], "scan_mask": out["scan_mask"], "label": out["label"], "index": 0})
-
-
-def render_split(data_config: ml_collections.ConfigDict, split: str, num: int, seed: int) -> Split:
-    source = SyntheticUltrasoundSource(num, derive_seed(seed, EVAL_STREAMS[split]), simulator_config(data_config))
-    to_input = ToModelInput(data_config.image_size)
-    items = [_model_input(source[i], to_input) for i in range(num)]
-    return Split(np.stack([it["image"] for it in items]), np.stack([it["scan_mask"] for it in items]).astype(bool),
-                 np.asarray([it["label"] for it in items], np.int32))
-
-
-def render_eval_data(data_config: ml_collections.ConfigDict, evals: ml_collections.ConfigDict) -> EvalData:
-    return EvalData(*(render_split(data_config, split, evals[f"num_{split}"], evals.seed)
-                      for split in ("train", "val", "test")))
 
 
 def render_invariance_set(data_config: ml_collections.ConfigDict, num_anatomies: int, num_speckles: int,
@@ -84,7 +74,7 @@ def render_invariance_set(data_config: ml_collections.ConfigDict, num_anatomies:
             out = render(derive_seed(base, m, 0), derive_seed(base, m, 1, k), sim, acquisition_seed=acquisition)
             model_input = _model_input(out, to_input)
             row.append(model_input["image"])
-            seg_row.append(_resize_nearest(out["segmentation"], data_config.image_size))
+            seg_row.append(resize_nearest(out["segmentation"], data_config.image_size))
         labels.append(out["label"])
         images.append(np.stack(row))
         segs.append(np.stack(seg_row))
@@ -92,7 +82,7 @@ def render_invariance_set(data_config: ml_collections.ConfigDict, num_anatomies:
             "scan_mask": np.asarray(model_input["scan_mask"], bool)}
 
 
-def _resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
+def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
     from PIL import Image
 
     if array.shape[:2] == (size, size):

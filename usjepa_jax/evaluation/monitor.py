@@ -1,7 +1,8 @@
 """k-NN monitor during pretraining: a cheap, label-based signal of representation quality (and of collapse).
 
-Every ``config.evals.knn.every`` steps (0: off) the trainer embeds two small labelled simulator sets (rendered once
-from the evaluation seed streams, disjoint from pretraining: ``monitor_num_train`` / ``monitor_num_test`` images)
+Every ``config.evals.knn.every`` steps (0: off) the trainer embeds two small labelled simulator sets (rendered once:
+the train and test splits of the first task of ``config.evals.tasks``, seed streams disjoint from pretraining,
+``monitor_num_train`` / ``monitor_num_test`` images)
 with the encoder being trained and logs cosine k-NN accuracy and macro-F1 (``knn_accuracy``, ``knn_macro_f1``) to
 the progress line and ``metrics.jsonl``. The full evaluation is ``python -m usjepa_jax.evaluate``.
 """
@@ -13,8 +14,7 @@ import dataclasses
 import jax
 import ml_collections
 
-from usjepa_jax.data.synthetic import CLASS_NAMES
-from usjepa_jax.evaluation.data import render_split
+from usjepa_jax.evaluation import tasks
 from usjepa_jax.evaluation.features import FeatureExtractor
 from usjepa_jax.evaluation.metrics import knn_metrics
 from usjepa_jax.models import VisionTransformer
@@ -39,8 +39,10 @@ class KnnMonitor:
     def __init__(self, config: ml_collections.ConfigDict, encoder: VisionTransformer, mesh: jax.sharding.Mesh):
         evals, knn = config.evals, config.evals.knn
         self.knn = knn
-        self.train = render_split(config.data, "train", knn.monitor_num_train, evals.seed)
-        self.test = render_split(config.data, "test", knn.monitor_num_test, evals.seed)
+        task = tasks.task_list(evals)[0]
+        self.num_classes = len(tasks.task_class_names(task))
+        self.train = tasks.simulated_task_split(task, config.data, "train", knn.monitor_num_train, evals.seed)
+        self.test = tasks.simulated_task_split(task, config.data, "test", knn.monitor_num_test, evals.seed)
         self.extractor = FeatureExtractor(_Student(encoder, config.data.mean, config.data.std), evals.pooling,
                                           evals.batch_size, mesh=mesh)
 
@@ -51,6 +53,6 @@ class KnnMonitor:
         """``encoder_params``: the student's current parameters (as sharded in the train state)."""
         x_train = self.extractor(self.train.image, encoder_params)
         x_test = self.extractor(self.test.image, encoder_params)
-        m = knn_metrics(x_train, self.train.label, x_test, self.test.label, len(CLASS_NAMES), self.knn.k,
+        m = knn_metrics(x_train, self.train.label, x_test, self.test.label, self.num_classes, self.knn.k,
                         self.knn.temperature)
         return {"knn_accuracy": m["accuracy"], "knn_macro_f1": m["macro_f1"]}

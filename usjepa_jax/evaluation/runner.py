@@ -1,8 +1,11 @@
-"""Evaluators by name, run on one frozen encoder: ``run_evaluators(encoder, config) -> {metric: value}``.
+"""Evaluators by name, run on one frozen encoder and every task: ``run_evaluators(encoder, config) -> {metric: value}``.
 
-Each evaluator is a function ``(ctx: EvalContext) -> {name: float}``; the runner prefixes the names with the
-evaluator's (``linear_probe/macro_f1_mean``). ``EvalContext`` extracts each split's features once, trains the
-clean linear probe once (shared by ``linear_probe`` and ``robustness``) and collects what the figures need.
+Each evaluator is a function ``(ctx: EvalContext) -> {name: float}``, ``ctx`` holding one task (``EvalData``);
+the runner runs it on every task of ``config.evals.tasks`` (tasks.py) and prefixes the names with the task's and
+the evaluator's (``lesion/linear_probe/macro_f1_mean``); ``speckle_invariance`` does not depend on a task and runs
+once (``speckle_invariance/ratio``). ``EvalContext`` extracts each split's features once, trains the clean linear
+probe once (shared by ``linear_probe`` and ``robustness``) and collects what the figures need; figures of a task
+go to ``out_dir/<task>/``.
 
 Evaluators (``config.evals.evaluators``):
 - ``collapse``: per-dimension std, dead dimensions and RankMe of the pooled test embeddings;
@@ -25,7 +28,8 @@ import numpy as np
 
 from usjepa_jax.evaluation import config as eval_config_lib
 from usjepa_jax.evaluation import corruptions, metrics, plots
-from usjepa_jax.evaluation.data import EvalData, render_eval_data, render_invariance_set
+from usjepa_jax.evaluation import tasks as tasks_lib
+from usjepa_jax.evaluation.data import EvalData, render_invariance_set
 from usjepa_jax.evaluation.features import FeatureExtractor, pool
 from usjepa_jax.evaluation.probe import (
     ProbeConfig,
@@ -39,9 +43,9 @@ from usjepa_jax.teacher import FrozenTeacher
 
 class EvalContext:
     def __init__(self, encoder: FrozenTeacher, config: ml_collections.ConfigDict, data: EvalData,
-                 out_dir: str | Path | None = None):
+                 out_dir: str | Path | None = None, extractor: FeatureExtractor | None = None):
         self.encoder, self.config, self.evals, self.data = encoder, config, config.evals, data
-        self.extractor = FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
+        self.extractor = extractor or FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
         self.probe_cfg = ProbeConfig.from_config(config.evals.probe)
         self.out_dir = Path(out_dir) if out_dir else None
         self.figures: dict[str, str] = {}
@@ -147,6 +151,7 @@ EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
     "collapse": eval_collapse, "knn": eval_knn, "linear_probe": eval_linear_probe, "few_shot": eval_few_shot,
     "robustness": eval_robustness, "speckle_invariance": eval_speckle_invariance}
 assert tuple(EVALUATORS) == eval_config_lib.EVALUATOR_NAMES
+TASK_FREE = ("speckle_invariance",)  # evaluators with their own data, run once per encoder, not per task
 
 
 def feature_figures(ctx: EvalContext) -> None:
@@ -172,29 +177,76 @@ def feature_figures(ctx: EvalContext) -> None:
                                                    title="input / PCA of patch features (RGB = PC 1-3)"))
 
 
-def run_evaluators(encoder: FrozenTeacher, config: ml_collections.ConfigDict, data: EvalData | None = None,
-                   out_dir: str | Path | None = None, log: Callable[[str], None] | None = None
-                   ) -> tuple[dict[str, float], dict[str, str]]:
-    """Run ``config.evals.evaluators`` on ``encoder``; returns (``{evaluator/metric: value}``, figures written).
+def render_tasks(config: ml_collections.ConfigDict, log: Callable[[str], None] | None = None
+                 ) -> dict[str, EvalData]:
+    """The tasks of ``config.evals.tasks``, rendered (``{task: EvalData}``): render once, evaluate many encoders."""
+    out = {}
+    for name in tasks_lib.task_list(config.evals):
+        t = time.perf_counter()
+        out[name] = tasks_lib.simulated_task_data(name, config.data, config.evals)
+        if log:
+            log(f"task {name}: rendered {len(out[name].train)}/{len(out[name].val)}/{len(out[name].test)} "
+                f"images in {time.perf_counter() - t:.1f}s")
+    return out
 
-    ``data``: pre-rendered evaluation images (to share them between encoders); rendered from the config if None.
+
+def run_evaluators(encoder: FrozenTeacher, config: ml_collections.ConfigDict,
+                   data: dict[str, EvalData] | EvalData | None = None, out_dir: str | Path | None = None,
+                   log: Callable[[str], None] | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """Run ``config.evals.evaluators`` on ``encoder`` and every task; returns (``{task/evaluator/metric: value}``
+    plus the task-free ``{speckle_invariance/metric: value}``, figures written ``{task/figure: path}``).
+
+    ``data``: pre-rendered tasks (``{task: EvalData}``, or one ``EvalData`` keyed by its ``name``), to share them
+    between encoders; the tasks of ``config.evals.tasks`` are rendered if None.
     """
     evals = config.evals
     eval_config_lib.validate_eval_config(evals)
     log = log or (lambda msg: None)
     if data is None:
-        t = time.perf_counter()
-        data = render_eval_data(config.data, evals)
-        log(f"rendered {len(data.train)}/{len(data.val)}/{len(data.test)} evaluation images in "
-            f"{time.perf_counter() - t:.1f}s")
-    ctx = EvalContext(encoder, config, data, out_dir)
+        data = render_tasks(config, log)
+    elif isinstance(data, EvalData):
+        data = {data.name: data}
+    out_dir = Path(out_dir) if out_dir else None
+    extractor = FeatureExtractor(encoder, evals.pooling, evals.batch_size)  # one compilation for all tasks
+    names = eval_config_lib.evaluator_list(evals)
     results: dict[str, float] = {}
-    for name in eval_config_lib.evaluator_list(evals):
+    figures: dict[str, str] = {}
+
+    def run(name: str, ctx: EvalContext, prefix: str) -> None:
         t = time.perf_counter()
         values = EVALUATORS[name](ctx)
-        results.update({f"{name}/{k}": float(v) for k, v in values.items()})
-        results[f"{name}/seconds"] = time.perf_counter() - t
-        log(f"{name} ({results[f'{name}/seconds']:.1f}s): " + ", ".join(
+        results.update({f"{prefix}{name}/{k}": float(v) for k, v in values.items()})
+        results[f"{prefix}{name}/seconds"] = time.perf_counter() - t
+        log(f"{prefix}{name} ({results[f'{prefix}{name}/seconds']:.1f}s): " + ", ".join(
             f"{k}={v:.4g}" for k, v in values.items() if not k.endswith("_std"))[:400])
-    feature_figures(ctx)
-    return results, ctx.figures
+
+    ctx = None
+    for task, task_data in data.items():
+        ctx = EvalContext(encoder, config, task_data, out_dir / task if out_dir else None, extractor)
+        for name in names:
+            if name not in TASK_FREE:
+                run(name, ctx, f"{task}/")
+        feature_figures(ctx)
+        figures.update({f"{task}/{k}": v for k, v in ctx.figures.items()})
+    for name in names:
+        if name in TASK_FREE:
+            ctx = EvalContext(encoder, config, next(iter(data.values())), out_dir, extractor)
+            run(name, ctx, "")
+            figures.update(ctx.figures)
+    return results, figures
+
+
+def by_task(results: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{task/evaluator/metric: v}`` -> ``{task: {evaluator/metric: v}}`` (task-free metrics under ``"all"``):
+    how results.json stores them, readable."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in results.items():
+        head, _, rest = key.partition("/")
+        task, metric = ("all", key) if head in EVALUATORS else (head, rest)
+        out.setdefault(task, {})[metric] = value
+    return out
+
+
+def flat(nested: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The inverse of ``by_task``."""
+    return {(k if task == "all" else f"{task}/{k}"): v for task, m in nested.items() for k, v in m.items()}
