@@ -139,17 +139,19 @@ def test_end_to_end_smoke(tmp_path):
     cfg.mesh.data = 1
     train.train_and_evaluate(cfg, tmp_path)
     results = evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="latest")
-    for key in ("linear_probe/macro_f1_mean", "knn/accuracy", "collapse/rankme", "speckle_invariance/ratio",
-                "robustness/blur/s3/macro_f1_mean", "few_shot/10pct/macro_f1_mean"):
+    for key in ("lesion/linear_probe/macro_f1_mean", "lesion/knn/accuracy", "lesion/collapse/rankme",
+                "speckle_invariance/ratio", "lesion/robustness/blur/s3/macro_f1_mean",
+                "lesion/few_shot/10pct/macro_f1_mean"):
         assert np.isfinite(results[key]), key
     for name in ("masks", "pca_features", "probe_curves", "robustness", "few_shot"):
-        assert (tmp_path / "eval" / "student_latest" / f"{name}.png").is_file(), name
+        assert (tmp_path / "eval" / "student_latest" / "lesion" / f"{name}.png").is_file(), name
     cfg.evals.evaluators = "knn,collapse"  # the other encoders: the cheap monitors only
     cfg.teacher.checkpoint = str(tmp_path / "encoder")
     teacher = evaluate.evaluate_run(cfg, tmp_path, encoder="teacher")
-    assert teacher["knn/accuracy"] == results["knn/accuracy"]  # the same encoder, loaded as a teacher
+    assert teacher["lesion/knn/accuracy"] == results["lesion/knn/accuracy"]  # the same encoder, loaded as a teacher
     evaluate.evaluate_run(cfg, tmp_path, encoder="random")
     evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="2")
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(saved) == {"student:latest", "teacher", "random", "student:step_2"}
     assert saved["student:step_2"]["content_hash"] != saved["student:latest"]["content_hash"]
+    assert saved["student:latest"]["metrics"]["lesion"]["knn/accuracy"] == results["lesion/knn/accuracy"]

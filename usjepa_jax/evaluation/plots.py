@@ -107,3 +107,20 @@ def save_few_shot_curve(fractions, means, stds, path, title: str = "few-shot lin
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def save_task_contact_sheet(data, path, per_class: int = 6, title: str = "") -> Path:
+    """One row per class of a task (``EvalData``), ``per_class`` test images each: can a person see the label?"""
+    split = data.test
+    fig = _figure(1.3 * per_class + 1.2, 1.3 * data.num_classes + 0.4)
+    for c, name in enumerate(data.class_names):
+        idx = np.flatnonzero(split.label == c)[:per_class]
+        for j, i in enumerate(idx):
+            ax = fig.add_subplot(data.num_classes, per_class, c * per_class + j + 1)
+            ax.imshow(split.image[i].squeeze(-1), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+    fig.suptitle(title or f"task {data.name}: one row per class (test split)", fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,159 @@
+"""The simulated task suite's table: can each task be read from the phantom, the pixels, a random and a trained
+encoder? A linear probe (the paper's protocol, evaluation/probe.py, 5 seeds) on four feature sets per task.
+
+    python experiments/task_suite.py --out=/tmp/task_suite                                   # oracle, raw, random
+    python experiments/task_suite.py --out=/tmp/task_suite --student=/tmp/usjepa_base        # + a trained student
+    python experiments/task_suite.py --out=/tmp/task_suite_smoke --config=configs/base.py:smoke   # seconds
+
+Feature sets (all on the same images of ``simulated_task_data``, at ``config.data.image_size``):
+- ``oracle``: the phantom's per-patch tissue fractions (the segmentation, 8x8-pixel patches, one fraction per
+  tissue code), plus for ``grade`` the label-defining parameter when the simulator reports one; what the label
+  is made of, so a task whose oracle stays below ``KEEP_THRESHOLD`` is not well defined and is not kept;
+- ``raw pixels``: the model-input image, flattened;
+- ``random init``: a random ``config.model`` encoder, mean-pooled patch tokens;
+- ``student``: the exported encoder of a training run (``--student=RUN``, ``RUN/encoder``).
+
+Writes ``OUT/task_suite.md`` (table, mean ± std over probe seeds), ``OUT/task_suite.json``,
+``OUT/task_suite.png`` (bars) and ``OUT/contact_<task>.png`` (one row per class: is the label visible?).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config: data, model, evals (tasks, sizes).")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_STUDENT = flags.DEFINE_string("student", None, "A training run's workdir: its exported encoder is probed too.")
+
+KEEP_THRESHOLD = 0.9  # an oracle macro-F1 below this: the task is not kept
+ORACLE_PATCH = 8
+COLUMNS = ("oracle", "raw_pixels", "random_init", "student")
+LABELS = {"oracle": "oracle (phantom)", "raw_pixels": "raw pixels", "random_init": "random init",
+          "student": "student"}
+
+
+def feature_sets(data, config, student_dir: str | None) -> dict:
+    """``{column: (x_train, x_val, x_test)}`` for one task."""
+    import numpy as np
+
+    import jax.numpy as jnp
+
+    from usjepa_jax import train
+    from usjepa_jax.evaluation.features import FeatureExtractor, random_encoder
+    from usjepa_jax.evaluation.tasks import patch_fractions
+    from usjepa_jax.teacher import load_teacher
+
+    splits = (data.train, data.val, data.test)
+    num_codes = int(max(s.segmentation.max() for s in splits)) + 1
+    out = {"oracle": tuple(patch_fractions(s.segmentation, ORACLE_PATCH, num_codes) for s in splits),
+           "raw_pixels": tuple(s.image.reshape(len(s), -1).astype(np.float32) / 255 for s in splits)}
+    encoders = {"random_init": random_encoder(config.model, config.data.image_size, mean=config.data.mean,
+                                              std=config.data.std, seed=config.seed)}
+    if student_dir:
+        # as evaluate.load_encoder(config, RUN, "student", "latest"), without importing its command-line flags
+        encoders["student"] = load_teacher(Path(student_dir) / train.ENCODER_DIR, image_size=config.data.image_size,
+                                           dtype=jnp.dtype(config.model.dtype))
+    for name, encoder in encoders.items():
+        extract = FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
+        out[name] = tuple(extract(s.image) for s in splits)
+    return out
+
+
+def probe_table(config, student_dir: str | None, out: Path) -> dict:
+    from usjepa_jax.evaluation import plots
+    from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
+    from usjepa_jax.evaluation.tasks import simulated_task_data, task_list
+
+    cfg = ProbeConfig.from_config(config.evals.probe)
+    rows = {}
+    for task in task_list(config.evals):
+        t = time.perf_counter()
+        data = simulated_task_data(task, config.data, config.evals)
+        plots.save_task_contact_sheet(data, out / f"contact_{task}.png")
+        logging.info("task %s: %d/%d/%d images rendered in %.0fs", task, len(data.train), len(data.val),
+                     len(data.test), time.perf_counter() - t)
+        rows[task] = {"num_classes": data.num_classes, "class_names": list(data.class_names),
+                      "chance": 1.0 / data.num_classes}
+        for column, (x_tr, x_va, x_te) in feature_sets(data, config, student_dir).items():
+            probe = train_probe(x_tr, data.train.label, x_va, data.val.label, data.num_classes, cfg, config.evals.seed)
+            m = probe.evaluate(x_te, data.test.label)
+            rows[task][column] = {"macro_f1_mean": m["macro_f1_mean"], "macro_f1_std": m["macro_f1_std"],
+                                  "dim": int(x_tr.shape[1])}
+            logging.info("task %s, %s: macro-F1 %.3f ± %.3f", task, column, m["macro_f1_mean"], m["macro_f1_std"])
+        rows[task]["kept"] = rows[task]["oracle"]["macro_f1_mean"] >= KEEP_THRESHOLD
+    return rows
+
+
+def write_table(rows: dict, out: Path, note: str = "") -> Path:
+    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
+    head = "| task | classes | chance | " + " | ".join(LABELS[c] for c in cols) + " | kept (oracle >= 0.9) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for task, r in rows.items():
+        cells = [f"{r[c]['macro_f1_mean']:.3f} ± {r[c]['macro_f1_std']:.3f}" if c in r else "-" for c in cols]
+        lines.append(f"| `{task}` | {r['num_classes']} | {r['chance']:.2f} | " + " | ".join(cells)
+                     + f" | {'yes' if r['kept'] else 'no'} |")
+    text = ("# Simulated task suite: linear-probe macro-F1 (test split, mean ± std over probe seeds)\n\n"
+            + (note + "\n\n" if note else "") + "\n".join(lines) + "\n")
+    path = out / "task_suite.md"
+    path.write_text(text)
+    return path
+
+
+def write_plot(rows: dict, out: Path) -> Path:
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.2 * len(rows) + 2, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
+    width = 0.8 / len(cols)
+    x = np.arange(len(rows))
+    for i, c in enumerate(cols):
+        ax.bar(x + (i - (len(cols) - 1) / 2) * width, [r.get(c, {}).get("macro_f1_mean", np.nan) for r in rows.values()],
+               width, yerr=[r.get(c, {}).get("macro_f1_std", 0) for r in rows.values()], capsize=2, label=LABELS[c])
+    for j, r in enumerate(rows.values()):
+        ax.hlines(r["chance"], j - 0.45, j + 0.45, color="k", lw=0.8, ls="--", label="chance" if j == 0 else None)
+    ax.set_xticks(x, list(rows))
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("linear-probe macro-F1 (test)")
+    ax.legend(fontsize=7, ncols=len(cols) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = out / "task_suite.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = probe_table(config, _STUDENT.value, out)
+    summary = {"rows": rows, "student": _STUDENT.value, "image_size": config.data.image_size,
+               "num_train": config.evals.num_train, "num_val": config.evals.num_val,
+               "num_test": config.evals.num_test, "probe_seeds": config.evals.probe.num_seeds,
+               "seconds": time.perf_counter() - t0}
+    (out / "task_suite.json").write_text(json.dumps(summary, indent=2))
+    note = (f"{config.data.image_size} px, {config.evals.num_train}/{config.evals.num_val}/{config.evals.num_test} "
+            f"train/val/test images per task, {config.evals.probe.num_seeds} probe seeds"
+            + (f"; student: `{_STUDENT.value}`" if _STUDENT.value else ""))
+    print(write_table(rows, out, note).read_text())
+    logging.info("Done in %.0fs: %s", time.perf_counter() - t0, write_plot(rows, out))
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["out"])
+    app.run(main)
