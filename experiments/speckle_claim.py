@@ -14,7 +14,9 @@ Equal total training compute: FLOPs per step come from XLA's cost analysis of ea
 EMA forward for I-JEPA). US-JEPA's budget = stage-1 steps x stage-1 FLOPs/step + stage-2 steps x FLOPs/step at
 the base config's step counts (x ``--budget_scale``); MAE and I-JEPA get ``budget / their FLOPs per step`` steps
 (warm-up 10%). Then every encoder (the three students, US-JEPA's stage-1 teacher, and a random init as the floor)
-is evaluated with ``config.evals``: linear probe (5 seeds), speckle invariance, robustness, k-NN, collapse.
+is evaluated with ``config.evals`` on every task of the simulated suite (evaluation/tasks.py): linear probe
+(5 seeds), robustness, k-NN, collapse per task, speckle invariance once; the raw pixels get the probe and the
+invariance too.
 
 Writes ``OUT/<method>/`` (runs, each with ``eval/results.json``), ``OUT/results.json``, ``OUT/results.md`` (table,
 mean +- std over probe seeds) and ``OUT/speckle_claim.png``.
@@ -37,10 +39,11 @@ _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw results.md and the plot from OUT/results.json.")
 _EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",
                                   "config.evals.evaluators for every encoder.")
+_TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the config's, every simulated task).")
 
 METHODS = ("pixel", "ijepa", "usjepa")
 LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "usjepa": "US-JEPA (frozen teacher)",
-          "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)"}
+          "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels"}
 
 
 def method_config(method: str, smoke: bool):
@@ -104,70 +107,119 @@ def _num(metrics: dict, key: str, fmt: str = "{:.3f}") -> str:
     return "-" if key not in metrics else fmt.format(metrics[key])
 
 
-def write_table(rows: dict, plan: dict, out: Path) -> Path:
+def raw_pixel_row(data: dict, config) -> dict:
+    """The raw-pixel baseline: the probe on flattened images per task, and the speckle invariance of the pixels
+    themselves (pooled = the whole image, per patch = the patch's pixels)."""
+    import numpy as np
+
+    from usjepa_jax.evaluation import metrics
+    from usjepa_jax.evaluation.data import render_invariance_set
+    from usjepa_jax.evaluation.probe import ProbeConfig
+    from usjepa_jax.evaluation.tasks import probe_on, raw_pixel_features
+    from usjepa_jax.masks import patch_valid_from_scan_mask
+    from usjepa_jax.models.vit import parse_variant
+
+    row = {}
+    for task, d in data.items():
+        m = probe_on(d, raw_pixel_features, ProbeConfig.from_config(config.evals.probe), config.evals.seed)
+        row.update({f"{task}/linear_probe/{k}": v for k, v in m.items()})
+    inv = config.evals.invariance
+    s = render_invariance_set(config.data, inv.num_anatomies, inv.num_speckles, config.evals.seed)
+    m, k, size = s["image"].shape[:3]
+    p = parse_variant(config.model.variant)["patch_size"]  # the encoders' patch grid
+    g = size // p
+    x = s["image"][..., 0].astype(np.float32) / 255
+    patches = x.reshape(m, k, g, p, g, p).transpose(0, 1, 2, 4, 3, 5).reshape(m, k, g * g, p * p)
+    inside = patch_valid_from_scan_mask(s["scan_mask"], (g, g), whole=True)
+    row.update({f"speckle_invariance/{key}": v for key, v in
+                metrics.speckle_invariance(x.reshape(m, k, -1), patches[:, :, inside]).items()})
+    return row
+
+
+def write_table(rows: dict, plan: dict, tasks: list[str], out: Path) -> Path:
     corr = ("blur", "contrast", "speckle")
-    head = ("| encoder | train steps | train FLOPs | probe macro-F1 | balanced acc | k-NN acc | "
-            "speckle inv. ratio | anatomy var. frac. (pooled) | (per patch) | NN retrieval | " + " | ".join(f"{c} s3 macro-F1" for c in corr) + " | RankMe |")
+    head = ("| encoder | train steps | train FLOPs | " + " | ".join(f"`{t}` probe macro-F1" for t in tasks)
+            + " | anatomy var. frac. (pooled) | (per patch) | speckle inv. ratio | NN retrieval | RankMe (`"
+            + tasks[0] + "`) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    rob_head = "| encoder | " + " | ".join(f"`{t}` {c} s3" for t in tasks for c in corr) + " |"
+    rob = [rob_head, "|" + "---|" * (rob_head.count("|") - 1)]
     for name, m in rows.items():
         method = name if name in METHODS else None
         flops = f"{plan['spent'][method]:.3g}" if method else "-"
         steps = str(plan["steps"][method]) if method else "-"
-        lines.append(f"| {LABELS[name]} | {steps} | {flops} | {_pm(m, 'linear_probe/macro_f1')} | "
-                     f"{_pm(m, 'linear_probe/balanced_accuracy')} | {_num(m, 'knn/accuracy')} | "
-                     f"{_num(m, 'speckle_invariance/ratio')} | {_num(m, 'speckle_invariance/anatomy_variance_fraction')} | "
+        lines.append(f"| {LABELS[name]} | {steps} | {flops} | "
+                     + " | ".join(_pm(m, f"{t}/linear_probe/macro_f1") for t in tasks) + " | "
+                     f"{_num(m, 'speckle_invariance/anatomy_variance_fraction')} | "
                      f"{_num(m, 'speckle_invariance/patch_anatomy_variance_fraction')} | "
+                     f"{_num(m, 'speckle_invariance/ratio')} | "
                      f"{_num(m, 'speckle_invariance/retrieval', '{:.2f}')} | "
-                     + " | ".join(_pm(m, f"robustness/{c}/s3/macro_f1") for c in corr)
-                     + f" | {_num(m, 'collapse/rankme', '{:.1f}')} |")
+                     f"{_num(m, f'{tasks[0]}/collapse/rankme', '{:.1f}')} |")
+        if name != "raw_pixels":
+            rob.append(f"| {LABELS[name]} | " + " | ".join(_pm(m, f"{t}/robustness/{c}/s3/macro_f1")
+                                                         for t in tasks for c in corr) + " |")
     text = ("# Speckle claim: equal-FLOPs pretraining on the simulator\n\n"
             "FLOPs per step (XLA cost analysis): " + ", ".join(f"{k} {v:.3g}" for k, v in
                                                                  plan["flops_per_step"].items())
             + f"; budget {plan['budget']:.3g} FLOPs per method (US-JEPA's stage 1 counted against it).\n"
-            "Probe metrics: mean ± std over probe seeds. s3 = severity 3. Speckle invariance ratio: mean cosine "
-            "similarity within an anatomy (different speckle) / across anatomies (1 = no invariance); anatomy var. "
-            "frac.: share of embedding variance between anatomy means, M anatomies x K speckle seeds scanned with one "
+            "Probe metrics: macro-F1 on each task's test split, mean ± std over probe seeds. Anatomy var. frac.: "
+            "share of embedding variance between anatomy means, M anatomies x K speckle seeds scanned with one "
             "acquisition (1 = speckle-invariant, (M-1)/(MK-1) = anatomy irrelevant), of mean-pooled embeddings and "
-            "per patch token inside the scan.\n\n"
-            + "\n".join(lines) + "\n")
+            "per patch token inside the scan (raw pixels: the image and the patch's pixels); speckle inv. ratio: "
+            "mean cosine similarity within an anatomy / across anatomies (1 = no invariance).\n\n"
+            + "\n".join(lines) + "\n\nRobustness: the clean probe tested under corruption, severity 3 (macro-F1, "
+            "mean ± std over probe seeds).\n\n" + "\n".join(rob) + "\n")
     path = out / "results.md"
     path.write_text(text)
     return path
 
 
-def write_plot(rows: dict, out: Path) -> Path:
+def write_plot(rows: dict, tasks: list[str], chance: dict, out: Path) -> Path:
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from usjepa_jax.data.synthetic import CLASS_NAMES
-
-    fig = Figure(figsize=(11, 3.8))
+    fig = Figure(figsize=(15, 4.2))
     FigureCanvasAgg(fig)
     names = list(rows)
-    ax = fig.add_subplot(1, 2, 1)
-    sev = (0, 1, 2, 3)
     width = 0.8 / len(names)
+    ax = fig.add_subplot(1, 3, 1)
     for i, name in enumerate(names):
-        means = [rows[name].get(f"robustness/speckle/s{s}/macro_f1_mean", np.nan) for s in sev]
-        stds = [rows[name].get(f"robustness/speckle/s{s}/macro_f1_std", 0.0) for s in sev]
-        ax.bar(np.arange(len(sev)) + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+        ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width,
+               [rows[name].get(f"{t}/linear_probe/macro_f1_mean", np.nan) for t in tasks], width,
+               yerr=[rows[name].get(f"{t}/linear_probe/macro_f1_std", 0.0) for t in tasks], capsize=2,
                label=LABELS[name])
-    ax.axhline(1 / len(CLASS_NAMES), color="k", lw=0.8, ls="--", label="chance")
-    ax.set_xticks(np.arange(len(sev)), [f"speckle s{s}" for s in sev])
-    ax.set_ylabel("linear-probe macro-F1")
+    for j, t in enumerate(tasks):
+        ax.hlines(chance[t], j - 0.45, j + 0.45, color="k", lw=0.8, ls="--", label="chance" if j == 0 else None)
+    ax.set_xticks(np.arange(len(tasks)), tasks)
+    ax.set_ylabel("linear-probe macro-F1 (test)")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     ax.grid(alpha=0.3, axis="y")
-    ax = fig.add_subplot(1, 2, 2)
+    ax.set_title("tasks (5 probe seeds)", fontsize=9)
+    ax = fig.add_subplot(1, 3, 2)
+    sev = (0, 1, 2, 3)
+    encoders = [n for n in names if n != "raw_pixels"]
+    w = 0.8 / len(encoders)
+    for i, name in enumerate(encoders):
+        ax.bar(np.arange(len(sev)) + (i - (len(encoders) - 1) / 2) * w,
+               [rows[name].get(f"{tasks[0]}/robustness/speckle/s{s}/macro_f1_mean", np.nan) for s in sev], w,
+               yerr=[rows[name].get(f"{tasks[0]}/robustness/speckle/s{s}/macro_f1_std", 0.0) for s in sev],
+               capsize=2, label=LABELS[name])
+    ax.axhline(chance[tasks[0]], color="k", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(sev)), [f"speckle s{s}" for s in sev])
+    ax.set_ylim(0, 1)
+    ax.set_title(f"`{tasks[0]}` probe under added speckle", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    ax = fig.add_subplot(1, 3, 3)
     for j, (key, label) in enumerate((("anatomy_variance_fraction", "pooled embedding"),
                                       ("patch_anatomy_variance_fraction", "per patch token"))):
         ax.bar(np.arange(len(names)) + (j - 0.5) * 0.4, [rows[n].get(f"speckle_invariance/{key}", np.nan)
                                                          for n in names], 0.4, label=label)
-    chance = next((r["speckle_invariance/anatomy_variance_fraction_chance"] for r in rows.values()
-                   if "speckle_invariance/anatomy_variance_fraction_chance" in r), None)
-    if chance is not None:
-        ax.axhline(chance, color="k", lw=0.8, ls="--", label="anatomy irrelevant")
+    floor = next((r["speckle_invariance/anatomy_variance_fraction_chance"] for r in rows.values()
+                  if "speckle_invariance/anatomy_variance_fraction_chance" in r), None)
+    if floor is not None:
+        ax.axhline(floor, color="k", lw=0.8, ls="--", label="anatomy irrelevant")
     ax.legend(fontsize=7)
     ax.set_xticks(np.arange(len(names)), [LABELS[n] for n in names], rotation=20, ha="right", fontsize=7)
     ax.set_ylabel("embedding variance between anatomies")
@@ -187,8 +239,8 @@ def main(argv) -> None:
     out = Path(_OUT.value)
     if _REPLOT.value:
         summary = json.loads((out / "results.json").read_text())
-        print(write_table(summary["results"], summary, out).read_text())
-        logging.info("Redrawn: %s", write_plot(summary["results"], out))
+        print(write_table(summary["results"], summary, summary["tasks"], out).read_text())
+        logging.info("Redrawn: %s", write_plot(summary["results"], summary["tasks"], summary["chance"], out))
         return
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -199,21 +251,29 @@ def main(argv) -> None:
         t = time.perf_counter()
         train.train_and_evaluate(cfgs[m], out / m)
         logging.info("%s trained in %.0fs", m, time.perf_counter() - t)
+    train_seconds = time.perf_counter() - t0
 
     for cfg in cfgs.values():
         cfg.evals.evaluators = _EVALUATORS.value
-    data = render_tasks(cfgs["usjepa"], logging.info)  # the same images for every encoder
+        if _TASKS.value:
+            cfg.evals.tasks = _TASKS.value
+    us = cfgs["usjepa"]
+    data = render_tasks(us, logging.info)  # the same images for every encoder
     rows = {}
     for m in METHODS:
         rows[m] = evaluate.evaluate_run(cfgs[m], out / m, "student", "latest", data=data)
-    rows["usjepa_teacher"] = evaluate.evaluate_run(cfgs["usjepa"], out / "usjepa", "teacher", data=data)
-    rows["random"] = evaluate.evaluate_run(cfgs["usjepa"], out / "usjepa", "random", data=data)
+    rows["usjepa_teacher"] = evaluate.evaluate_run(us, out / "usjepa", "teacher", data=data)
+    rows["random"] = evaluate.evaluate_run(us, out / "usjepa", "random", data=data)
+    rows["raw_pixels"] = raw_pixel_row(data, us)
 
+    tasks = list(data)
+    chance = {t: 1.0 / d.num_classes for t, d in data.items()}
     summary = {"flops_per_step": plan["flops_per_step"], "budget": plan["budget"], "spent": plan["spent"],
-                   "steps": {k: str(v) for k, v in plan["steps"].items()}, "smoke": _SMOKE.value, "results": rows,
-                   "seconds": time.perf_counter() - t0}
+               "steps": {k: str(v) for k, v in plan["steps"].items()}, "smoke": _SMOKE.value,
+               "budget_scale": _BUDGET_SCALE.value, "tasks": tasks, "chance": chance, "results": rows,
+               "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    table, plot = write_table(rows, plan, out), write_plot(rows, out)
+    table, plot = write_table(rows, plan, tasks, out), write_plot(rows, tasks, chance, out)
     print(table.read_text())
     logging.info("Done in %.0fs: %s, %s", time.perf_counter() - t0, table, plot)
 

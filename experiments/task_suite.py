@@ -6,9 +6,9 @@ encoder? A linear probe (the paper's protocol, evaluation/probe.py, 5 seeds) on 
     python experiments/task_suite.py --out=/tmp/task_suite_smoke --config=configs/base.py:smoke   # seconds
 
 Feature sets (all on the same images of ``simulated_task_data``, at ``config.data.image_size``):
-- ``oracle``: the phantom's per-patch tissue fractions (the segmentation, 8x8-pixel patches, one fraction per
-  tissue code), plus for ``grade`` the label-defining parameter when the simulator reports one; what the label
-  is made of, so a task whose oracle stays below ``KEEP_THRESHOLD`` is not well defined and is not kept;
+- ``oracle``: the phantom's tissue fractions per 8x8-pixel patch and over the whole image (the segmentation,
+  ``tasks.oracle_features``); what the label is made of, so a task whose oracle stays below ``KEEP_THRESHOLD``
+  is not well defined and is not kept;
 - ``raw pixels``: the model-input image, flattened;
 - ``random init``: a random ``config.model`` encoder, mean-pooled patch tokens;
 - ``student``: the exported encoder of a training run (``--student=RUN``, ``RUN/encoder``).
@@ -34,59 +34,45 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _STUDENT = flags.DEFINE_string("student", None, "A training run's workdir: its exported encoder is probed too.")
 
 KEEP_THRESHOLD = 0.9  # an oracle macro-F1 below this: the task is not kept
-ORACLE_PATCH = 8
 COLUMNS = ("oracle", "raw_pixels", "random_init", "student")
 LABELS = {"oracle": "oracle (phantom)", "raw_pixels": "raw pixels", "random_init": "random init",
           "student": "student"}
 
 
-def feature_sets(data, config, student_dir: str | None) -> dict:
-    """``{column: (x_train, x_val, x_test)}`` for one task."""
-    import numpy as np
-
+def task_rows(config, student_dir: str | None, out: Path) -> dict:
+    """``{task: {column: {macro_f1_mean, macro_f1_std}, ...}}`` and a contact sheet per task."""
     import jax.numpy as jnp
 
     from usjepa_jax import train
+    from usjepa_jax.evaluation import plots, tasks
     from usjepa_jax.evaluation.features import FeatureExtractor, random_encoder
-    from usjepa_jax.evaluation.tasks import patch_fractions
+    from usjepa_jax.evaluation.probe import ProbeConfig
     from usjepa_jax.teacher import load_teacher
 
-    splits = (data.train, data.val, data.test)
-    num_codes = int(max(s.segmentation.max() for s in splits)) + 1
-    out = {"oracle": tuple(patch_fractions(s.segmentation, ORACLE_PATCH, num_codes) for s in splits),
-           "raw_pixels": tuple(s.image.reshape(len(s), -1).astype(np.float32) / 255 for s in splits)}
+    cfg, seed = ProbeConfig.from_config(config.evals.probe), config.evals.seed
     encoders = {"random_init": random_encoder(config.model, config.data.image_size, mean=config.data.mean,
                                               std=config.data.std, seed=config.seed)}
-    if student_dir:
-        # as evaluate.load_encoder(config, RUN, "student", "latest"), without importing its command-line flags
+    if student_dir:  # as evaluate.load_encoder(config, RUN, "student", "latest"), without its command-line flags
         encoders["student"] = load_teacher(Path(student_dir) / train.ENCODER_DIR, image_size=config.data.image_size,
                                            dtype=jnp.dtype(config.model.dtype))
-    for name, encoder in encoders.items():
-        extract = FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
-        out[name] = tuple(extract(s.image) for s in splits)
-    return out
-
-
-def probe_table(config, student_dir: str | None, out: Path) -> dict:
-    from usjepa_jax.evaluation import plots
-    from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
-    from usjepa_jax.evaluation.tasks import simulated_task_data, task_list
-
-    cfg = ProbeConfig.from_config(config.evals.probe)
+    extractors = {name: FeatureExtractor(e, config.evals.pooling, config.evals.batch_size)
+                  for name, e in encoders.items()}
     rows = {}
-    for task in task_list(config.evals):
+    for task in tasks.task_list(config.evals):
         t = time.perf_counter()
-        data = simulated_task_data(task, config.data, config.evals)
+        data = tasks.simulated_task_data(task, config.data, config.evals)
         plots.save_task_contact_sheet(data, out / f"contact_{task}.png")
         logging.info("task %s: %d/%d/%d images rendered in %.0fs", task, len(data.train), len(data.val),
                      len(data.test), time.perf_counter() - t)
+        num_codes = int(max(s.segmentation.max() for s in (data.train, data.val, data.test))) + 1
+        featurizers = {"oracle": lambda s: tasks.oracle_features(s, num_codes),
+                       "raw_pixels": tasks.raw_pixel_features,
+                       **{name: (lambda s, e=e: e(s.image)) for name, e in extractors.items()}}
         rows[task] = {"num_classes": data.num_classes, "class_names": list(data.class_names),
                       "chance": 1.0 / data.num_classes}
-        for column, (x_tr, x_va, x_te) in feature_sets(data, config, student_dir).items():
-            probe = train_probe(x_tr, data.train.label, x_va, data.val.label, data.num_classes, cfg, config.evals.seed)
-            m = probe.evaluate(x_te, data.test.label)
-            rows[task][column] = {"macro_f1_mean": m["macro_f1_mean"], "macro_f1_std": m["macro_f1_std"],
-                                  "dim": int(x_tr.shape[1])}
+        for column, featurize in featurizers.items():
+            m = tasks.probe_on(data, featurize, cfg, seed)
+            rows[task][column] = {"macro_f1_mean": m["macro_f1_mean"], "macro_f1_std": m["macro_f1_std"]}
             logging.info("task %s, %s: macro-F1 %.3f ± %.3f", task, column, m["macro_f1_mean"], m["macro_f1_std"])
         rows[task]["kept"] = rows[task]["oracle"]["macro_f1_mean"] >= KEEP_THRESHOLD
     return rows
@@ -141,7 +127,7 @@ def main(argv) -> None:
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = probe_table(config, _STUDENT.value, out)
+    rows = task_rows(config, _STUDENT.value, out)
     summary = {"rows": rows, "student": _STUDENT.value, "image_size": config.data.image_size,
                "num_train": config.evals.num_train, "num_val": config.evals.num_val,
                "num_test": config.evals.num_test, "probe_seeds": config.evals.probe.num_seeds,

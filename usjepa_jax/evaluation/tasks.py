@@ -34,8 +34,8 @@ from usjepa_jax.data.pipeline import ToModelInput, simulator_config
 from usjepa_jax.evaluation.config import TASK_NAMES, task_list
 from usjepa_jax.evaluation.data import EvalData, Split, resize_nearest
 
-__all__ = ["TASK_NAMES", "task_list", "simulated_task_data", "simulated_task_split", "task_class_names",
-           "patch_fractions"]
+__all__ = ["TASK_NAMES", "oracle_features", "patch_fractions", "probe_on", "raw_pixel_features",
+           "simulated_task_data", "simulated_task_split", "task_class_names", "task_list"]
 
 # Seed streams: > 200, disjoint from data.EVAL_STREAMS (103) and the pretraining streams (0, 1, 2).
 TASK_STREAMS = {"lesion": 200, "organ": 201, "margin": 202, "grade": 203}
@@ -133,3 +133,32 @@ def patch_fractions(segmentation: np.ndarray, patch: int, num_codes: int | None 
     seg = segmentation[:, :g * patch, :g * patch].reshape(n, g, patch, g, patch)
     onehot = seg[..., None] == np.arange(num_codes, dtype=segmentation.dtype)
     return onehot.mean(axis=(2, 4), dtype=np.float32).reshape(n, -1)
+
+
+# ------------------------------------------------------------------------------------------------ feature-free rows
+# The rows of a task table that are not encoders: what the label is made of (the oracle) and the raw pixels.
+ORACLE_PATCH = 8
+
+
+def oracle_features(split: Split, num_codes: int | None = None) -> np.ndarray:
+    """The oracle: the phantom's tissue fractions per ``ORACLE_PATCH``-pixel patch and over the whole image (the
+    whole-image fractions are a linear function of the per-patch ones, but a probe trained on a few thousand
+    images finds them far more easily when given directly)."""
+    size = split.segmentation.shape[1]
+    return np.concatenate([patch_fractions(split.segmentation, ORACLE_PATCH, num_codes),
+                           patch_fractions(split.segmentation, size, num_codes)], axis=1)
+
+
+def raw_pixel_features(split: Split) -> np.ndarray:
+    """The model-input image, flattened, in [0, 1]."""
+    return split.image.reshape(len(split), -1).astype(np.float32) / 255
+
+
+def probe_on(data: EvalData, featurize, probe_cfg, seed: int = 0) -> dict[str, float]:
+    """The linear probe (paper protocol) on ``featurize(split)`` features of one task: test metrics, mean/std over
+    seeds."""
+    from usjepa_jax.evaluation.probe import train_probe
+
+    x_tr, x_va, x_te = (featurize(s) for s in (data.train, data.val, data.test))
+    probe = train_probe(x_tr, data.train.label, x_va, data.val.label, data.num_classes, probe_cfg, seed)
+    return probe.evaluate(x_te, data.test.label)
