@@ -196,7 +196,7 @@ def write_plot(rows: dict, tasks: list[str], chance: dict, out: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=6)
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title("tasks (5 probe seeds)", fontsize=9)
+    ax.set_title("tasks (mean ± std over probe seeds)", fontsize=9)
     ax = fig.add_subplot(1, 3, 2)
     sev = (0, 1, 2, 3)
     encoders = [n for n in names if n != "raw_pixels"]

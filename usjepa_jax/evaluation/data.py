@@ -27,13 +27,15 @@ class Split:
     label: np.ndarray  # int32 [N]
     segmentation: np.ndarray | None = None  # uint8 [N, S, S] tissue codes (simulated tasks: the oracle's input)
     anatomy_seed: np.ndarray | None = None  # uint64 [N] (simulated tasks: what the splits are disjoint by)
+    label_parameters: np.ndarray | None = None  # float32 [N, P] (simulated tasks: what defines a diffuse label)
 
     def __len__(self) -> int:
         return len(self.label)
 
     def subset(self, idx: np.ndarray) -> Split:
         return Split(*(None if a is None else a[idx] for a in (self.image, self.scan_mask, self.label,
-                                                                self.segmentation, self.anatomy_seed)))
+                                                                self.segmentation, self.anatomy_seed,
+                                                                self.label_parameters)))
 
 
 @dataclasses.dataclass

@@ -40,6 +40,9 @@ __all__ = ["TASK_NAMES", "oracle_features", "patch_fractions", "probe_on", "raw_
 # Seed streams: > 200, disjoint from data.EVAL_STREAMS (103) and the pretraining streams (0, 1, 2).
 TASK_STREAMS = {"lesion": 200, "organ": 201, "margin": 202, "grade": 203}
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
+# The simulator parameters that define a label the segmentation does not hold (the oracle of a diffuse grade:
+# the parenchyma's echogenicity and attenuation), read from ``render(...)["params"]`` when present.
+LABEL_PARAMETERS = {"grade": ("host_echo_db", "host_atten_db_cm_mhz")}
 assert tuple(TASK_STREAMS) == TASK_NAMES
 
 
@@ -98,15 +101,18 @@ def simulated_task_split(name: str, data_config: ml_collections.ConfigDict, spli
     labels = balanced_labels(num, num_classes, synthetic.derive_seed(seed, TASK_STREAMS[name],
                                                                      SPLIT_STREAMS[split], 2**20))
     a_seeds, s_seeds = anatomy_seeds(name, split, num, seed)
-    images, masks, segs = [], [], []
+    images, masks, segs, params = [], [], [], []
+    keys = LABEL_PARAMETERS.get(name, ())
     for label, a, s in zip(labels, a_seeds, s_seeds):
         out = render_example(name, int(label), a, s, sim)
         item = to_input.map({"image": out["image"], "scan_mask": out["scan_mask"], "label": label, "index": 0})
         images.append(item["image"])
         masks.append(item["scan_mask"])
         segs.append(resize_nearest(out["segmentation"], data_config.image_size))
+        params.append([float(out["params"][k]) for k in keys if k in out.get("params", {})])
     return Split(np.stack(images), np.stack(masks).astype(bool), labels, segmentation=np.stack(segs),
-                 anatomy_seed=np.asarray(a_seeds, np.uint64))
+                 anatomy_seed=np.asarray(a_seeds, np.uint64),
+                 label_parameters=np.asarray(params, np.float32) if params and params[0] else None)
 
 
 def simulated_task_data(name: str, data_config: ml_collections.ConfigDict,
@@ -143,10 +149,14 @@ ORACLE_PATCH = 8
 def oracle_features(split: Split, num_codes: int | None = None) -> np.ndarray:
     """The oracle: the phantom's tissue fractions per ``ORACLE_PATCH``-pixel patch and over the whole image (the
     whole-image fractions are a linear function of the per-patch ones, but a probe trained on a few thousand
-    images finds them far more easily when given directly)."""
+    images finds them far more easily when given directly), and the label-defining simulator parameters
+    (``LABEL_PARAMETERS``) of tasks that have them."""
     size = split.segmentation.shape[1]
-    return np.concatenate([patch_fractions(split.segmentation, ORACLE_PATCH, num_codes),
-                           patch_fractions(split.segmentation, size, num_codes)], axis=1)
+    parts = [patch_fractions(split.segmentation, ORACLE_PATCH, num_codes),
+             patch_fractions(split.segmentation, size, num_codes)]
+    if split.label_parameters is not None:
+        parts.append(split.label_parameters)
+    return np.concatenate(parts, axis=1)
 
 
 def raw_pixel_features(split: Split) -> np.ndarray:
