@@ -230,7 +230,10 @@ def test_decode_failure_after_scan_skips_to_next_frame_or_raises(tmp_path, caplo
 
 # ------------------------------------------------------------------------------------------------ preprocessing
 def fan_with_ui(seed):
-    out = render(seed, seed, SimulatorConfig(image_size=192))
+    # A fan (sector or curvilinear) of liver without calcifications: no shadow cuts the fan's outline.
+    fan = SimulatorConfig(image_size=192, geometries=("sector", "curvilinear"), organs=("liver",),
+                          class_probs=(0.25, 0.25, 0.25, 0.25, 0.0))
+    out = render(seed, seed, fan)
     img = np.zeros((240, 300), np.uint8)
     img[30:222, 60:252] = out["image"]
     truth = np.zeros(img.shape, bool)
@@ -290,7 +293,7 @@ def test_full_preprocessing_crops_to_a_square_of_the_scan_region():
     image, _ = fan_with_ui(0)
     out, mask = pp.preprocess_frame(np.stack([image] * 3, -1), pp.PreprocessConfig(size=64))
     assert out.shape == mask.shape == (64, 64) and out.dtype == np.uint8
-    assert (out[~mask] == 0).all() and out[mask].max() == 255
+    assert (out[~mask] == 0).all() and out[mask].max() >= 240  # the full range, up to the resize's averaging
     assert mask[:, 32].any() and mask[32].any()
 
 

@@ -1,42 +1,95 @@
-"""Built-in synthetic ultrasound: a physics-based B-mode simulator (the default data of the project).
+"""Built-in synthetic ultrasound: a B-mode simulator in physical units (the default data of the project).
 
-Pipeline of one image (DESIGN.md part C), all in float32 numpy, deterministic by seed:
+Interface (what the task suite, the evaluators and the pipeline use)
+---------------------------------------------------------------------
+``render(anatomy_seed, speckle_seed, config, *, acquisition_seed=None, scene=None, return_envelope=False)``
+returns a dict:
 
-1. **Phantom** (from ``anatomy_seed`` only): tissue layers with wavy boundaries (skin/fat/muscle/organ) of
-   different echogenicity and attenuation, specular bright interfaces, an optional anechoic vessel, and one lesion
-   whose type is the class label: none / cyst (anechoic, low attenuation -> posterior enhancement) /
-   hypoechoic solid / hyperechoic solid / calcified (bright, strongly attenuating -> acoustic shadow). Gain,
-   dynamic range, geometry and the pulse are drawn independently of the class, so the label is only learnable
-   from anatomy, not from global brightness.
-2. **Scatterers** (from ``speckle_seed`` only) on the acquisition grid (axial samples x beam lines): a Poisson
-   number of Gaussian-amplitude point scatterers per cell, i.e. ``sqrt(Poisson(density)) * N(0, 1)``, scaled by
-   the square root of the echogenicity (the Poisson count in its normal approximation for ``density >= 8``).
-   A resolution cell of the PSF covers tens of grid cells, i.e. hundreds of scatterers: fully developed speckle.
-3. **RF** = scatterers convolved with the pulse-echo PSF: laterally a Gaussian whose width grows away from the
-   focal depth (``sigma(z) = sigma_f * sqrt(1 + ((z - z_f) / z_R)^2)``, applied exactly row by row in the lateral
-   Fourier domain), axially a Gaussian-enveloped cosine at the centre frequency.
-4. **Envelope** = magnitude of the analytic signal (not a complex-baseband shortcut): the axial convolution and
-   the Hilbert transform are one multiplication in the axial Fourier domain (pulse spectrum times
-   ``2 * [0 < k < 1/2]`` on the ``rfft`` bins, then a complex ``ifft`` whose zero padding is the suppressed
-   negative frequencies).
-5. **Attenuation and TGC**: two-way attenuation integrated along each beam line from the attenuation map (so
-   cysts enhance and calcifications shadow what lies behind them), partly compensated by a time-gain curve;
-   additive electronic noise (circular complex Gaussian on the received analytic signal).
-6. **Log compression** to a dynamic range (dB) into uint8; **scan conversion** (bilinear, precomputed maps per
-   geometry) to linear, sector (phased array) or curvilinear geometry, black outside the scan region.
-7. Optional **burned-in overlays**: text, calipers around the lesion, a depth ruler.
+- ``image`` uint8 ``[S, S]`` (B-mode, black outside the scan), ``scan_mask`` bool ``[S, S]``;
+- ``segmentation`` uint8 ``[S, S]``: a tissue code per pixel, index into ``SEGMENTATION_NAMES`` (``SEG[name]``):
+  0 outside, 1 tissue (generic soft tissue), 2 fat, 3 muscle, 4 vessel (blood), 5 cyst, 6 hypoechoic lesion,
+  7 hyperechoic lesion, 8 calcification, 9 skin, 10 liver, 11 kidney cortex, 12 renal medulla, 13 renal sinus,
+  14 thyroid, 15 trachea (air), 16 bladder (urine), 17 bone, 18 diaphragm. A pixel takes the code of the nearest
+  acquisition sample, except lesion codes, which mark every pixel whose anti-aliasing footprint is at least 30%
+  lesion (so a calcification smaller than a pixel still marks the pixel it brightens);
+- ``label`` int: the lesion class (index into ``CLASS_NAMES``, as before);
+- ``labels`` ``dict[str, int]``: one entry per task of ``TASK_CLASSES`` (index into ``TASK_CLASSES[task]``), -1
+  where the task does not apply (``margin`` is only defined for solid lesions, hypo- and hyperechoic);
+- ``params``: the acquisition and anatomy parameters (probe, depth, frequency, PSF widths in mm, gain...; organ,
+  lesion size in mm and contrast in dB, grade echogenicity / attenuation: the oracle of ``grade``).
 
-Cost: ~4 ms of one core per 224x224 image (float32 throughout, FFT convolutions, the phantom evaluated with
-table look-ups and the lesion only inside its bounding box, scan-conversion maps cached per geometry);
-``benchmarks/data_throughput.py`` measures it. Determinism: every random draw comes from
+``scene`` optionally fixes any of ``{"organ": name, "lesion": name, "margin": name, "grade": int}``; unspecified
+entries are drawn from the anatomy seed (a ``margin`` without a ``lesion`` draws a solid lesion). The draws of
+every other quantity do not depend on which entries are fixed... except through the fixed values themselves.
+
+Tasks (``TASK_CLASSES``): ``lesion`` (none / cyst / hypoechoic / hyperechoic / calcified), ``organ`` (scene
+families with their own layout: liver with vessels and diaphragm, kidney with cortex, pyramids and echogenic
+sinus, thyroid lobe between carotid and trachea, fluid-filled bladder, layered muscle over bone), ``margin`` of a
+solid lesion (smooth oval / lobulated / spiculated, at equal area and contrast distributions), ``grade``
+(3 diffuse grades of the organ's parenchyma, fatty-liver-like: echogenicity and attenuation rise together).
+
+Physics (all in mm, MHz, dB; c = 1540 m/s)
+------------------------------------------
+Probes (``PROBES``): linear 5-12 MHz, 30-60 mm deep, 38-46 mm wide; curvilinear 2-5 MHz, 100-200 mm deep, 55-70
+degree fan from a 50 mm radius; phased-array sector 1.5-4 MHz, 100-160 mm deep, 70-90 degrees. Each probe has a
+penetration limit: the highest usable frequency at depth D is ``min(f_max, P / D)`` (P in mm MHz), and an image's
+centre frequency ``f`` is drawn below it, as a sonographer lowers the frequency to see deeper.
+
+- Wavelength ``lambda = c / f``.
+- Axial (range) resolution from the pulse: a Gaussian pulse-echo spectrum of -6 dB fractional bandwidth ``B``
+  has an envelope of FWHM ``0.441 * c / (B f)`` in range (``= 0.441 lambda / B``).
+- Lateral resolution (pulse-echo FWHM) ``W(z) = lambda F(z) sqrt(2 (1 + s^2) / (2 + s^2))``,
+  ``s = (z - z_f) / z_R``: the product of a transmit beam focused at ``z_f`` (FWHM ``sqrt(2) lambda F
+  sqrt(1 + s^2)``) and a dynamically focused receive beam (FWHM ``sqrt(2) lambda F``), so ``W = lambda F`` at
+  the focus, widening away from it towards ``sqrt(2) lambda F``; ``z_R = 3.5 lambda F^2`` is half the depth of
+  field; ``F(z) = max(F#, z / D_ap)`` (the aperture ``D_ap`` of the probe caps the F-number's fall with depth,
+  so sector and curvilinear beams widen in the far field).
+- Acquisition grid (per probe and depth, independent of the output size): ``samples_per_cell`` (>= 2) samples per
+  FWHM of the finest PSF the probe produces at that depth (highest frequency and bandwidth, smallest F-number),
+  axially (range samples) and laterally (beam lines; for fans in angle, ``min_z W(z) / r(z)``).
+- Scatterers: each grid cell holds many sub-resolution scatterers, so its summed echo is circular complex
+  Gaussian (central limit), of variance the local echogenicity (linear power, from the dB map); the carrier's
+  phase is part of that random phase, which is why the simulation runs at complex baseband (IQ), as scanners
+  demodulate: the envelope ``|IQ|`` has the same statistics as the magnitude of the analytic RF signal.
+- IQ = scatterers convolved with the PSF: axially a Gaussian of the FWHM above, laterally a Gaussian of FWHM
+  ``W(z)`` per depth row (both exact in the Fourier domain of each axis, FFTs of the padded grid), normalised
+  so that 0 dB tissue has unit mean power at every depth.
+- Attenuation, two-way, integrated along each beam: ``A(z) = 2 f int_0^z alpha(s) ds`` dB (``alpha`` in
+  dB/cm/MHz per tissue: soft tissue ~0.5-0.7, fluid ~0.01-0.2, fat 0.6, muscle 1.0, bone and calcification
+  ~20, air ~ total). TGC adds ``2 f alpha_tgc z`` dB, ``alpha_tgc`` a fraction (``tgc_compensation``) of
+  the organ's normal attenuation, as a sonographer sets it (so a higher grade darkens the deep field): a cyst
+  (alpha ~0) leaves the tissue behind it brighter (posterior enhancement), a calcification or bone a shadow.
+- Electronic noise: circular complex Gaussian at ``noise_db`` below 0 dB tissue, added before the TGC (so it
+  rises with depth; fluid sits at this noise floor). It is the scatterers' unit white field shifted by half the
+  grid in both axes: white, Gaussian, and independent of the signal at every sample (which only depends on
+  scatterers within a few PSF widths), at no extra random draws.
+- Log compression: ``dB = 20 log10 |IQ| + gain + 0.55 DR``, mapped from ``[0, DR]`` to grey levels 0-255 (0 dB
+  tissue at 55% of the dynamic range ``DR``).
+- Scan conversion with anti-aliasing: each output pixel (square, ``pixel_mm = field / S``, the scan's bounding box
+  fitted in the square) is a triangle-filter average of the log-compressed grid over its footprint (half-width
+  ``max(1, pixel / sample spacing)`` samples in each axis), i.e. bilinear interpolation when the output is finer
+  than the grid and area averaging when coarser, as when a clinical frame is resized. The maps are sparse
+  matrices, cached per (probe variant, output size). The grain is therefore a fixed size in mm: at 224 px a
+  linear scan shows it, at 64 px it is averaged as a resized clinical frame's is.
+
+Contrast (clinical B-mode, relative to the host tissue): cysts anechoic (fluid, at the noise floor) with a thin
+bright wall and posterior enhancement; hypoechoic solid -6..-15 dB; hyperechoic solid +6..+15 dB; calcifications
++20..+30 dB, 1-5 mm, with a shadow. Solid lesions 5-15 mm (linear) or 12-30 mm (curvilinear, sector), cysts the
+same, equivalent-area diameters; vessels anechoic with bright walls (portal veins, carotid).
+
+Deviations stated: the pulse-echo bandwidth (``fractional_bandwidth`` 0.28-0.4) is narrower than the 60-80% of
+modern probes, and the penetration limit is conservative: both keep the acquisition grid small enough for
+>= 300 images/s per core at 64-96 px; the axial grain is about 2x coarser than on a modern scanner and still
+finer than the lateral. Frequency-dependent attenuation does not shift the centre frequency. No reverberation
+other than the trachea's, no refraction, no harmonic imaging.
+
+Cost: ``benchmarks/data_throughput.py`` (CPU time per image). Determinism: every random draw comes from
 ``np.random.Generator(PCG64)`` seeded by ``derive_seed``; no global RNG, no threads (scipy.fft runs on one).
 
-Units: the simulator works in grid units, not millimetres. The normalised field of view is x in [-0.5, 0.5]
-(lateral), z in [0, 1] (depth); pulse period and PSF widths are in acquisition samples / beam lines, which is
-what sets the speckle grain size in the final image. ``center_frequency`` is expressed as the carrier's cycles
-per axial sample.
-
-CLI: ``python -m usjepa_jax.data.synthetic --out DIR --num N [--size 224] [--seed S]`` writes a browsable sample.
+CLI: ``python -m usjepa_jax.data.synthetic --out DIR --num N [--size 224] [--seed S] [--contact-sheet PNG]``
+writes a browsable sample; ``--cnr-table --sizes 64,96,224`` prints the median lesion CNR by class and size;
+``--arrayrecord DIR`` pre-renders the images into the prepared ArrayRecord format (``config.data.source=
+'prepared'``) for accelerator runs, where no CPU simulator keeps up.
 """
 
 from __future__ import annotations
@@ -45,48 +98,75 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.fft
-import scipy.stats
+import scipy.sparse
+
+SPEED_OF_SOUND = 1.540  # mm per microsecond (1540 m/s): lambda[mm] = SPEED_OF_SOUND / f[MHz]
 
 CLASS_NAMES = ("none", "cyst", "hypoechoic_solid", "hyperechoic_solid", "calcified")
+ORGANS = ("liver", "kidney", "thyroid", "bladder", "muscle")
+MARGINS = ("smooth", "lobulated", "spiculated")
+GRADES = ("normal", "mild", "severe")
+TASK_CLASSES: dict[str, tuple[str, ...]] = {"lesion": CLASS_NAMES, "organ": ORGANS, "margin": MARGINS,
+                                            "grade": GRADES}
+SOLID_LESIONS = (2, 3)  # the classes that have a margin
+
 SEGMENTATION_NAMES = ("outside", "tissue", "fat", "muscle", "vessel", "cyst", "hypoechoic", "hyperechoic",
-                      "calcification")
+                      "calcification", "skin", "liver", "kidney_cortex", "renal_medulla", "renal_sinus", "thyroid",
+                      "trachea", "bladder", "bone", "diaphragm")
 SEG = {name: i for i, name in enumerate(SEGMENTATION_NAMES)}
 LESION_SEGMENT = {1: SEG["cyst"], 2: SEG["hypoechoic"], 3: SEG["hyperechoic"], 4: SEG["calcification"]}
 GEOMETRIES = ("linear", "sector", "curvilinear")
-# Discrete geometry variants (so that scan-conversion maps are computed once and cached):
-# linear: field width; sector: opening angle (deg); curvilinear: (apex distance above the skin, angle).
-GEOMETRY_VARIANTS = {"linear": (0.75, 0.9), "sector": (60.0, 75.0, 90.0), "curvilinear": ((0.4, 60.0),
-                                                                                        (0.7, 50.0))}
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A probe preset: frequency range, discrete depths and field spans (so scan-conversion maps are cached)."""
+
+    kind: str
+    frequency_mhz: tuple[float, float]
+    depths_mm: tuple[float, ...]
+    spans: tuple[float, ...]  # linear: field width in mm; fans: opening angle in degrees
+    radius_mm: float  # fans: apex distance above the skin (curvilinear: the array's radius of curvature)
+    aperture_mm: float  # largest active aperture (caps the F-number's fall with depth)
+    penetration_mm_mhz: float  # highest frequency at depth D: min(f_max, penetration / D)
+    natural_organs: tuple[str, ...]  # the scenes this probe is used for (anatomy-seed draws)
+
+
+PROBES = {
+    "linear": Probe("linear", (5.0, 12.0), (30.0, 40.0, 50.0, 60.0), (38.0, 46.0), 0.0, 20.0, 270.0,
+                    ("thyroid", "muscle")),
+    "curvilinear": Probe("curvilinear", (2.0, 5.0), (100.0, 140.0, 180.0), (55.0, 70.0), 50.0, 25.0, 360.0,
+                         ("liver", "kidney", "bladder", "muscle")),
+    "sector": Probe("sector", (1.5, 4.0), (100.0, 130.0, 160.0), (70.0, 90.0), 0.0, 18.0, 330.0,
+                    ("liver", "kidney", "bladder")),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class SimulatorConfig:
-    """Ranges from which each image's parameters are drawn (uniformly) from its anatomy seed."""
+    """Ranges from which each image's parameters are drawn (uniformly) from its anatomy (or acquisition) seed."""
 
     image_size: int = 224
-    geometries: tuple[str, ...] = GEOMETRIES
-    class_probs: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)
-    center_frequency: tuple[float, float] = (0.2, 0.32)  # carrier cycles per axial sample
-    pulse_cycles: tuple[float, float] = (0.5, 1.0)  # Gaussian envelope sigma, in carrier periods
-    lateral_sigma: tuple[float, float] = (1.6, 2.8)  # lateral PSF sigma at focus, in beam lines
-    focal_depth: tuple[float, float] = (0.3, 0.7)  # normalised depth of the transmit focus
-    rayleigh_depth: tuple[float, float] = (0.25, 0.5)  # depth over which the beam widens by sqrt(2)
-    scatterer_density: tuple[float, float] = (8.0, 20.0)  # mean scatterers per acquisition cell
-    attenuation: tuple[float, float] = (1.0, 2.5)  # nepers over the full depth (two-way), soft tissue
-    tgc_compensation: tuple[float, float] = (0.6, 1.0)  # fraction of the mean attenuation the TGC undoes
-    dynamic_range_db: tuple[float, float] = (45.0, 65.0)
-    gain_db: tuple[float, float] = (-6.0, 6.0)
-    noise_db: tuple[float, float] = (-50.0, -35.0)  # electronic noise level relative to tissue
-    vessel_prob: float = 0.5
+    geometries: tuple[str, ...] = GEOMETRIES  # probes allowed (names of PROBES)
+    organs: tuple[str, ...] = ORGANS  # scene families allowed
+    class_probs: tuple[float, ...] = (0.2, 0.2, 0.2, 0.2, 0.2)  # lesion classes
+    fractional_bandwidth: tuple[float, float] = (0.28, 0.4)  # pulse-echo, -6 dB
+    f_number: tuple[float, float] = (2.0, 3.0)
+    focal_depth: tuple[float, float] = (0.3, 0.7)  # transmit focus, fraction of the depth
+    tgc_compensation: tuple[float, float] = (0.85, 1.0)  # fraction of the organ's normal attenuation the TGC undoes
+    dynamic_range_db: tuple[float, float] = (50.0, 65.0)
+    gain_db: tuple[float, float] = (-5.0, 5.0)
+    noise_db: tuple[float, float] = (-75.0, -60.0)  # electronic noise relative to 0 dB tissue, before TGC
+    vessel_prob: float = 0.5  # extra vessels (liver: hepatic vein; muscle: a vessel between bellies)
     overlay_prob: float = 0.3
-    axial_oversampling: float = 1.0  # acquisition samples per output row
-    line_density: float = 0.6  # beam lines per output column (sector lines fan out below)
+    samples_per_cell: float = 2.0  # acquisition samples per FWHM of the finest PSF, each direction
 
     def __post_init__(self):
         if self.image_size < 16:
@@ -94,19 +174,19 @@ class SimulatorConfig:
         unknown = set(self.geometries) - set(GEOMETRIES)
         if unknown or not self.geometries:
             raise ValueError(f"SimulatorConfig.geometries={self.geometries!r}: expected a subset of {GEOMETRIES}.")
+        unknown = set(self.organs) - set(ORGANS)
+        if unknown or not self.organs:
+            raise ValueError(f"SimulatorConfig.organs={self.organs!r}: expected a subset of {ORGANS}.")
         if len(self.class_probs) != len(CLASS_NAMES) or abs(sum(self.class_probs) - 1) > 1e-6:
             raise ValueError(f"SimulatorConfig.class_probs={self.class_probs!r}: {len(CLASS_NAMES)} "
                              "probabilities summing to 1.")
+        if self.samples_per_cell < 2.0:
+            raise ValueError(f"SimulatorConfig.samples_per_cell={self.samples_per_cell}: at least 2 samples per "
+                             "resolution cell are needed to sample the PSF.")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type == "tuple[float, float]" and not (len(value) == 2 and value[0] <= value[1]):
                 raise ValueError(f"SimulatorConfig.{f.name}={value!r}: expected a (low, high) range.")
-
-    @property
-    def grid_shape(self) -> tuple[int, int]:
-        """Acquisition grid (axial samples, beam lines)."""
-        return (round(self.image_size * self.axial_oversampling),
-                max(16, round(self.image_size * self.line_density)))
 
 
 def derive_seed(*parts: int) -> int:
@@ -114,58 +194,167 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
+# ------------------------------------------------------------------------------------------------ resolution
+def axial_fwhm_mm(frequency_mhz: float, bandwidth: float) -> float:
+    """Range FWHM of the pulse-echo envelope: ``0.441 c / (B f)``."""
+    return 0.441 * SPEED_OF_SOUND / (bandwidth * frequency_mhz)
+
+
+def lateral_fwhm_mm(z_mm: np.ndarray | float, frequency_mhz: float, f_number: float, focal_mm: float,
+                    aperture_mm: float) -> np.ndarray:
+    """Pulse-echo lateral FWHM ``W(z)`` (module docstring): ``lambda F`` at the focus, widening away from it."""
+    lam = SPEED_OF_SOUND / frequency_mhz
+    z = np.asarray(z_mm, np.float64)
+    f_tx = max(f_number, focal_mm / aperture_mm)  # transmit F-number at the focus
+    s2 = ((z - focal_mm) / (3.5 * lam * f_tx**2)) ** 2
+    f_eff = np.maximum(f_number, z / aperture_mm)
+    return lam * f_eff * np.sqrt(2 * (1 + s2) / (2 + s2))
+
+
+def highest_frequency(probe: Probe, depth_mm: float) -> float:
+    """``min(f_max, P / D)``, at least the probe's lowest frequency."""
+    return max(probe.frequency_mhz[0], min(probe.frequency_mhz[1], probe.penetration_mm_mhz / depth_mm))
+
+
 # ------------------------------------------------------------------------------------------------ geometry
 @dataclasses.dataclass(frozen=True)
 class ScanGeometry:
+    """One probe variant: kind, depth (mm) and span (linear: width in mm; fans: angle in degrees)."""
+
     kind: str
-    variant: Any
+    depth_mm: float
+    span: float
+
+    @property
+    def probe(self) -> Probe:
+        return PROBES[self.kind]
+
+    @property
+    def radius_mm(self) -> float:
+        return self.probe.radius_mm
+
+    @property
+    def is_fan(self) -> bool:
+        return self.kind != "linear"
+
+    def field_mm(self) -> tuple[float, float, float]:
+        """The square output field: (side, top z, centre x = 0) in mm; the scan's bounding box fitted inside."""
+        if not self.is_fan:
+            return max(self.span, self.depth_mm), 0.0, 0.0
+        half, r = np.deg2rad(self.span) / 2, self.radius_mm
+        width = 2 * (r + self.depth_mm) * np.sin(half)
+        top = r * np.cos(half) - r
+        return float(max(width, self.depth_mm - top)), float(top), 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The acquisition grid of a geometry: ``axial`` range samples x ``lines`` beam lines and their spacing."""
+
+    axial: int
+    lines: int
+    dz_mm: float  # range sample spacing
+    dline: float  # beam spacing: mm (linear) or radians (fans)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.axial, self.lines
+
+
+@functools.lru_cache(maxsize=128)
+def acquisition_grid(geometry: ScanGeometry, config_key: tuple) -> Grid:
+    """Grid resolving the finest PSF of this probe at this depth by ``samples_per_cell`` in each direction."""
+    samples_per_cell, bandwidth_max, f_number_min = config_key
+    probe = geometry.probe
+    f_hi = highest_frequency(probe, geometry.depth_mm)
+    axial = math.ceil(samples_per_cell * geometry.depth_mm / axial_fwhm_mm(f_hi, bandwidth_max))
+    z = np.linspace(0.5, geometry.depth_mm, 256)
+    # The finest lateral PSF over focus positions (the focus is at z, the best case there) and depths.
+    finest = SPEED_OF_SOUND / f_hi * np.maximum(f_number_min, z / probe.aperture_mm)
+    if geometry.is_fan:
+        angle = np.deg2rad(geometry.span)
+        lines = math.ceil(samples_per_cell * angle / np.min(finest / (geometry.radius_mm + z)))
+        return Grid(axial, lines, geometry.depth_mm / axial, angle / lines)
+    lines = math.ceil(samples_per_cell * geometry.span / np.min(finest))
+    return Grid(axial, lines, geometry.depth_mm / axial, geometry.span / lines)
+
+
+def _grid_key(config: SimulatorConfig) -> tuple:
+    return (config.samples_per_cell, config.fractional_bandwidth[1], config.f_number[0])
 
 
 @functools.lru_cache(maxsize=64)
-def _acquisition_points(geometry: ScanGeometry, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised (x, z) of every acquisition sample ``[A, L]`` (beam lines are the columns)."""
-    a, lines = grid
-    depth = np.linspace(0.0, 1.0, a, dtype=np.float64)[:, None]
-    col = np.linspace(-0.5, 0.5, lines, dtype=np.float64)[None, :]
-    if geometry.kind == "linear":
-        x, z = np.broadcast_to(col * geometry.variant, (a, lines)), np.broadcast_to(depth, (a, lines))
+def _acquisition_points(geometry: ScanGeometry, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Body coordinates (x lateral, z depth below the probe's centre, d depth below the skin) in mm of every
+    acquisition sample ``[A, L]`` (beam lines are the columns), float32."""
+    a, lines = grid.shape
+    rng_mm = ((np.arange(a) + 0.5) * grid.dz_mm)[:, None]
+    col = (np.arange(lines) + 0.5 - lines / 2)[None, :]
+    if not geometry.is_fan:
+        x, z = np.broadcast_to(col * grid.dline, (a, lines)), np.broadcast_to(rng_mm, (a, lines))
+        d = z
     else:
-        apex, angle = (0.0, geometry.variant) if geometry.kind == "sector" else geometry.variant
-        theta = np.deg2rad(angle) * col
-        r = apex + depth
-        x, z = r * np.sin(theta), r * np.cos(theta) - apex
-    return x.astype(np.float32), z.astype(np.float32)
+        r, theta = geometry.radius_mm + rng_mm, col * grid.dline
+        x, z = r * np.sin(theta), r * np.cos(theta) - geometry.radius_mm
+        d = np.broadcast_to(rng_mm if geometry.kind == "curvilinear" else z, (a, lines))  # skin follows the array
+    return tuple(np.ascontiguousarray(v, np.float32) for v in (x, z, d))
+
+
+def _output_points(geometry: ScanGeometry, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    side, top, _ = geometry.field_mm()
+    pixel = side / size
+    centres = (np.arange(size) + 0.5) * pixel
+    zs, xs = np.meshgrid(top + centres, centres - side / 2, indexing="ij")
+    return xs, zs, pixel
 
 
 @functools.lru_cache(maxsize=64)
-def _scan_conversion(geometry: ScanGeometry, grid: tuple[int, int], size: int):
-    """Bilinear scan-conversion map: for each output pixel, 4 flat source indices and weights, and the mask."""
-    a, lines = grid
-    zs, xs = np.meshgrid((np.arange(size) + 0.5) / size, (np.arange(size) + 0.5) / size - 0.5, indexing="ij")
-    if geometry.kind == "linear":
-        half = geometry.variant / 2
-        fi, fj = zs * (a - 1), (xs + half) / (2 * half) * (lines - 1)
-        mask = np.abs(xs) <= half
+def _scan_conversion(geometry: ScanGeometry, grid: Grid, size: int):
+    """Anti-aliased scan conversion: a sparse ``[S*S, A*L]`` matrix of triangle-filter weights (normalised per
+    pixel, zero outside the scan), the scan mask ``[S, S]`` and each pixel's nearest acquisition sample."""
+    a, lines = grid.shape
+    xs, zs, pixel = _output_points(geometry, size)
+    if not geometry.is_fan:
+        fi, fj = zs / grid.dz_mm - 0.5, xs / grid.dline + lines / 2 - 0.5
+        mask = (np.abs(xs) <= geometry.span / 2) & (zs >= 0) & (zs <= geometry.depth_mm)
+        scale_j = np.full_like(fi, pixel / grid.dline)
     else:
-        apex, angle = (0.0, geometry.variant) if geometry.kind == "sector" else geometry.variant
-        half = np.deg2rad(angle) / 2
-        r, theta = np.hypot(xs, zs + apex), np.arctan2(xs, zs + apex)
-        fi, fj = (r - apex) * (a - 1), (theta + half) / (2 * half) * (lines - 1)
-        mask = (r - apex <= 1.0) & (np.abs(theta) <= half) & (r >= apex)
-    fi, fj = np.clip(fi, 0, a - 1 - 1e-6), np.clip(fj, 0, lines - 1 - 1e-6)
-    i0, j0 = np.floor(fi).astype(np.int64), np.floor(fj).astype(np.int64)
-    di, dj = (fi - i0).astype(np.float32), (fj - j0).astype(np.float32)
-    idx = np.stack([i0 * lines + j0, i0 * lines + j0 + 1, (i0 + 1) * lines + j0, (i0 + 1) * lines + j0 + 1])
-    w = np.stack([(1 - di) * (1 - dj), (1 - di) * dj, di * (1 - dj), di * dj]).astype(np.float32)
-    nearest = np.where(di < 0.5, i0, i0 + 1) * lines + np.where(dj < 0.5, j0, j0 + 1)
-    return idx.reshape(4, -1), w.reshape(4, -1) * mask.reshape(1, -1), mask, nearest.reshape(-1)
+        r, theta = np.hypot(xs, zs + geometry.radius_mm), np.arctan2(xs, zs + geometry.radius_mm)
+        fi, fj = (r - geometry.radius_mm) / grid.dz_mm - 0.5, theta / grid.dline + lines / 2 - 0.5
+        mask = (r >= geometry.radius_mm) & (r - geometry.radius_mm <= geometry.depth_mm) & \
+            (np.abs(theta) <= np.deg2rad(geometry.span) / 2)
+        scale_j = pixel / (np.maximum(r, 1e-3) * grid.dline)
+    half_i = np.maximum(1.0, pixel / grid.dz_mm)  # triangle half-width in samples: bilinear or area averaging
+    half_j = np.maximum(1.0, scale_j)
+    pix = np.flatnonzero(mask)
+    fi, fj, hj = fi.reshape(-1)[pix], fj.reshape(-1)[pix], half_j.reshape(-1)[pix]
+    reach_i, reach_j = math.ceil(half_i), int(np.ceil(hj.max()))
+    rows, cols, vals = [], [], []
+    for oi in range(-reach_i, reach_i + 2):
+        si = np.floor(fi).astype(np.int64) + oi
+        wi = np.maximum(0.0, 1.0 - np.abs(si - fi) / half_i)
+        for oj in range(-reach_j, reach_j + 2):
+            sj = np.floor(fj).astype(np.int64) + oj
+            w = wi * np.maximum(0.0, 1.0 - np.abs(sj - fj) / hj)
+            keep = (w > 0) & (si >= 0) & (si < a) & (sj >= 0) & (sj < lines)
+            rows.append(pix[keep])
+            cols.append(si[keep] * lines + sj[keep])
+            vals.append(w[keep])
+    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(size * size, a * lines), dtype=np.float64)
+    total = np.asarray(matrix.sum(axis=1)).reshape(-1)
+    matrix = (scipy.sparse.diags(np.where(total > 0, 1 / np.maximum(total, 1e-12), 0.0)) @ matrix).tocsr()
+    matrix = matrix.astype(np.float32)
+    nearest = (np.clip(np.rint(fi), 0, a - 1).astype(np.int64) * lines + np.clip(np.rint(fj), 0, lines - 1)
+               .astype(np.int64))
+    nearest_full = np.zeros(size * size, np.int64)
+    nearest_full[pix] = nearest
+    return matrix, mask, nearest_full
 
 
-def _scan_convert(values: np.ndarray, geometry: ScanGeometry, size: int) -> np.ndarray:
-    idx, w, _, _ = _scan_conversion(geometry, values.shape, size)
-    flat = values.reshape(-1)
-    out = w[0] * flat[idx[0]] + w[1] * flat[idx[1]] + w[2] * flat[idx[2]] + w[3] * flat[idx[3]]
-    return out.reshape(size, size)
+def _scan_convert(values: np.ndarray, geometry: ScanGeometry, grid: Grid, size: int) -> np.ndarray:
+    matrix = _scan_conversion(geometry, grid, size)[0]
+    return (matrix @ values.reshape(-1)).reshape(size, size)
 
 
 # ------------------------------------------------------------------------------------------------ phantom
@@ -174,253 +363,638 @@ def _u(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class Anatomy:
-    """Everything drawn from the anatomy seed: the phantom and the acquisition settings."""
+class Tissue:
+    seg: int
+    echo_db: float  # echogenicity (mean backscattered power) relative to reference soft tissue
+    atten: float  # dB/cm/MHz
+    texture: tuple = ()  # () | ("smooth", amp_db, kx, kz, phase...) | ("striated", amp_db, angle, period, phase)
 
-    label: int
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """A tissue region painted over what is below it in the scene list.
+
+    ``shape``: ``"below"`` (``geom = (depth, wave_amp, wave_len, phase)``: everything deeper than a wavy
+    boundary in depth-below-skin), ``"ellipse"`` (``(cx, cz, rx, rz, rotation)`` with an optional radial
+    ``margin`` modulation), ``"band"`` (``(x0, z0, angle, half_width)``: a straight tube), ``"arc"``
+    (``(cx, cz, radius, half_thickness, half_angle)``: a curved sheet, convex side up). ``wall_db``: a bright
+    specular boundary ``wall_mm`` thick (added power).
+    """
+
+    shape: str
+    geom: tuple
+    tissue: Tissue
+    wall_db: float | None = None
+    wall_mm: float = 0.6
+    margin: tuple | None = None  # ("lobulated", lobes, amp, phase) | ("spiculated", spikes, length, phase, jitter)
+
+
+def _radial_margin(margin: tuple | None, angle: np.ndarray) -> np.ndarray:
+    """Boundary radius (relative) along each direction, normalised to the area of the unit circle."""
+    if margin is None:
+        return np.ones_like(angle)
+    theta = np.linspace(0, 2 * np.pi, 720, endpoint=False, dtype=np.float32)
+    profile = _margin_profile(margin, theta)
+    norm = np.float32(1 / np.sqrt(np.mean(profile**2)))  # equal area: mean r^2 = 1
+    return _margin_profile(margin, angle) * norm
+
+
+def _margin_profile(margin: tuple, angle: np.ndarray) -> np.ndarray:
+    kind = margin[0]
+    if kind == "lobulated":
+        _, lobes, amp, phase = margin
+        return 1.0 + np.float32(amp) * np.sin(np.float32(lobes) * angle + np.float32(phase))
+    if kind == "spiculated":
+        _, spikes, length, phase, jitter = margin
+        k = np.float32(spikes)
+        wave = np.cos(k * angle + np.float32(phase))
+        # Narrow spikes: a high power of the positive half-wave, each spike's length jittered.
+        index = np.floor((k * angle + np.float32(phase) + np.float32(np.pi)) / np.float32(2 * np.pi)) % spikes
+        lengths = np.asarray(jitter, np.float32)[index.astype(np.int64)]
+        return 1.0 + np.float32(length) * lengths * np.maximum(wave, 0) ** 12
+    raise ValueError(f"unknown margin {kind!r}")
+
+
+def _region_points(region: Region, x: np.ndarray, z: np.ndarray, d: np.ndarray):
+    """(flat indices, signed distance to the boundary in mm, negative inside) of candidate points."""
+    shape, g = region.shape, region.geom
+    if shape == "below":
+        depth, amp, wavelength, phase = g
+        top = np.float32(depth) + np.float32(amp) * np.sin(np.float32(2 * np.pi / wavelength) * x
+                                                           + np.float32(phase))
+        return None, (top - d).reshape(-1)
+    reach = region.wall_mm
+    if shape == "ellipse":
+        cx, cz, rx, rz, rot = g
+        extra = 1.0 + (max(region.margin[2], 0) if region.margin and region.margin[0] == "spiculated" else
+                       region.margin[2] if region.margin else 0.0)
+        reach += max(rx, rz) * extra * 1.3
+        bx, bz = (cx - reach, cx + reach), (cz - reach, cz + reach)
+    elif shape == "band":
+        x0, z0, angle, half = g
+        bx, bz = (-np.inf, np.inf), (-np.inf, np.inf)
+    else:  # arc
+        cx, cz, radius, half_t, half_angle = g
+        reach += radius + half_t
+        bx, bz = (cx - reach, cx + reach), (cz - reach, cz + reach)
+    idx = np.flatnonzero((x >= bx[0]) & (x <= bx[1]) & (z >= bz[0]) & (z <= bz[1])) if np.isfinite(bx[0]) \
+        else np.arange(x.size)
+    px, pz = x.reshape(-1)[idx], z.reshape(-1)[idx]
+    if shape == "ellipse":
+        c, s = np.float32(np.cos(rot)), np.float32(np.sin(rot))
+        dx, dz = px - np.float32(cx), pz - np.float32(cz)
+        u, v = (c * dx + s * dz) / np.float32(rx), (-s * dx + c * dz) / np.float32(rz)
+        rho = np.sqrt(u * u + v * v)
+        boundary = _radial_margin(region.margin, np.arctan2(v, u)) if region.margin else np.float32(1.0)
+        dist = (rho - boundary) * np.float32(np.sqrt(rx * rz))
+    elif shape == "band":
+        dist = np.abs(np.float32(-np.sin(angle)) * (px - np.float32(x0)) + np.float32(np.cos(angle))
+                      * (pz - np.float32(z0))) - np.float32(half)
+    else:
+        dx, dz = px - np.float32(cx), pz - np.float32(cz)
+        r = np.sqrt(dx * dx + dz * dz)
+        dist = np.abs(r - np.float32(radius)) - np.float32(half_t)
+        outside_angle = np.abs(np.arctan2(dx, -dz)) > half_angle  # convex side up: centre below the sheet
+        dist[outside_angle] = np.inf
+    return idx, dist
+
+
+def _texture_db(texture: tuple, x: np.ndarray, z: np.ndarray) -> np.ndarray | float:
+    if not texture:
+        return 0.0
+    kind, amp = texture[0], np.float32(texture[1])
+    if kind == "smooth":  # low-frequency echogenicity variations (mm-scale)
+        kx1, kz1, kx2, kz2, p1, p2 = (np.float32(v) for v in texture[2:])
+        return amp * (np.sin(kx1 * x + p1) * np.sin(kz1 * z) + 0.7 * np.sin(kx2 * x + kz2 * z + p2))
+    if kind == "striated":  # fibrillar lines (muscle fibres, fat septa) of a given angle and period
+        angle, period, phase = texture[2:]
+        t = (np.float32(np.sin(angle)) * x + np.float32(np.cos(angle)) * z) * np.float32(2 * np.pi / period)
+        return amp * (np.maximum(np.cos(t + np.float32(phase)), 0) ** 6 - 0.2)
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def phantom_maps(regions: tuple[Region, ...], x: np.ndarray, z: np.ndarray, d: np.ndarray):
+    """Segmentation (uint8), echogenicity (linear power, float32) and attenuation (dB/cm/MHz) at points."""
+    n = x.size
+    seg = np.zeros(n, np.uint8)
+    echo_db = np.zeros(n, np.float32)
+    atten = np.zeros(n, np.float32)
+    walls = np.zeros(n, np.float32)
+    xf, zf = x.reshape(-1), z.reshape(-1)
+    for region in regions:
+        idx, dist = _region_points(region, x, z, d)
+        inside = dist <= 0
+        t = region.tissue
+        sel = np.flatnonzero(inside) if idx is None else idx[inside]
+        seg[sel], atten[sel] = t.seg, t.atten
+        echo_db[sel] = np.float32(t.echo_db) + _texture_db(t.texture, xf[sel], zf[sel])
+        if region.wall_db is not None:
+            near = np.abs(dist) <= region.wall_mm / 2
+            wsel = np.flatnonzero(near) if idx is None else idx[near]
+            np.maximum.at(walls, wsel, np.float32(10 ** (region.wall_db / 10)))
+    echo = np.power(np.float32(10), echo_db * np.float32(0.1))
+    echo += walls
+    return seg.reshape(x.shape), echo.reshape(x.shape), atten.reshape(x.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Anatomy:
+    """Everything drawn for one image: the scene (regions, labels) and the acquisition settings."""
+
+    label: int  # lesion class
+    organ: int
+    margin: int  # -1 without a solid lesion
+    grade: int
     geometry: ScanGeometry
-    layers: tuple  # ((depth, amplitude, wavelength, phase, segment, echogenicity, attenuation), ...)
-    vessel: tuple | None  # (x0, z0, angle, radius)
-    lesion: tuple | None  # (x, z, rx, rz, rotation, lobes, lobe_amp, lobe_phase)
-    texture: tuple  # (amplitude, frequencies...) low-frequency tissue texture
+    regions: tuple[Region, ...]
+    lesion: dict | None  # centre, size (mm), contrast (dB), region
     pulse: dict
     display: dict
     overlay: bool
+    host: dict  # the parenchyma the grade acts on
 
 
-def sample_anatomy(anatomy_seed: int, config: SimulatorConfig) -> Anatomy:
-    rng = np.random.default_rng(derive_seed(anatomy_seed, 1))
+def _name_index(task: str, value: Any) -> int:
+    names = TASK_CLASSES[task]
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if 0 <= int(value) < len(names):
+            return int(value)
+    elif value in names:
+        return names.index(value)
+    raise ValueError(f"scene[{task!r}]={value!r}: expected one of {names} (or its index).")
+
+
+def _draw_scene_labels(rng: np.random.Generator, config: SimulatorConfig, scene: dict) -> tuple[int, int, int, int]:
+    unknown = set(scene) - set(TASK_CLASSES)
+    if unknown:
+        raise ValueError(f"scene keys {sorted(unknown)} unknown; expected some of {tuple(TASK_CLASSES)}.")
+    # Every draw happens whether or not the scene fixes it, so fixing one label leaves the others' draws alone.
+    organ = int(rng.integers(len(config.organs)))
+    organ = ORGANS.index(config.organs[organ])
     label = int(rng.choice(len(CLASS_NAMES), p=np.asarray(config.class_probs)))
-    kind = config.geometries[int(rng.integers(len(config.geometries)))]
-    variants = GEOMETRY_VARIANTS[kind]
-    geometry = ScanGeometry(kind, variants[int(rng.integers(len(variants)))])
+    solid = SOLID_LESIONS[int(rng.integers(len(SOLID_LESIONS)))]
+    margin = int(rng.integers(len(MARGINS)))
+    grade = int(rng.integers(len(GRADES)))
+    if "organ" in scene:
+        organ = _name_index("organ", scene["organ"])
+    if "lesion" in scene:
+        label = _name_index("lesion", scene["lesion"])
+    if "margin" in scene:
+        margin = _name_index("margin", scene["margin"])
+        if "lesion" not in scene:
+            label = solid
+        elif label not in SOLID_LESIONS:
+            raise ValueError(f"scene={scene!r}: a margin needs a solid lesion "
+                             f"({', '.join(CLASS_NAMES[c] for c in SOLID_LESIONS)}).")
+    if "grade" in scene:
+        grade = _name_index("grade", scene["grade"])
+    return label, organ, (margin if label in SOLID_LESIONS else -1), grade
 
-    # Layers from the skin down; each has a wavy upper boundary. The deepest is the organ parenchyma.
-    d_fat = _u(rng, (0.05, 0.15))
-    d_muscle = d_fat + _u(rng, (0.08, 0.2))
-    d_organ = d_muscle + _u(rng, (0.08, 0.2))
-    organ_echo = _u(rng, (0.7, 1.4))
-    layers = (
-        (0.0, 0.0, 1.0, 0.0, SEG["tissue"], _u(rng, (0.8, 1.5)), 1.0),
-        (d_fat, _u(rng, (0.0, 0.02)), _u(rng, (0.3, 1.0)), _u(rng, (0, 6.3)), SEG["fat"], _u(rng, (0.25, 0.5)), 0.8),
-        (d_muscle, _u(rng, (0.0, 0.03)), _u(rng, (0.3, 1.0)), _u(rng, (0, 6.3)), SEG["muscle"],
-         _u(rng, (0.5, 0.9)), 1.2),
-        (d_organ, _u(rng, (0.0, 0.04)), _u(rng, (0.4, 1.2)), _u(rng, (0, 6.3)), SEG["tissue"], organ_echo, 1.0),
-    )
-    vessel = None
-    if rng.random() < config.vessel_prob:
-        vessel = (_u(rng, (-0.3, 0.3)), _u(rng, (d_muscle, 0.85)), _u(rng, (-0.4, 0.4)), _u(rng, (0.02, 0.045)))
-    lesion = None
-    if label:
-        small = label == 4  # calcifications are small
-        rx = _u(rng, (0.02, 0.04)) if small else _u(rng, (0.05, 0.11))
-        rz = rx * _u(rng, (0.6, 1.3))
-        lesion = (_u(rng, (-0.22, 0.22)), _u(rng, (max(d_organ, 0.35), 0.72)), rx, rz, _u(rng, (0, np.pi)),
-                  int(rng.integers(3, 7)), _u(rng, (0.0, 0.25 if label in (2, 3) else 0.08)), _u(rng, (0, 6.3)))
-    texture = (_u(rng, (0.1, 0.35)),) + tuple(rng.uniform(2, 9, size=4)) + tuple(rng.uniform(0, 6.3, size=4))
-    pulse = dict(frequency=_u(rng, config.center_frequency), cycles=_u(rng, config.pulse_cycles),
-                 lateral_sigma=_u(rng, config.lateral_sigma), focal_depth=_u(rng, config.focal_depth),
-                 rayleigh_depth=_u(rng, config.rayleigh_depth), density=_u(rng, config.scatterer_density),
-                 attenuation=_u(rng, config.attenuation), tgc=_u(rng, config.tgc_compensation))
+
+def _draw_acquisition(rng: np.random.Generator, config: SimulatorConfig, organ: int | None) -> tuple:
+    """Probe, pulse, display and overlay; the probe among the organ's natural ones (``organ=None``: any)."""
+    natural = [k for k in config.geometries if organ is not None and ORGANS[organ] in PROBES[k].natural_organs]
+    kinds = natural or list(config.geometries)  # an organ outside its probes' list: any allowed probe
+    kind = kinds[int(rng.integers(len(kinds)))]
+    probe = PROBES[kind]
+    geometry = ScanGeometry(kind, probe.depths_mm[int(rng.integers(len(probe.depths_mm)))],
+                            probe.spans[int(rng.integers(len(probe.spans)))])
+    f_hi = highest_frequency(probe, geometry.depth_mm)
+    f_lo = max(probe.frequency_mhz[0], 0.7 * f_hi)
+    pulse = dict(frequency_mhz=_u(rng, (f_lo, f_hi)), bandwidth=_u(rng, config.fractional_bandwidth),
+                 f_number=_u(rng, config.f_number), focal_mm=_u(rng, config.focal_depth) * geometry.depth_mm,
+                 tgc_compensation=_u(rng, config.tgc_compensation))
     display = dict(dynamic_range_db=_u(rng, config.dynamic_range_db), gain_db=_u(rng, config.gain_db),
                    noise_db=_u(rng, config.noise_db))
-    return Anatomy(label, geometry, layers, vessel, lesion, texture, pulse, display,
-                   bool(rng.random() < config.overlay_prob))
+    return geometry, pulse, display, bool(rng.random() < config.overlay_prob)
 
 
-def _lesion_inside(lesion: tuple, x: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Boolean mask of the (lobulated) lesion at points ``(x, z)``, evaluated only inside its bounding box."""
-    cx, cz, rx, rz, rot, lobes, lobe_amp, lobe_phase = lesion
-    reach = max(rx, rz) * (1.0 + lobe_amp)
-    dx, dz = x - np.float32(cx), z - np.float32(cz)
-    candidates = np.flatnonzero((np.abs(dx) <= reach) & (np.abs(dz) <= reach))
-    dx, dz = dx.reshape(-1)[candidates], dz.reshape(-1)[candidates]
-    c, s = np.cos(rot), np.sin(rot)
-    u, v = (c * dx + s * dz) / rx, (-s * dx + c * dz) / rz
-    radius = 1.0 + lobe_amp * np.sin(lobes * np.arctan2(v, u) + lobe_phase)  # irregular (lobulated) margin
-    inside = np.zeros(x.size, bool)
-    inside[candidates[u * u + v * v <= radius * radius]] = True
-    return inside.reshape(x.shape)
+def sample_anatomy(anatomy_seed: int, config: SimulatorConfig, scene: dict | None = None,
+                   acquisition_seed: int | None = None) -> Anatomy:
+    """The scene and the acquisition of one image.
+
+    Labels come first from the anatomy seed (``scene`` overrides), then the acquisition (probe, pulse, display,
+    overlay) from the anatomy seed or, when given, from ``acquisition_seed``, then the layout in mm, which is
+    fitted to the probe's field of view (so the lesion is always in view)."""
+    rng = np.random.default_rng(derive_seed(anatomy_seed, 1))
+    label, organ, margin, grade = _draw_scene_labels(rng, config, dict(scene or {}))
+    if acquisition_seed is None:
+        geometry, pulse, display, overlay = _draw_acquisition(rng, config, organ)
+    else:  # one scanner for every anatomy: its probe does not depend on the organ
+        acq_rng = np.random.default_rng(derive_seed(acquisition_seed, 1, 7))
+        geometry, pulse, display, overlay = _draw_acquisition(acq_rng, config, None)
+    layout = np.random.default_rng(derive_seed(anatomy_seed, 4))
+    regions, host, lesion_site = SCENES[ORGANS[organ]](layout, geometry, grade, config)
+    regions, lesion = _add_lesion(layout, regions, label, margin, geometry, host, lesion_site)
+    return Anatomy(label, organ, margin, grade, geometry, tuple(regions), lesion, pulse, display, overlay, host)
 
 
-def phantom_maps(anatomy: Anatomy, x: np.ndarray, z: np.ndarray):
-    """Segmentation, echogenicity (scatterer variance) and attenuation at points ``(x, z)``."""
-    # Layer index per point (a deeper layer wins below its wavy upper boundary), then table look-ups.
-    layer = np.zeros(x.shape, np.uint8)
-    distance = np.full(x.shape, np.inf, np.float32)  # to the nearest interface
-    for k, (depth, amp, wavelength, phase, *_) in enumerate(anatomy.layers):
-        if depth == 0 and amp == 0:
-            continue  # the skin layer covers everything
-        top = np.float32(depth) + np.float32(amp) * np.sin(np.float32(2 * np.pi / wavelength) * x
-                                                           + np.float32(phase))
-        below = z - top
-        layer[below >= 0] = k
-        np.minimum(distance, np.abs(below), out=distance)
-    seg = np.asarray([lay[4] for lay in anatomy.layers], np.uint8)[layer]
-    echo = np.asarray([lay[5] for lay in anatomy.layers], np.float32)[layer]
-    atten = np.asarray([lay[6] for lay in anatomy.layers], np.float32)[layer]
-    t = [np.float32(v) for v in anatomy.texture]
-    two_pi = np.float32(2 * np.pi)
-    echo *= 1.0 + t[0] * np.sin(t[1] * two_pi * x + t[5]) * np.sin(t[2] * two_pi * z + t[6]) \
-        + 0.5 * t[0] * np.sin(t[3] * two_pi * (x + z) + t[7]) * np.cos(t[4] * two_pi * z + t[8])
-    # Specular interfaces: a thin bright line along each boundary (Gaussian profile, width 0.006).
-    distance *= np.float32(1 / 0.006)
-    near = distance < 4.0
-    echo[near] += 4.0 * np.exp(-distance[near] ** 2)
-    if anatomy.vessel is not None:
-        x0, z0, angle, radius = anatomy.vessel
-        dist = np.abs(np.float32(-np.sin(angle)) * (x - np.float32(x0)) + np.float32(np.cos(angle))
-                      * (z - np.float32(z0)))
-        inside = dist <= radius
-        wall = np.abs(dist - np.float32(radius)) < 0.006
-        echo[wall] *= 3.0
-        seg[inside], echo[inside], atten[inside] = SEG["vessel"], 0.003, 0.1
-    if anatomy.lesion is not None:
-        inside = _lesion_inside(anatomy.lesion, x, z)
-        lesion_echo, lesion_att = {1: (0.002, 0.1), 2: (0.25, 1.2), 3: (2.5, 1.3), 4: (25.0, 12.0)}[anatomy.label]
-        seg[inside], echo[inside], atten[inside] = LESION_SEGMENT[anatomy.label], lesion_echo, lesion_att
-    return seg, np.maximum(echo, 0.0), atten
+# ------------------------------------------------------------------------------------------------ scenes
+FLUID = dict(echo_db=-80.0, atten=0.02)  # urine, cyst fluid: no scatterers (the noise floor), ~no attenuation
+BLOOD = dict(echo_db=-80.0, atten=0.18)
+
+
+def _view_width(geometry: ScanGeometry, z: float) -> float:
+    """Width of the field of view (mm) at depth ``z``."""
+    if not geometry.is_fan:
+        return geometry.span
+    return 2 * (geometry.radius_mm + z) * np.sin(np.deg2rad(geometry.span) / 2)
+
+
+def _smooth(rng: np.random.Generator, amp: tuple[float, float]) -> tuple:
+    return ("smooth", _u(rng, amp), *rng.uniform(0.05, 0.25, 4), *rng.uniform(0, 6.3, 2))
+
+
+def _body_wall(rng: np.random.Generator, fat_mm: tuple, muscle_mm: tuple) -> tuple[list[Region], float]:
+    """Skin, subcutaneous fat with septa, a muscle layer with fibres; returns the regions and the depth below."""
+    skin = _u(rng, (1.5, 2.5))
+    fat = skin + _u(rng, fat_mm)
+    muscle = fat + _u(rng, muscle_mm)
+    wave = lambda depth: (depth, _u(rng, (0.0, 1.5)), _u(rng, (30, 90)), _u(rng, (0, 6.3)))  # noqa: E731
+    regions = [
+        Region("below", (-1e3, 0.0, 1.0, 0.0), Tissue(SEG["skin"], _u(rng, (3, 7)), 0.8)),
+        Region("below", wave(skin), Tissue(SEG["fat"], _u(rng, (-9, -6)), 0.6,
+                                           ("striated", 6.0, _u(rng, (1.2, 1.9)), _u(rng, (2, 5)), 0.0)),
+               wall_db=8.0),
+        Region("below", wave(fat), Tissue(SEG["muscle"], _u(rng, (-7, -4)), 1.0,
+                                          ("striated", 5.0, _u(rng, (1.3, 1.8)), _u(rng, (1.0, 2.0)), 0.0)),
+               wall_db=_u(rng, (9, 12)), wall_mm=1.0),
+    ]
+    return regions, muscle
+
+
+def _host_tissue(rng: np.random.Generator, seg: int, base_db: float, base_atten: float, grade: int,
+                 texture: tuple) -> tuple[Tissue, dict]:
+    """The parenchyma the grade acts on: +4.5 dB and +0.35 dB/cm/MHz per grade (fatty-liver-like)."""
+    echo = base_db + _u(rng, (-1.0, 1.0)) + 4.5 * grade
+    atten = base_atten + _u(rng, (-0.05, 0.05)) + 0.35 * grade
+    return Tissue(seg, echo, atten, texture), dict(seg=seg, echo_db=echo, atten=atten, normal_atten=base_atten)
+
+
+def _liver(rng, geometry, grade, config):
+    D = geometry.depth_mm
+    regions, wall = _body_wall(rng, (6, 22) if geometry.is_fan else (3, 8), (6, 14) if geometry.is_fan else (3, 7))
+    liver, host = _host_tissue(rng, SEG["liver"], 0.0, 0.5, grade, _smooth(rng, (0.5, 1.5)))
+    regions.append(Region("below", (wall + _u(rng, (0.5, 2)), _u(rng, (0, 2)), _u(rng, (60, 150)), _u(rng, (0, 6.3))),
+                          liver, wall_db=_u(rng, (8, 12)), wall_mm=0.8))
+    # Diaphragm: a bright curved sheet deep in the view.
+    dz = _u(rng, (0.78, 0.95)) * D
+    radius = _u(rng, (80, 160))
+    regions.append(Region("arc", (_u(rng, (-20, 20)), dz + radius, radius, _u(rng, (1.0, 1.8)), 1.2),
+                          Tissue(SEG["diaphragm"], 14.0, 0.6)))
+    # Portal veins (bright walls) and hepatic veins (no wall): tubes cut along (elongated) or across (round).
+    lo, hi = wall + 0.1 * D, 0.8 * D
+    for k in range(int(rng.integers(1, 3)) + int(rng.random() < config.vessel_prob)):
+        radius = _u(rng, (2.0, 5.0)) * D / 130 if geometry.is_fan else _u(rng, (1.5, 3.0))
+        cz = _u(rng, (lo, hi))
+        cx = _u(rng, (-0.35, 0.35)) * _view_width(geometry, cz)
+        length = radius * (_u(rng, (3.0, 7.0)) if rng.random() < 0.6 else _u(rng, (1.0, 1.5)))
+        regions.append(Region("ellipse", (cx, cz, length, radius, _u(rng, (-0.7, 0.7))),
+                              Tissue(SEG["vessel"], **BLOOD), 12.0 if k % 2 == 0 else None, 0.8))
+    return regions, host, dict(z=(wall + 0.15 * D, 0.75 * D), x=0.3)
+
+
+def _kidney(rng, geometry, grade, config):
+    D = geometry.depth_mm
+    regions, wall = _body_wall(rng, (6, 18), (6, 12))
+    liver, host = _host_tissue(rng, SEG["liver"], 0.0, 0.5, grade, _smooth(rng, (0.5, 1.5)))
+    regions.append(Region("below", (wall + 1.0, _u(rng, (0, 2)), _u(rng, (60, 150)), _u(rng, (0, 6.3))), liver,
+                          wall_db=10.0, wall_mm=0.8))
+    cz = _u(rng, (0.5, 0.62)) * D
+    width = _view_width(geometry, cz)
+    rx = min(_u(rng, (45, 60)), 0.42 * width)
+    rz = min(rx * _u(rng, (0.42, 0.55)), 0.3 * D)
+    rot, cx = _u(rng, (-0.35, 0.35)), _u(rng, (-0.08, 0.08)) * width
+    fat = 3.0 + 2.0 * D / 150
+    regions.append(Region("ellipse", (cx, cz, rx + fat, rz + fat, rot), Tissue(SEG["fat"], 4.0, 0.6)))
+    cortex = Tissue(SEG["kidney_cortex"], _u(rng, (-6, -3)), 0.6, _smooth(rng, (0.3, 0.8)))
+    regions.append(Region("ellipse", (cx, cz, rx, rz, rot), cortex, wall_db=13.0, wall_mm=0.8))
+    for k in range(int(rng.integers(4, 7))):  # medullary pyramids around the sinus
+        a = np.pi * (k + 0.5) / 6 + _u(rng, (-0.15, 0.15)) + (np.pi if rng.random() < 0.3 else 0)
+        u, v = 0.62 * np.cos(a), 0.62 * np.sin(a)
+        px = cx + np.cos(rot) * u * rx - np.sin(rot) * v * rz
+        pz = cz + np.sin(rot) * u * rx + np.cos(rot) * v * rz
+        regions.append(Region("ellipse", (px, pz, 0.17 * rx, 0.22 * rz, rot + a),
+                              Tissue(SEG["renal_medulla"], -13.0, 0.6)))
+    regions.append(Region("ellipse", (cx, cz, 0.5 * rx, 0.42 * rz, rot),
+                          Tissue(SEG["renal_sinus"], _u(rng, (8, 11)), 0.8, _smooth(rng, (1.0, 2.0))),
+                          margin=("lobulated", int(rng.integers(3, 6)), 0.2, _u(rng, (0, 6.3)))))
+    # The lesion sits in the cortex (or the liver above): its site is given as an ellipse ring.
+    return regions, host, dict(ellipse=(cx, cz, rx, rz, rot), tissue=cortex)
+
+
+def _thyroid(rng, geometry, grade, config):
+    D = geometry.depth_mm
+    skin = _u(rng, (1.2, 2.0))
+    fat = skin + _u(rng, (1.5, 4.0))
+    strap = fat + _u(rng, (3.0, 5.0))
+    regions = [
+        Region("below", (-1e3, 0.0, 1.0, 0.0), Tissue(SEG["skin"], _u(rng, (3, 7)), 0.8)),
+        Region("below", (skin, 0.3, 40.0, 0.0), Tissue(SEG["fat"], _u(rng, (-9, -6)), 0.6), wall_db=8.0),
+        Region("below", (fat, 0.5, 50.0, _u(rng, (0, 6.3))),
+               Tissue(SEG["muscle"], _u(rng, (-8, -5)), 1.0, ("striated", 4.0, 1.5, 1.2, 0.0)),
+               wall_db=10.0, wall_mm=0.8),
+        Region("below", (strap, 0.8, 60.0, _u(rng, (0, 6.3))), Tissue(SEG["tissue"], _u(rng, (-4, -2)), 0.7,
+                                                                       _smooth(rng, (0.5, 1.5))), wall_db=9.0),
+    ]
+    side = 1.0 if rng.random() < 0.5 else -1.0  # left or right lobe: trachea medial, carotid lateral
+    rz = _u(rng, (7.0, 9.5))
+    rx = _u(rng, (9.0, 12.0))
+    cz = strap + rz + _u(rng, (0.5, 1.5))
+    cx = side * _u(rng, (-2.0, 2.0))
+    thyroid, host = _host_tissue(rng, SEG["thyroid"], 3.0, 0.5, grade, _smooth(rng, (0.3, 0.8)))
+    regions.append(Region("ellipse", (cx, cz, rx, rz, _u(rng, (-0.15, 0.15))), thyroid, wall_db=10.0,
+                          wall_mm=0.7))
+    # Carotid (round, bright wall) and jugular vein (oval) lateral; trachea medial (air: bright arc + shadow).
+    rc = _u(rng, (3.0, 4.0))
+    carotid_x = cx - side * (rx + rc + _u(rng, (0.0, 2.0)))
+    regions.append(Region("ellipse", (carotid_x, cz + _u(rng, (0, 3)), rc, rc, 0.0), Tissue(SEG["vessel"], **BLOOD),
+                          wall_db=14.0, wall_mm=0.8))
+    regions.append(Region("ellipse", (carotid_x - side * _u(rng, (2, 5)), strap + _u(rng, (2.5, 4)),
+                                      _u(rng, (3.5, 5.5)), _u(rng, (1.5, 3.0)), 0.0),
+                          Tissue(SEG["vessel"], **BLOOD), wall_db=8.0, wall_mm=0.5))
+    rt = _u(rng, (8.0, 10.0))
+    trachea_x = cx + side * (rx + rt * _u(rng, (0.9, 1.1)))
+    tz = strap + _u(rng, (1.0, 3.0))
+    # Air: the anterior wall is a bright arc; below it only reverberations (horizontal bands) and a shadow.
+    regions.append(Region("ellipse", (trachea_x, tz + rt, rt, rt, 0.0),
+                          Tissue(SEG["trachea"], -12.0, 1.5, ("striated", 14.0, 0.0, 2.4, 0.0))))
+    regions.append(Region("arc", (trachea_x, tz + rt, rt, 0.8, 1.1), Tissue(SEG["trachea"], 16.0, 1.0)))
+    # Deep: prevertebral muscle and the vertebral body's bright surface with its shadow.
+    deep = cz + rz + _u(rng, (2, 5))
+    regions.append(Region("below", (deep, 1.0, 40.0, _u(rng, (0, 6.3))),
+                          Tissue(SEG["muscle"], -6.0, 1.0, ("striated", 4.0, 1.4, 1.5, 0.0)), wall_db=9.0))
+    bone_z = deep + _u(rng, (6, 10))
+    regions.append(Region("ellipse", (trachea_x * 0.7, bone_z + 25, 28, 25, 0.0), Tissue(SEG["bone"], -20.0, 25.0),
+                          wall_db=22.0, wall_mm=1.5))
+    del D
+    return regions, host, dict(ellipse=(cx, cz, rx, rz, 0.0))
+
+
+def _bladder(rng, geometry, grade, config):
+    D = geometry.depth_mm
+    regions, wall = _body_wall(rng, (6, 18), (6, 12))
+    tissue, host = _host_tissue(rng, SEG["tissue"], -1.0, 0.6, grade, _smooth(rng, (0.8, 2.0)))
+    regions.append(Region("below", (wall + 1.0, _u(rng, (0, 2)), _u(rng, (60, 150)), _u(rng, (0, 6.3))), tissue,
+                          wall_db=9.0, wall_mm=0.8))
+    rz = _u(rng, (0.13, 0.2)) * D
+    cz = wall + rz + _u(rng, (2, 8))
+    rx = min(rz * _u(rng, (1.2, 1.8)), 0.42 * _view_width(geometry, cz))
+    cx = _u(rng, (-0.08, 0.08)) * _view_width(geometry, cz)
+    thick = _u(rng, (2.5, 4.5))
+    squarish = ("lobulated", 4, _u(rng, (0.05, 0.1)), -np.pi / 2)  # rounded-rectangle outline
+    regions.append(Region("ellipse", (cx, cz, rx + thick, rz + thick, 0.0), Tissue(SEG["bladder"], 6.0, 0.8),
+                          margin=squarish))
+    regions.append(Region("ellipse", (cx, cz, rx, rz, 0.0), Tissue(SEG["bladder"], **FLUID), margin=squarish))
+    return regions, host, dict(z=(cz + rz + thick + 0.05 * D, 0.85 * D), x=0.25)
+
+
+def _muscle(rng, geometry, grade, config):
+    D = geometry.depth_mm
+    regions, wall = _body_wall(rng, (0.06 * D, 0.15 * D), (0.08 * D, 0.14 * D))
+    angle = _u(rng, (1.25, 1.45)) * (1 if rng.random() < 0.5 else -1)  # pennation: fibres near-horizontal
+    belly, host = _host_tissue(rng, SEG["muscle"], -4.0, 0.9, grade,
+                               ("striated", 7.0, angle, _u(rng, (0.015, 0.03)) * D, 0.0))
+    depth = wall
+    bellies = int(rng.integers(2, 4))
+    bone_top = _u(rng, (0.78, 0.9)) * D
+    for k in range(bellies):
+        regions.append(Region("below", (depth, _u(rng, (0, 0.02)) * D, _u(rng, (1.0, 2.5)) * D, _u(rng, (0, 6.3))),
+                              belly, wall_db=_u(rng, (11, 14)), wall_mm=0.012 * D + 0.3))
+        depth += (bone_top - wall) / bellies * _u(rng, (0.8, 1.1))
+        if k == 0 and rng.random() < config.vessel_prob:
+            regions.append(Region("band", (_u(rng, (-0.2, 0.2)) * D, depth - 0.02 * D, _u(rng, (-0.15, 0.15)),
+                                           0.02 * D), Tissue(SEG["vessel"], **BLOOD), 11.0, 0.01 * D + 0.3))
+    radius = _u(rng, (0.8, 1.6)) * D
+    regions.append(Region("ellipse", (_u(rng, (-0.1, 0.1)) * D, bone_top + radius, radius, radius, 0.0),
+                          Tissue(SEG["bone"], -20.0, 25.0), wall_db=23.0, wall_mm=0.02 * D + 0.6))
+    return regions, host, dict(z=(wall + 0.08 * D, bone_top - 0.08 * D), x=0.3)
+
+
+SCENES = {"liver": _liver, "kidney": _kidney, "thyroid": _thyroid, "bladder": _bladder, "muscle": _muscle}
+
+
+def _add_lesion(rng: np.random.Generator, regions: list[Region], label: int, margin: int, geometry: ScanGeometry,
+                host: dict, site: dict) -> tuple[list[Region], dict | None]:
+    """The lesion (sizes in mm, contrast in dB relative to its host), placed in the scene's lesion site."""
+    # Drawn in a fixed order for every class, so the class does not shift the other draws.
+    deep_probe = geometry.is_fan
+    diameter = _u(rng, (12.0, 30.0) if deep_probe else (5.0, 15.0))
+    calc_diameter = _u(rng, (2.5, 5.0) if deep_probe else (1.0, 4.0))
+    aspect = _u(rng, (0.7, 1.0))
+    rot = _u(rng, (0, np.pi))
+    solid_db = _u(rng, (6.0, 15.0))
+    calc_db = _u(rng, (20.0, 30.0))
+    lobes, lobe_amp, phase = int(rng.integers(3, 6)), _u(rng, (0.18, 0.28)), _u(rng, (0, 6.3))
+    spikes, spike_len = int(rng.integers(8, 15)), _u(rng, (0.35, 0.6))
+    jitter = tuple(rng.uniform(0.5, 1.0, 16))
+    pos = rng.uniform(0, 1, 2)
+    if not label:
+        return regions, None
+    if label == 4:
+        diameter = calc_diameter
+    r_eq = diameter / 2
+    rx, rz = r_eq / np.sqrt(aspect), r_eq * np.sqrt(aspect)
+    if "ellipse" in site:  # inside an organ outline (kidney cortex, thyroid lobe): shrink to fit
+        cx, cz, ox, oz, orot = site["ellipse"]
+        scale = min(1.0, 0.5 * min(ox, oz) / max(rx, rz))
+        rx, rz, r_eq = rx * scale, rz * scale, r_eq * scale
+        # Along the long axis, off the centre (the kidney's poles, away from its sinus), keeping a lesion radius
+        # of host around it.
+        side = 1.0 if pos[0] < 0.5 else -1.0
+        u = side * (0.35 + 0.25 * pos[1]) * max(0.0, ox - 2 * rx)
+        v = (2 * (pos[0] % 0.5) - 0.5) * 0.3 * max(0.0, oz - 2 * rz)
+        x = cx + np.cos(orot) * u - np.sin(orot) * v
+        z = cz + np.sin(orot) * u + np.cos(orot) * v
+    else:
+        z_lo, z_hi = site["z"]
+        z_lo, z_hi = z_lo + rz, max(z_hi - rz, z_lo + rz)
+        z = z_lo + pos[1] * (z_hi - z_lo)
+        x = (pos[0] - 0.5) * 2 * site["x"] * _view_width(geometry, z)
+    shape = None
+    if label in SOLID_LESIONS and MARGINS[margin] == "lobulated":
+        shape = ("lobulated", lobes, lobe_amp, phase)
+    elif label in SOLID_LESIONS and MARGINS[margin] == "spiculated":
+        shape = ("spiculated", spikes, spike_len, phase, jitter)
+    host_db, host_atten = (site["tissue"].echo_db, site["tissue"].atten) if "tissue" in site else \
+        (host["echo_db"], host["atten"])  # contrast relative to the tissue around the lesion
+    if label == 1:
+        tissue, contrast, wall = Tissue(SEG["cyst"], **FLUID), FLUID["echo_db"] - host_db, host_db + 9.0
+    elif label in SOLID_LESIONS:
+        contrast = -solid_db if label == 2 else solid_db
+        tissue, wall = Tissue(LESION_SEGMENT[label], host_db + contrast, host_atten), None
+    else:
+        contrast = calc_db
+        tissue, wall = Tissue(SEG["calcification"], host_db + contrast, 20.0), None
+    region = Region("ellipse", (float(x), float(z), float(rx), float(rz), rot), tissue, wall_db=wall,
+                    wall_mm=0.5, margin=shape)
+    lesion = dict(x_mm=float(x), z_mm=float(z), diameter_mm=float(2 * r_eq), contrast_db=float(contrast),
+                  region=region)
+    return regions + [region], lesion
 
 
 # ------------------------------------------------------------------------------------------------ physics
-def _axial_transfer(a: int, frequency: float, cycles: float) -> np.ndarray:
-    """Axial pulse spectrum on the ``rfft`` bins (Gaussian around the carrier) times the analytic-signal filter.
-
-    The analytic signal keeps positive frequencies only, doubled (``2 * [0 < k < 1/2]``); the negative ones are
-    the zero padding that ``ifft(..., n=a)`` adds, so one ``rfft`` / ``ifft`` pair does the axial convolution and
-    the Hilbert transform together.
-    """
-    k = scipy.fft.rfftfreq(a).astype(np.float32)  # cycles per sample
-    sigma_t = cycles / frequency  # envelope sigma in samples
-    spectrum = np.exp(-2 * (np.pi * sigma_t) ** 2 * (k - frequency) ** 2)
-    return (spectrum * 2.0 * ((k > 0) & (k < 0.5))).astype(np.float32)[:, None]
+def _gaussian_transfer(n: int, sigma: np.ndarray | float) -> np.ndarray:
+    """``exp(-2 pi^2 sigma^2 k^2)`` on the ``fft`` bins of length ``n`` (sigma in samples; broadcast)."""
+    k = scipy.fft.fftfreq(n).astype(np.float32)
+    return np.exp(np.float32(-2 * np.pi**2) * (np.asarray(sigma, np.float32)[..., None] * k) ** 2)
 
 
-def _lateral_transfer(a: int, lines: int, pulse: dict) -> np.ndarray:
-    """Per-depth lateral Gaussian transfer ``[A, L//2+1]``: the beam widens away from the focus."""
-    z = np.linspace(0, 1, a, dtype=np.float32)[:, None]
-    sigma = pulse["lateral_sigma"] * np.sqrt(1 + ((z - pulse["focal_depth"]) / pulse["rayleigh_depth"]) ** 2)
-    k = scipy.fft.rfftfreq(lines).astype(np.float32)[None, :]
-    return np.exp(np.float32(-2 * np.pi**2) * (sigma * k) ** 2).astype(np.float32)
+def _lateral_sigma_lines(geometry: ScanGeometry, grid: Grid, pulse: dict) -> np.ndarray:
+    """Per range sample, the lateral PSF sigma in beam lines ``[A]``."""
+    z = (np.arange(grid.axial) + 0.5) * grid.dz_mm
+    fwhm = lateral_fwhm_mm(z, pulse["frequency_mhz"], pulse["f_number"], pulse["focal_mm"],
+                           geometry.probe.aperture_mm)
+    spacing = grid.dline * (geometry.radius_mm + z) if geometry.is_fan else grid.dline
+    return (fwhm / 2.3548 / spacing).astype(np.float32)
 
 
-def _poisson_counts(rng: np.random.Generator, lam: float, shape: tuple[int, ...]) -> np.ndarray:
-    """Poisson(lam) scatterer counts per cell, float32.
-
-    From ``lam >= 8`` (the default range) the normal approximation ``max(0, lam + sqrt(lam) * N(0, 1))``
-    (3x cheaper, and the PSF sums hundreds of cells anyway); below, the exact inverse transform.
-    """
-    if lam >= 8:
-        counts = rng.standard_normal(shape, dtype=np.float32)
-        counts *= np.float32(np.sqrt(lam))
-        counts += np.float32(lam)
-        return np.maximum(counts, 0.0, out=counts)
-    k = np.arange(int(lam + 12 * np.sqrt(lam) + 12))
-    cdf = scipy.stats.poisson.cdf(k, lam).astype(np.float32)
-    return np.searchsorted(cdf, rng.random(shape, dtype=np.float32)).astype(np.float32)
-
-
-def analytic_signal(echo: np.ndarray, pulse: dict, rng: np.random.Generator) -> np.ndarray:
-    """Complex analytic RF signal ``[A, L]`` (complex64) of a scatterer field of variance ``echo``.
-
-    Scatterers: a Poisson number per cell of unit-Gaussian amplitude, i.e. ``sqrt(count * echo) * N(0, 1)``.
-    RF: laterally a depth-dependent Gaussian (exact, row by row in the lateral Fourier domain), then axially the
-    Gaussian-enveloped cosine pulse fused with the Hilbert transform (see ``_axial_transfer``). Normalised so that
-    unit echogenicity gives unit mean power, whatever the pulse and density. The envelope is its magnitude.
-    """
+def iq_signal(echo: np.ndarray, geometry: ScanGeometry, grid: Grid, pulse: dict, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Complex baseband (IQ) signal ``[A, L]`` of a scatterer field of mean power ``echo``, and the unit white
+    field it was made from. Circular Gaussian scatterers convolved with the PSF (axial Gaussian, per-row lateral
+    Gaussian, both in the Fourier domain of a grid padded by 3 PSF sigmas so nothing wraps around)."""
     a, lines = echo.shape
-    counts = _poisson_counts(rng, pulse["density"], echo.shape)
-    counts *= echo
-    scatterers = np.sqrt(counts, out=counts)
-    scatterers *= rng.standard_normal(echo.shape, dtype=np.float32)
-    lateral_transfer = _lateral_transfer(a, lines, pulse)
-    axial_transfer = _axial_transfer(a, pulse["frequency"], pulse["cycles"])
-    lateral = scipy.fft.irfft(scipy.fft.rfft(scatterers, axis=1) * lateral_transfer, n=lines, axis=1)
-    spectrum = scipy.fft.rfft(lateral, axis=0)
-    # Normalisation folded into the axial transfer: 1 / sqrt(density * PSF energy).
-    lat_energy = (2 * np.sum(lateral_transfer**2, axis=1) - lateral_transfer[:, 0] ** 2) / lines
-    energy = float(np.sum(axial_transfer**2) / a) * float(np.mean(lat_energy))
-    spectrum *= axial_transfer * np.float32(1 / np.sqrt(pulse["density"] * energy))
-    return scipy.fft.ifft(spectrum, n=a, axis=0).astype(np.complex64, copy=False)
+    sigma_lat = _lateral_sigma_lines(geometry, grid, pulse)
+    sigma_ax = axial_fwhm_mm(pulse["frequency_mhz"], pulse["bandwidth"]) / 2.3548 / grid.dz_mm
+    pa, pl = scipy.fft.next_fast_len(a + math.ceil(3 * sigma_ax)), scipy.fft.next_fast_len(
+        lines + math.ceil(3 * float(sigma_lat.max())))
+    white = rng.standard_normal((a, lines, 2), dtype=np.float32).view(np.complex64)[..., 0]
+    white *= np.float32(np.sqrt(0.5))
+    field = np.zeros((pa, pl), np.complex64)
+    field[:a, :lines] = white * np.sqrt(echo)
+    lat = _gaussian_transfer(pl, sigma_lat)  # [A, PL]
+    lat *= (np.float32(1) / np.sqrt(np.mean(lat**2, axis=1, keepdims=True)))  # unit energy per row
+    ax = _gaussian_transfer(pa, sigma_ax)
+    ax *= np.float32(1 / np.sqrt(np.mean(ax**2)))
+    spectrum = scipy.fft.fft(field[:a], axis=1)
+    spectrum *= lat
+    field[:a] = scipy.fft.ifft(spectrum, axis=1)
+    field[a:] = 0  # the padding rows stay empty (lateral pass only touched the first a rows)
+    spectrum = scipy.fft.fft(field, axis=0)
+    spectrum *= ax[:, None]
+    out = scipy.fft.ifft(spectrum, axis=0)[:a, :lines]
+    return np.ascontiguousarray(out, np.complex64), white
 
 
-def envelope(echo: np.ndarray, pulse: dict, rng: np.random.Generator) -> np.ndarray:
-    """Envelope ``[A, L]`` (float32) of the RF of a scatterer field of variance ``echo`` (before attenuation):
-    the magnitude of the analytic signal."""
-    return np.abs(analytic_signal(echo, pulse, rng))
+def envelope(echo: np.ndarray, geometry: ScanGeometry, grid: Grid, pulse: dict, rng: np.random.Generator
+             ) -> np.ndarray:
+    """Envelope ``[A, L]`` (float32), before attenuation: the magnitude of the IQ signal."""
+    return np.abs(iq_signal(echo, geometry, grid, pulse, rng)[0])
+
+
+def psf_fwhm_mm(anatomy_or_geometry, pulse: dict | None = None) -> dict[str, float]:
+    """The theoretical PSF: axial FWHM and lateral FWHM at the focus, in mm."""
+    geometry = getattr(anatomy_or_geometry, "geometry", anatomy_or_geometry)
+    pulse = pulse if pulse is not None else anatomy_or_geometry.pulse
+    return dict(axial=axial_fwhm_mm(pulse["frequency_mhz"], pulse["bandwidth"]),
+                lateral=float(lateral_fwhm_mm(pulse["focal_mm"], pulse["frequency_mhz"], pulse["f_number"],
+                                              pulse["focal_mm"], geometry.probe.aperture_mm)))
+
+
+def log_compress(iq: np.ndarray, display: dict) -> np.ndarray:
+    """Grey levels (float32, 0-255) of ``20 log10 |iq| + gain + 0.55 DR`` over the dynamic range ``DR``."""
+    power = iq.real**2
+    power += iq.imag**2
+    dr = display["dynamic_range_db"]
+    db = 10 * np.log10(np.maximum(power, np.float32(1e-20)))
+    db += np.float32(display["gain_db"] + 0.55 * dr)
+    return np.clip(db * np.float32(255.0 / dr), 0.0, 255.0, out=db)
 
 
 def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = SimulatorConfig(), *,
-           return_envelope: bool = False, acquisition_seed: int | None = None) -> dict[str, Any]:
-    """One B-mode image.
+           return_envelope: bool = False, acquisition_seed: int | None = None,
+           scene: dict | None = None) -> dict[str, Any]:
+    """One B-mode image (see the module docstring for the returned keys, ``scene`` and ``labels``).
 
-    ``acquisition_seed``: when given, the scanner settings (geometry, pulse, display, overlay) come from this seed
-    instead of the anatomy seed, and only the phantom (layers, vessel, lesion, texture, label) from
-    ``anatomy_seed``: several anatomies scanned with one probe and one preset (the speckle-invariance set).
-
-    Returns ``image`` uint8 ``[S, S]``, ``label`` int (index into ``CLASS_NAMES``), ``segmentation`` uint8
-    ``[S, S]`` (index into ``SEGMENTATION_NAMES``), ``scan_mask`` bool ``[S, S]``, ``params`` (dict), and with
-    ``return_envelope`` the envelope ``[A, L]`` on the acquisition grid before attenuation and log compression.
+    ``acquisition_seed``: when given, the scanner settings (probe, depth, pulse, display, overlay) come from this
+    seed instead of the anatomy seed, and only the scene from ``anatomy_seed`` (laid out for that probe's field
+    of view): several anatomies scanned with one probe and one preset (the speckle-invariance set).
+    ``return_envelope`` adds the envelope ``[A, L]`` on the acquisition grid before attenuation and log
+    compression, and ``grid`` (the ``Grid``: spacings in mm / radians).
     """
-    anatomy = sample_anatomy(anatomy_seed, config)
-    if acquisition_seed is not None:
-        scanner = sample_anatomy(acquisition_seed, config)
-        anatomy = dataclasses.replace(anatomy, geometry=scanner.geometry, pulse=scanner.pulse,
-                                      display=scanner.display, overlay=scanner.overlay)
+    anatomy = sample_anatomy(anatomy_seed, config, scene, acquisition_seed)
+    geometry, pulse, display = anatomy.geometry, anatomy.pulse, anatomy.display
+    grid = acquisition_grid(geometry, _grid_key(config))
+    size = config.image_size
+    x, z, d = _acquisition_points(geometry, grid)
+    seg_acq, echo, atten = phantom_maps(anatomy.regions, x, z, d)
     rng = np.random.default_rng(derive_seed(speckle_seed, 2))
-    grid, size = config.grid_shape, config.image_size
-    x, z = _acquisition_points(anatomy.geometry, grid)
-    seg_acq, echo, atten = phantom_maps(anatomy, x, z)
-    pulse, display = anatomy.pulse, anatomy.display
+    iq, white = iq_signal(echo, geometry, grid, pulse, rng)
 
-    analytic = analytic_signal(echo, pulse, rng)
-    # Two-way attenuation integrated along each beam line; TGC undoes a fraction of the tissue average.
-    dz = 1.0 / (grid[0] - 1)
-    depth = np.linspace(0, 1, grid[0], dtype=np.float32)[:, None]
+    # Two-way attenuation along each beam (dB = 2 f int alpha dz, z in cm) minus the TGC, as an amplitude gain.
+    f = pulse["frequency_mhz"]
+    step = np.float32(-2 * f * grid.dz_mm / 10 * np.log(10) / 20)  # dB/cm/MHz -> nepers of amplitude per sample
     log_gain = np.cumsum(atten, axis=0)
-    log_gain *= np.float32(-dz * pulse["attenuation"])
-    log_gain += np.float32(pulse["tgc"] * pulse["attenuation"]) * depth
-    # Electronic noise: circular complex Gaussian added to the received (attenuated) analytic signal.
-    noise = rng.standard_normal(grid + (2,), dtype=np.float32).view(np.complex64)[..., 0]
-    noise *= np.float32(10 ** (display["noise_db"] / 20) / np.sqrt(2))
-    received = analytic * np.exp(log_gain)
+    log_gain -= np.float32(0.5) * atten  # attenuation up to the sample's centre
+    log_gain *= step
+    depth_cm = ((np.arange(grid.axial, dtype=np.float32) + 0.5) * np.float32(grid.dz_mm / 10))[:, None]
+    tgc_alpha = pulse["tgc_compensation"] * anatomy.host["normal_atten"]  # set for the organ's normal tissue
+    tgc = np.float32(2 * f * tgc_alpha * np.log(10) / 20) * depth_cm
+    log_gain += tgc
+    received = iq * np.exp(log_gain)
+    # Electronic noise before the TGC: the white field shifted by half the grid (independent of the local signal).
+    noise = np.roll(white, (grid.axial // 2, grid.lines // 2), axis=(0, 1))
+    noise *= np.float32(10 ** (display["noise_db"] / 20)) * np.exp(tgc)
     received += noise
-    power = received.real**2
-    power += received.imag**2
-    # Log compression: the tissue level (unit echogenicity, 0 dB) sits at 55% of the dynamic range (mid grey,
-    # leaving head-room for bright reflectors), shifted by the gain; the range maps to [0, 255].
-    dr = display["dynamic_range_db"]
-    db = 10 * np.log10(np.maximum(power, np.float32(1e-12)))
-    db += np.float32(display["gain_db"] + 0.55 * dr)
-    compressed = np.clip(db * np.float32(255.0 / dr), 0.0, 255.0)
-
-    image = _scan_convert(compressed.astype(np.float32), anatomy.geometry, size)
-    _, _, mask, nearest = _scan_conversion(anatomy.geometry, grid, size)
-    segmentation = np.where(mask, seg_acq.reshape(-1)[nearest].reshape(size, size), SEG["outside"]).astype(np.uint8)
+    compressed = log_compress(received, display)
+    matrix, mask, nearest = _scan_conversion(geometry, grid, size)
+    image = (matrix @ compressed.reshape(-1)).reshape(size, size)
+    segmentation = np.where(mask.reshape(-1), seg_acq.reshape(-1)[nearest], SEG["outside"]).astype(np.uint8)
+    if anatomy.lesion is not None:
+        code = LESION_SEGMENT[anatomy.label]
+        coverage = matrix @ (seg_acq.reshape(-1) == code).astype(np.float32)
+        segmentation[(coverage >= 0.3) & mask.reshape(-1)] = code
+    segmentation = segmentation.reshape(size, size)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     if anatomy.overlay:
         image = burn_in_overlays(image, anatomy, np.random.default_rng(derive_seed(anatomy_seed, 3)))
-    out = dict(image=image, label=anatomy.label, segmentation=segmentation, scan_mask=mask.copy(),
-               params=dict(geometry=anatomy.geometry.kind, geometry_variant=anatomy.geometry.variant,
-                           overlay=anatomy.overlay, **pulse, **display))
+    labels = dict(lesion=anatomy.label, organ=anatomy.organ, margin=anatomy.margin, grade=anatomy.grade)
+    psf = psf_fwhm_mm(anatomy)
+    side = geometry.field_mm()[0]
+    params = dict(geometry=geometry.kind, geometry_variant=(geometry.depth_mm, geometry.span), overlay=anatomy.overlay,
+                  depth_mm=geometry.depth_mm, span=geometry.span, pixel_mm=side / size, grid=grid.shape,
+                  axial_fwhm_mm=psf["axial"], lateral_fwhm_mm=psf["lateral"], **pulse, **display,
+                  organ=ORGANS[anatomy.organ], lesion=CLASS_NAMES[anatomy.label],
+                  margin=MARGINS[anatomy.margin] if anatomy.margin >= 0 else None, grade=anatomy.grade,
+                  host_echo_db=anatomy.host["echo_db"], host_atten_db_cm_mhz=anatomy.host["atten"],
+                  lesion_diameter_mm=anatomy.lesion["diameter_mm"] if anatomy.lesion else None,
+                  lesion_contrast_db=anatomy.lesion["contrast_db"] if anatomy.lesion else None)
+    out = dict(image=image, label=anatomy.label, labels=labels, segmentation=segmentation, scan_mask=mask.copy(),
+               params=params)
     if return_envelope:
-        out["envelope"] = np.abs(analytic)
+        out["envelope"], out["grid"] = np.abs(iq), grid
     return out
 
 
-def render_homogeneous(speckle_seed: int, config: SimulatorConfig = SimulatorConfig(), **pulse_overrides: float
-                       ) -> np.ndarray:
-    """Envelope ``[A, L]`` of a homogeneous phantom (unit echogenicity, no attenuation) on a linear grid.
+def render_homogeneous(speckle_seed: int, config: SimulatorConfig = SimulatorConfig(),
+                       geometry: ScanGeometry = ScanGeometry("linear", 40.0, 38.0), **pulse_overrides: float
+                       ) -> tuple[np.ndarray, Grid, dict]:
+    """Envelope ``[A, L]`` of a homogeneous phantom (0 dB everywhere, no attenuation), its grid and pulse.
 
     For physics checks: fully developed speckle is Rayleigh distributed (mean/std = 1.91) and its grain size
-    follows the PSF (``lateral_sigma``, ``cycles``, ``frequency`` can be overridden).
+    follows the PSF. The pulse defaults to the middle of the config's ranges at the probe's highest frequency;
+    ``frequency_mhz``, ``bandwidth``, ``f_number``, ``focal_mm`` can be overridden.
     """
-    pulse = dict(frequency=float(np.mean(config.center_frequency)), cycles=float(np.mean(config.pulse_cycles)),
-                 lateral_sigma=float(np.mean(config.lateral_sigma)), focal_depth=0.5, rayleigh_depth=1e6,
-                 density=float(config.scatterer_density[1]))
+    grid = acquisition_grid(geometry, _grid_key(config))
+    pulse = dict(frequency_mhz=highest_frequency(geometry.probe, geometry.depth_mm),
+                 bandwidth=float(np.mean(config.fractional_bandwidth)), f_number=float(np.mean(config.f_number)),
+                 focal_mm=geometry.depth_mm / 2)
     pulse.update(pulse_overrides)
     rng = np.random.default_rng(derive_seed(speckle_seed, 2))
-    return envelope(np.ones(config.grid_shape, np.float32), pulse, rng)
+    return envelope(np.ones(grid.shape, np.float32), geometry, grid, pulse, rng), grid, pulse
+
+
+def bmode_homogeneous(speckle_seed: int, config: SimulatorConfig = SimulatorConfig(),
+                      geometry: ScanGeometry = ScanGeometry("linear", 40.0, 38.0), **pulse_overrides: float
+                      ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The B-mode image (uint8 ``[S, S]``) of ``render_homogeneous``'s scan at ``config.image_size``, its scan
+    mask and the pixel size in mm: log-compressed (60 dB, no gain, no noise) and scan-converted as ``render``."""
+    env, grid, _ = render_homogeneous(speckle_seed, config, geometry, **pulse_overrides)
+    compressed = log_compress(env.astype(np.complex64), dict(dynamic_range_db=60.0, gain_db=0.0))
+    matrix, mask, _ = _scan_conversion(geometry, grid, config.image_size)
+    image = (matrix @ compressed.reshape(-1)).reshape(mask.shape)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, geometry.field_mm()[0] / config.image_size
 
 
 # ------------------------------------------------------------------------------------------------ overlays
@@ -432,14 +1006,17 @@ def burn_in_overlays(image: np.ndarray, anatomy: Anatomy, rng: np.random.Generat
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
     level = int(rng.integers(180, 256))
-    draw.text((2, 1), f"{rng.choice(['L12-5', 'C5-1', 'P4-2'])} {int(rng.integers(30, 99))}%", fill=level)
-    for i in range(11):  # depth ruler on the right edge
-        y = int(i * (size - 1) / 10)
-        draw.line([(size - 4 - (3 if i % 5 == 0 else 0), y), (size - 2, y)], fill=level)
+    name = {"linear": "L12-5", "curvilinear": "C5-1", "sector": "P4-2"}[anatomy.geometry.kind]
+    draw.text((2, 1), f"{name} {anatomy.pulse['frequency_mhz']:.1f}MHz {int(rng.integers(30, 99))}%", fill=level)
+    side, top, _ = anatomy.geometry.field_mm()
+    for cm in range(int(anatomy.geometry.depth_mm // 10) + 1):  # depth ruler on the right edge, ticks per cm
+        y = int((cm * 10 - top) / side * size)
+        if 0 <= y < size:
+            draw.line([(size - 4 - (3 if cm % 5 == 0 else 0), y), (size - 2, y)], fill=level)
     if anatomy.lesion is not None:
-        cx, cz, rx = anatomy.lesion[:3]
-        for px, pz in ((cx - rx, cz), (cx + rx, cz)):
-            u, v = int((px + 0.5) * size), int(pz * size)
+        cx, cz, r = anatomy.lesion["x_mm"], anatomy.lesion["z_mm"], anatomy.lesion["diameter_mm"] / 2
+        for px in (cx - r, cx + r):
+            u, v = int((px / side + 0.5) * size), int((cz - top) / side * size)
             draw.line([(u - 3, v), (u + 3, v)], fill=level)
             draw.line([(u, v - 3), (u, v + 3)], fill=level)
     return np.asarray(pil, dtype=np.uint8)
@@ -450,13 +1027,15 @@ class SyntheticUltrasoundSource:
     """Grain random-access source: ``index -> render(anatomy_seed(seed, index), speckle_seed(seed, index))``.
 
     Picklable and deterministic, so an epoch of ``num_examples`` images is the same on every machine and in every
-    worker process. ``speckle_seed_offset`` renders the same anatomies under new speckle.
+    worker process. ``speckle_seed_offset`` renders the same anatomies under new speckle; ``scene`` fixes labels
+    (``render``'s ``scene``) for every image.
     """
 
     def __init__(self, num_examples: int, seed: int = 0, config: SimulatorConfig = SimulatorConfig(),
-                 speckle_seed_offset: int = 0):
+                 speckle_seed_offset: int = 0, scene: dict | None = None):
         self.num_examples, self.seed, self.config = int(num_examples), int(seed), config
         self.speckle_seed_offset = int(speckle_seed_offset)
+        self.scene = dict(scene) if scene else None
 
     def __len__(self) -> int:
         return self.num_examples
@@ -469,18 +1048,59 @@ class SyntheticUltrasoundSource:
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} synthetic images")
         anatomy_seed, speckle_seed = self.seeds(index)
-        out = render(anatomy_seed, speckle_seed, self.config)
+        out = render(anatomy_seed, speckle_seed, self.config, scene=self.scene)
         return dict(image=out["image"], label=np.int32(out["label"]), scan_mask=out["scan_mask"],
-                    segmentation=out["segmentation"], index=np.int32(index))
+                    segmentation=out["segmentation"], index=np.int32(index),
+                    **{f"label_{task}": np.int32(v) for task, v in out["labels"].items()})
 
     def __repr__(self) -> str:
         return (f"SyntheticUltrasoundSource(num_examples={self.num_examples}, seed={self.seed}, "
-                f"speckle_seed_offset={self.speckle_seed_offset}, config={self.config})")
+                f"speckle_seed_offset={self.speckle_seed_offset}, scene={self.scene}, config={self.config})")
+
+
+# ------------------------------------------------------------------------------------------------ contrast
+def lesion_cnr(image: np.ndarray, segmentation: np.ndarray, code: int, scan_mask: np.ndarray,
+               gap: int = 1, width: int | None = None) -> float:
+    """``|mean inside - mean of a ring around| / std of the ring`` on the B-mode image.
+
+    The ring: pixels between ``gap`` and ``gap + width`` pixels outside the lesion (``width`` defaults to half the
+    lesion's equivalent radius, at least 2 pixels), inside the scan region. NaN without lesion pixels."""
+    import scipy.ndimage
+
+    inside = segmentation == code
+    n = int(inside.sum())
+    if n == 0:
+        return float("nan")
+    width = width or max(2, round(0.5 * np.sqrt(n / np.pi)))
+    near = scipy.ndimage.binary_dilation(inside, iterations=gap)
+    ring = scipy.ndimage.binary_dilation(inside, iterations=gap + width) & ~near & scan_mask
+    values = image.astype(np.float64)
+    if ring.sum() < 4:
+        return float("nan")
+    return float(abs(values[inside].mean() - values[ring].mean()) / max(values[ring].std(), 1e-6))
+
+
+def cnr_table(sizes: tuple[int, ...] = (64, 224), num: int = 200, seed: int = 0) -> dict[int, dict[str, float]]:
+    """Median lesion CNR per class and output size over ``num`` images (the same anatomies at every size)."""
+    table = {}
+    for size in sizes:
+        config = SimulatorConfig(image_size=size, overlay_prob=0.0)
+        source = SyntheticUltrasoundSource(num, seed, config)
+        values: dict[str, list[float]] = {name: [] for name in CLASS_NAMES[1:]}
+        for i in range(num):
+            a, s = source.seeds(i)
+            out = render(a, s, config)
+            if out["label"]:
+                values[CLASS_NAMES[out["label"]]].append(
+                    lesion_cnr(out["image"], out["segmentation"], LESION_SEGMENT[out["label"]], out["scan_mask"]))
+        table[size] = {name: float(np.nanmedian(v)) if v else float("nan") for name, v in values.items()}
+    return table
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 def contact_sheet(path: str | Path, num: int = 24, seed: int = 0, size: int = 224, columns: int = 6) -> Path:
-    """A grid of images with their class and scan-mask outline, plus a row: one anatomy under 6 speckle seeds."""
+    """A grid of images titled with organ, probe, lesion, margin and grade (no outline: the lesion must be seen),
+    plus a row: one anatomy under 6 speckle seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -489,19 +1109,22 @@ def contact_sheet(path: str | Path, num: int = 24, seed: int = 0, size: int = 22
     config = SimulatorConfig(image_size=size)
     source = SyntheticUltrasoundSource(num, seed, config)
     rows = -(-num // columns) + 1
-    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2.15 * rows), dpi=90)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.45 * rows), dpi=90)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < num:
-            ex = source[i]
+            a, s = source.seeds(i)
+            ex = render(a, s, config)
             ax.imshow(ex["image"], cmap="gray", vmin=0, vmax=255)
-            ax.contour(ex["scan_mask"], levels=[0.5], colors="#3fa7ff", linewidths=0.6)
-            ax.set_title(CLASS_NAMES[int(ex["label"])], fontsize=8)
+            p = ex["params"]
+            margin = f" {p['margin']}" if p["margin"] else ""
+            ax.set_title(f"{p['organ']} ({p['geometry'][:3]}, {p['depth_mm']:.0f} mm)\n{p['lesion']}{margin}, "
+                         f"grade {p['grade']}", fontsize=7)
     anatomy_seed = source.seeds(1)[0]
     first_speckle_cell = (rows - 1) * columns
     for k, ax in enumerate(axes.flat[first_speckle_cell:]):
         ax.imshow(render(anatomy_seed, 1000 + k, config)["image"], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"same anatomy, speckle {k}", fontsize=8)
+        ax.set_title(f"same anatomy, speckle {k}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -525,9 +1148,10 @@ def write_sample(out: str | Path, num: int, size: int = 224, seed: int = 0) -> d
         Image.fromarray(ex["segmentation"]).save(out / "segmentation" / name)
         Image.fromarray(ex["scan_mask"].astype(np.uint8) * 255).save(out / "scan_mask" / name)
         records.append(dict(index=i, file=f"images/{name}", anatomy_seed=anatomy_seed, speckle_seed=speckle_seed,
-                            label=ex["label"], class_name=CLASS_NAMES[ex["label"]], params=ex["params"]))
+                            label=ex["label"], class_name=CLASS_NAMES[ex["label"]], labels=ex["labels"],
+                            params=_jsonable(ex["params"])))
     elapsed = time.perf_counter() - start
-    (out / "labels.json").write_text(json.dumps(dict(class_names=CLASS_NAMES,
+    (out / "labels.json").write_text(json.dumps(dict(class_names=CLASS_NAMES, task_classes=TASK_CLASSES,
                                                      segmentation_names=SEGMENTATION_NAMES, examples=records),
                                                 indent=1))
     counts = np.bincount([r["label"] for r in records], minlength=len(CLASS_NAMES))
@@ -535,19 +1159,38 @@ def write_sample(out: str | Path, num: int, size: int = 224, seed: int = 0) -> d
                 classes={CLASS_NAMES[c]: int(n) for c, n in enumerate(counts)})
 
 
+def _jsonable(params: dict) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a sample of synthetic ultrasound images to disk.")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--num", type=int, required=True, help="number of images")
+    parser = argparse.ArgumentParser(description="Write a sample of synthetic ultrasound images to disk, or print "
+                                                 "the lesion CNR table.")
+    parser.add_argument("--out", default=None, help="output directory (PNG sample)")
+    parser.add_argument("--num", type=int, default=100, help="number of images")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--contact-sheet", default=None, help="also write a contact-sheet PNG here")
+    parser.add_argument("--cnr-table", action="store_true", help="print the median lesion CNR by class and size")
+    parser.add_argument("--sizes", default="64,96,224", help="output sizes of the CNR table")
     args = parser.parse_args(argv)
-    summary = write_sample(args.out, args.num, args.size, args.seed)
+    if not (args.out or args.contact_sheet or args.cnr_table):
+        parser.error("nothing to do: give --out, --contact-sheet or --cnr-table")
+    if args.out:
+        summary = write_sample(args.out, args.num, args.size, args.seed)
+        print(f"wrote {summary['num']} images of {summary['size']}x{summary['size']} to {summary['out']} in "
+              f"{summary['seconds']}s; classes {summary['classes']}")
     if args.contact_sheet:
         contact_sheet(args.contact_sheet, min(args.num, 24), args.seed, args.size)
-    print(f"wrote {summary['num']} images of {summary['size']}x{summary['size']} to {summary['out']} in "
-          f"{summary['seconds']}s; classes {summary['classes']}")
+        print(f"wrote {args.contact_sheet}")
+    if args.cnr_table:
+        sizes = tuple(int(s) for s in args.sizes.split(","))
+        table = cnr_table(sizes, args.num, args.seed)
+        names = CLASS_NAMES[1:]
+        print("| size | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for size, row in table.items():
+            print(f"| {size} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
 
 
 if __name__ == "__main__":
