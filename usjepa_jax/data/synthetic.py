@@ -16,7 +16,10 @@ returns a dict:
 - ``labels`` ``dict[str, int]``: one entry per task of ``TASK_CLASSES`` (index into ``TASK_CLASSES[task]``), -1
   where the task does not apply (``margin`` is only defined for solid lesions, hypo- and hyperechoic);
 - ``params``: the acquisition and anatomy parameters (probe, depth, frequency, PSF widths in mm, gain...; organ,
-  lesion size in mm and contrast in dB, grade echogenicity / attenuation: the oracle of ``grade``).
+  lesion size in mm and contrast in dB; the label-defining parameters of the diffuse ``grade``,
+  ``host_echo_db`` and ``host_atten_db_cm_mhz``, and of the ``margin``, ``margin_low_harmonics`` and
+  ``margin_high_harmonics``: the RMS relative variation of the boundary radius in angular harmonics 1-6 (lobes)
+  and >= 7 (spicules), 0 for a smooth oval).
 
 ``scene`` optionally fixes any of ``{"organ": name, "lesion": name, "margin": name, "grade": int}``; unspecified
 entries are drawn from the anatomy seed (a ``margin`` without a ``lesion`` draws a solid lesion). The draws of
@@ -413,6 +416,16 @@ def _margin_profile(margin: tuple, angle: np.ndarray) -> np.ndarray:
         lengths = np.asarray(jitter, np.float32)[index.astype(np.int64)]
         return 1.0 + np.float32(length) * lengths * np.maximum(wave, 0) ** 12
     raise ValueError(f"unknown margin {kind!r}")
+
+
+def margin_harmonics(margin: tuple | None) -> tuple[float, float]:
+    """The shape parameters that define a margin class: the RMS of the boundary radius's relative variation in
+    angular harmonics 1-6 (lobes) and >= 7 (spicules). (0, 0) for a smooth oval."""
+    if margin is None:
+        return 0.0, 0.0
+    theta = np.linspace(0, 2 * np.pi, 512, endpoint=False, dtype=np.float32)
+    coeffs = np.abs(np.fft.rfft(_radial_margin(margin, theta))) / len(theta)
+    return float(np.sqrt(2 * np.sum(coeffs[1:7] ** 2))), float(np.sqrt(2 * np.sum(coeffs[7:] ** 2)))
 
 
 def _region_points(region: Region, x: np.ndarray, z: np.ndarray, d: np.ndarray):
@@ -829,7 +842,7 @@ def _add_lesion(rng: np.random.Generator, regions: list[Region], label: int, mar
     region = Region("ellipse", (float(x), float(z), float(rx), float(rz), rot), tissue, wall_db=wall,
                     wall_mm=0.5, margin=shape)
     lesion = dict(x_mm=float(x), z_mm=float(z), diameter_mm=float(2 * r_eq), contrast_db=float(contrast),
-                  region=region)
+                  region=region, harmonics=margin_harmonics(shape))
     return regions + [region], lesion
 
 
@@ -959,7 +972,9 @@ def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = Simul
                   margin=MARGINS[anatomy.margin] if anatomy.margin >= 0 else None, grade=anatomy.grade,
                   host_echo_db=anatomy.host["echo_db"], host_atten_db_cm_mhz=anatomy.host["atten"],
                   lesion_diameter_mm=anatomy.lesion["diameter_mm"] if anatomy.lesion else None,
-                  lesion_contrast_db=anatomy.lesion["contrast_db"] if anatomy.lesion else None)
+                  lesion_contrast_db=anatomy.lesion["contrast_db"] if anatomy.lesion else None,
+                  margin_low_harmonics=anatomy.lesion["harmonics"][0] if anatomy.lesion else None,
+                  margin_high_harmonics=anatomy.lesion["harmonics"][1] if anatomy.lesion else None)
     out = dict(image=image, label=anatomy.label, labels=labels, segmentation=segmentation, scan_mask=mask.copy(),
                params=params)
     if return_envelope:

@@ -42,7 +42,8 @@ TASK_STREAMS = {"lesion": 200, "organ": 201, "margin": 202, "grade": 203}
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
 # The simulator parameters that define a label the segmentation does not hold (the oracle of a diffuse grade:
 # the parenchyma's echogenicity and attenuation), read from ``render(...)["params"]`` when present.
-LABEL_PARAMETERS = {"grade": ("host_echo_db", "host_atten_db_cm_mhz")}
+LABEL_PARAMETERS = {"grade": ("host_echo_db", "host_atten_db_cm_mhz"),
+                    "margin": ("margin_low_harmonics", "margin_high_harmonics")}
 assert tuple(TASK_STREAMS) == TASK_NAMES
 
 
