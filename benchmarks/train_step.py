@@ -3,7 +3,7 @@
     python benchmarks/train_step.py                      # ViT-S/16 @224 batch 16, and the base config
     python benchmarks/train_step.py --cases=base --steps=10
     python benchmarks/train_step.py --compare-cache      # each case with the teacher forward and with cached
-                                                         # targets (teacher/cache.py), and the speed-up ratio
+                                                         # targets (encoders/cache.py), and the speed-up ratio
 
 MFU = (XLA's FLOP count of one compiled step / measured step time) / matmul peak, where the peak is measured in
 the same process with a large float32 matmul on the same devices: a ratio of two measurements on one machine,
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import base  # noqa: E402
 from usjepa_jax import config as config_lib  # noqa: E402
 from usjepa_jax import train  # noqa: E402
-from usjepa_jax.teacher import FrozenTeacher  # noqa: E402
-from usjepa_jax.teacher.cache import TeacherCache  # noqa: E402
+from usjepa_jax.encoders import FrozenEncoder  # noqa: E402
+from usjepa_jax.encoders.cache import TeacherCache  # noqa: E402
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -59,11 +59,11 @@ def vit_s16_config():
 CASES = {"vit_s16_224": vit_s16_config, "base": base.get_config}
 
 
-def random_teacher(config) -> FrozenTeacher:
+def random_teacher(config) -> FrozenEncoder:
     module = train.build_encoder(config.teacher.model)
     s = config.data.image_size
     params = jax.jit(module.init)(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"]
-    return FrozenTeacher(module, params, 1, config.data.mean, config.data.std, "<random>", "random")
+    return FrozenEncoder(module, params, 1, config.data.mean, config.data.std, "<random>", "random")
 
 
 def cached_teacher(config) -> TeacherCache:

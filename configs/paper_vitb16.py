@@ -1,7 +1,7 @@
 """The paper's setting: ViT-B/16 student at 224, predictor depth 12 / width 384, AdamW batch 128, 100 epochs
 with 10 warm-up, lr 5e-6 -> 5e-5 -> 5e-7, wd 0.04 -> 0.4, frozen ViT-B/16 teacher. For accelerators.
 
-Run (frozen teacher you bring, e.g. URFM converted by `python -m usjepa_jax.teacher convert`):
+Run (frozen teacher you bring, e.g. URFM converted by `python -m usjepa_jax.encoders convert`):
     python -m usjepa_jax.main --config=configs/paper_vitb16.py --workdir=gs://BUCKET/usjepa_b16 \
         --config.teacher.checkpoint=/path/to/urfm_converted
 Without a teacher checkpoint, SALT stage 1 first trains a ViT-B/16 pixel teacher (same schedule).

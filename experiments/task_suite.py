@@ -43,17 +43,16 @@ def task_rows(config, student_dir: str | None, out: Path) -> dict:
     """``{task: {column: {macro_f1_mean, macro_f1_std}, ...}}`` and a contact sheet per task."""
     import jax.numpy as jnp
 
-    from usjepa_jax import train
+    from usjepa_jax.encoders import load_encoder
     from usjepa_jax.evaluation import plots, tasks
     from usjepa_jax.evaluation.features import FeatureExtractor, random_encoder
     from usjepa_jax.evaluation.probe import ProbeConfig
-    from usjepa_jax.teacher import load_teacher
 
     cfg, seed = ProbeConfig.from_config(config.evals.probe), config.evals.seed
     encoders = {"random_init": random_encoder(config.model, config.data.image_size, mean=config.data.mean,
                                               std=config.data.std, seed=config.seed)}
-    if student_dir:  # as evaluate.load_encoder(config, RUN, "student", "latest"), without its command-line flags
-        encoders["student"] = load_teacher(Path(student_dir) / train.ENCODER_DIR, image_size=config.data.image_size,
+    if student_dir:  # a run's workdir loads as its final encoder (RUN/encoder)
+        encoders["student"] = load_encoder(student_dir, image_size=config.data.image_size,
                                            dtype=jnp.dtype(config.model.dtype))
     extractors = {name: FeatureExtractor(e, config.evals.pooling, config.evals.batch_size)
                   for name, e in encoders.items()}

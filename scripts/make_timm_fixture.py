@@ -4,7 +4,7 @@
 
 Writes two tiny timm ``VisionTransformer``s with random weights (every tensor randomised, so that no layer is an
 identity and a mapping error cannot hide), as safetensors state dicts, each with a sidecar JSON of the timm model
-args and the input normalisation (the format ``python -m usjepa_jax.teacher export`` writes):
+args and the input normalisation (the format ``python -m usjepa_jax.encoders export`` writes):
 
 - ``vit_cls``: embed 32, depth 2, heads 2, patch 8, img 32, in_chans 3, class token, learned pos_embed (with the
   class position, timm's default ``no_embed_class=False``);

@@ -12,7 +12,7 @@ list of commands is written down here, so commands added to the README are check
 - ``python -m MODULE`` must be importable from the repository root, ``python path/script.py`` must exist;
   every ``--flag`` / ``-f`` must be defined by the program, read from its own help text: ``--helpfull`` first
   (absl programs print every flag), ``--help`` where that fails (argparse), run once per program with
-  ``JAX_PLATFORMS=cpu`` from the repository root; argparse sub-commands (``python -m usjepa_jax.teacher
+  ``JAX_PLATFORMS=cpu`` from the repository root; argparse sub-commands (``python -m usjepa_jax.encoders
   convert ...``) are checked against the sub-command's own ``--help``; enum values are checked against the
   choices listed there;
 - ``--config=PATH[:arg]`` must name an existing file whose ``get_config(arg)`` runs, and ``--config.a.b=value``
@@ -743,7 +743,7 @@ FOO=1 BAR="a b" python -m usjepa_jax.main --config=configs/base.py \\
     --workdir=/tmp/x  # trailing comment --bogus
 pip install -r requirements.txt && python -m pytest -q tests | tee log.txt 2>&1
 cd somewhere; launch/tpu_vm.sh --dry-run delete
-python -m usjepa_jax.teacher convert --input /path/to/ckpt.pth --output /tmp/t [--num-heads 12]
+python -m usjepa_jax.encoders convert --input /path/to/ckpt.pth --output /tmp/t [--num-heads 12]
 gcloud compute tpus list
 ```
 
@@ -771,7 +771,7 @@ def test_extracts_commands_from_blocks_and_inline_code():
         "pip install -r requirements.txt",
         "python -m pytest -q tests",
         "launch/tpu_vm.sh --dry-run delete",
-        "python -m usjepa_jax.teacher convert --input /path/to/ckpt.pth --output /tmp/t --num-heads 12",
+        "python -m usjepa_jax.encoders convert --input /path/to/ckpt.pth --output /tmp/t --num-heads 12",
         "python -m usjepa_jax.main --config=configs/base.py",
     ]
     assert dict(commands[0].env) == {"FOO": "1", "BAR": "a b"}
@@ -811,8 +811,8 @@ def test_detects_unknown_flag():
 
 
 def test_flag_mentioned_only_in_a_docstring_is_unknown():
-    # usjepa_jax.teacher's description shows `[--format auto]` for convert; the top-level parser has no --format
-    assert "no flag --format" in problems_of("python -m usjepa_jax.teacher --format=auto convert")
+    # usjepa_jax.encoders's description shows `[--format auto]` for convert; the top-level parser has no --format
+    assert "no flag --format" in problems_of("python -m usjepa_jax.encoders --format=auto convert")
 
 
 def test_detects_missing_config_file():
@@ -844,19 +844,19 @@ def test_detects_bad_enum_value():
 
 
 def test_subcommands_use_their_own_help():
-    assert "no sub-command 'convrt'" in problems_of("python -m usjepa_jax.teacher convrt --input a --output b")
-    assert "no flag --which" in problems_of("python -m usjepa_jax.teacher convert --input a --output b --which x")
-    assert problems_of("python -m usjepa_jax.teacher export --workdir a --output b --which teacher") == ""
+    assert "no sub-command 'convrt'" in problems_of("python -m usjepa_jax.encoders convrt --input a --output b")
+    assert "no flag --which" in problems_of("python -m usjepa_jax.encoders convert --input a --output b --which x")
+    assert problems_of("python -m usjepa_jax.encoders export --workdir a --output b --which teacher") == ""
     assert "no key 'nope'" in problems_of(
-        "python -m usjepa_jax.teacher cache --config configs/base.py --output /tmp/c --config.nope=1")
+        "python -m usjepa_jax.encoders cache --config configs/base.py --output /tmp/c --config.nope=1")
 
 
 def test_optional_brackets_are_checked_as_flags():
     assert one("python -m m convert [--num-heads 12] [--normalize] --x=[1,2]").argv[4:] == (
         "--num-heads", "12", "--normalize", "--x=[1,2]")
-    assert problems_of("python -m usjepa_jax.teacher convert --input a --output b [--num-heads 12]") == ""
+    assert problems_of("python -m usjepa_jax.encoders convert --input a --output b [--num-heads 12]") == ""
     # argparse would accept the abbreviation; the README should not rely on it
-    assert "no flag --num-head" in problems_of("python -m usjepa_jax.teacher convert --input a [--num-head 12]")
+    assert "no flag --num-head" in problems_of("python -m usjepa_jax.encoders convert --input a [--num-head 12]")
 
 
 def test_detects_pip_and_launch_problems():

@@ -17,17 +17,17 @@ import numpy as np
 import pytest
 
 from usjepa_jax.models.vit import VisionTransformer
-from usjepa_jax.teacher import (
-    FrozenTeacher,
+from usjepa_jax.encoders import (
+    FrozenEncoder,
     convert,
     export_encoder,
     formats,
     is_exported_encoder,
-    load_teacher,
+    load_encoder,
     normalize_images,
     params_hash,
 )
-from usjepa_jax.teacher import __main__ as cli
+from usjepa_jax.encoders import __main__ as cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = 1e-4  # float32 max abs error against timm
@@ -66,7 +66,7 @@ def apply(module, params, x):
 # ------------------------------------------------------------------------------------------------ golden fixture
 @pytest.mark.parametrize("variant", ["cls", "nocls"])
 def test_golden_timm_fixture(ref, variant):
-    teacher = load_teacher(FIXTURES / f"vit_{variant}.safetensors")
+    teacher = load_encoder(FIXTURES / f"vit_{variant}.safetensors")
     m = teacher.module
     assert (m.width, m.depth, m.num_heads, m.mlp_dim, m.patch_size, m.class_token, m.posemb) == (
         32, 2, 2, 128, 8, variant == "cls", "learn")
@@ -104,21 +104,21 @@ def test_safetensors_round_trip_dtypes(tmp_path):
 
 def test_npz_load(tmp_path, ref):
     np.savez(tmp_path / "vit.npz", **fixture_state("vit_nocls"))
-    teacher = load_teacher(tmp_path / "vit.npz", num_heads=2, mean=FIXTURE_MEAN, std=FIXTURE_STD)
-    assert teacher.content_hash == load_teacher(FIXTURES / "vit_nocls.safetensors").content_hash
+    teacher = load_encoder(tmp_path / "vit.npz", num_heads=2, mean=FIXTURE_MEAN, std=FIXTURE_STD)
+    assert teacher.content_hash == load_encoder(FIXTURES / "vit_nocls.safetensors").content_hash
     assert max_err(jax.jit(teacher.embed)(teacher.params, jnp.asarray(ref["images"])), ref["tokens_nocls"]) <= TOL
 
 
 def test_heads_and_normalisation_defaults(tmp_path):
     formats.write_safetensors(tmp_path / "bare.safetensors", fixture_state("vit_cls"))  # no sidecar JSON
-    teacher = load_teacher(tmp_path / "bare.safetensors")
+    teacher = load_encoder(tmp_path / "bare.safetensors")
     assert teacher.module.num_heads == 1  # max(1, 32 // 64): heads are not in the weights
     assert teacher.mean == (0.485, 0.456, 0.406) and teacher.std == (0.229, 0.224, 0.225)
-    assert load_teacher(tmp_path / "bare.safetensors", num_heads=2).module.num_heads == 2
+    assert load_encoder(tmp_path / "bare.safetensors", num_heads=2).module.num_heads == 2
     assert convert.default_num_heads(768, 12) == 12 and convert.default_num_heads(1280, 32) == 16
     assert convert.default_num_heads(384, 5) == 6
     with pytest.raises(ValueError, match="num_heads=3 does not divide the width 32"):
-        load_teacher(tmp_path / "bare.safetensors", num_heads=3)
+        load_encoder(tmp_path / "bare.safetensors", num_heads=3)
 
 
 # ------------------------------------------------------------------------------------------------ schemes
@@ -172,21 +172,21 @@ def test_mismatching_checkpoint_names_parameter_and_shapes(tmp_path, name, shape
     state[name] = np.zeros(shape, np.float32)
     formats.write_safetensors(tmp_path / "bad.safetensors", state)
     with pytest.raises(convert.CheckpointMismatchError) as err:
-        load_teacher(tmp_path / "bad.safetensors", num_heads=2)
+        load_encoder(tmp_path / "bad.safetensors", num_heads=2)
     message = str(err.value)
     assert name in message and f"expected shape {expected}" in message and f"found {shape}" in message
 
 
 def test_missing_path_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_teacher(tmp_path / "nope.safetensors")
+        load_encoder(tmp_path / "nope.safetensors")
 
 
 # ------------------------------------------------------------------------------------------------ resampling
 def test_learned_posemb_resampling(tmp_path, ref):
-    same = load_teacher(FIXTURES / "vit_cls.safetensors", image_size=32)
-    assert params_hash(same.params) == load_teacher(FIXTURES / "vit_cls.safetensors").content_hash
-    big = load_teacher(FIXTURES / "vit_cls.safetensors", image_size=48)
+    same = load_encoder(FIXTURES / "vit_cls.safetensors", image_size=32)
+    assert params_hash(same.params) == load_encoder(FIXTURES / "vit_cls.safetensors").content_hash
+    big = load_encoder(FIXTURES / "vit_cls.safetensors", image_size=48)
     assert big.params["pos_embed"].shape == (1, 36, 32)
     np.testing.assert_array_equal(big.params["cls_pos_embed"], same.params["cls_pos_embed"])
     assert jax.jit(big.embed)(big.params, jnp.zeros((1, 48, 48, 1), jnp.uint8)).shape == (1, 36, 32)
@@ -197,7 +197,7 @@ def test_learned_posemb_resampling(tmp_path, ref):
     # An exported encoder with a learned posemb is resampled the same way on load.
     module, params = random_encoder(posemb="learn")
     export_encoder(tmp_path / "enc", module, params, mean=0.5, std=0.25, image_size=32)
-    loaded = load_teacher(tmp_path / "enc", image_size=24)
+    loaded = load_encoder(tmp_path / "enc", image_size=24)
     assert loaded.params["pos_embed"].shape == (1, 9, 32) and jax.jit(loaded.embed)(
         loaded.params, jnp.zeros((2, 24, 24, 1), jnp.uint8)).shape == (2, 9, 32)
 
@@ -212,7 +212,7 @@ def test_export_then_import_round_trips_exactly(tmp_path, posemb, class_token):
     meta = json.loads((tmp_path / "vit.json").read_text())
     assert meta["model_args"] | {"img_size": 32, "class_token": class_token, "global_pool": "", "num_classes": 0,
                                  "num_heads": 4, "in_chans": 1} == meta["model_args"]
-    teacher = load_teacher(tmp_path / "vit.safetensors")
+    teacher = load_encoder(tmp_path / "vit.safetensors")
     assert teacher.module == module and teacher.content_hash == content_hash
     assert teacher.in_channels == 1 and teacher.mean == 0.3 and teacher.std == 0.2
     for a, b in zip(jax.tree.leaves(teacher.params), jax.tree.leaves(params), strict=True):
@@ -238,9 +238,9 @@ def test_cli_convert_prints_and_stage1_teacher_export(tmp_path, capsys):
               "--image-size", "48", "--mean", "0.5", "--std", "0.25"])
     out = capsys.readouterr().out
     assert "width 32, depth 2, heads 2" in out and "content hash" in out and "(4, 4) -> (6, 6)" in out
-    teacher = load_teacher(tmp_path / "t")
+    teacher = load_encoder(tmp_path / "t")
     assert teacher.mean == 0.5 and teacher.params["pos_embed"].shape == (1, 36, 32)
-    assert isinstance(teacher, FrozenTeacher)
+    assert isinstance(teacher, FrozenEncoder)
     with pytest.raises(SystemExit, match="not an exported encoder"):
         cli.main(["export", "--workdir", str(tmp_path), "--output", str(tmp_path / "x.safetensors"),
                   "--which", "teacher"])
@@ -251,7 +251,7 @@ def test_cli_convert_prints_and_stage1_teacher_export(tmp_path, capsys):
                   "--which", "teacher"])
     cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "x.safetensors"),
               "--which", "teacher", "--image-size", "32"])
-    assert load_teacher(tmp_path / "x.safetensors").content_hash == params_hash(params)
+    assert load_encoder(tmp_path / "x.safetensors").content_hash == params_hash(params)
 
 
 # ------------------------------------------------------------------------------------------------ torch pickles
@@ -271,7 +271,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     state = {k: torch.from_numpy(v.copy()) for k, v in fixture_state("vit_nocls").items()}
     torch.save({"model": state, "extra": _Payload(str(marker))}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match="Refusing to load.*safetensors"):
-        load_teacher(tmp_path / "evil.pth", num_heads=2)
+        load_encoder(tmp_path / "evil.pth", num_heads=2)
     assert not marker.exists()
     # The payload is live: a full unpickle would have run it.
     proof = tmp_path / "proof"
@@ -280,7 +280,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     assert proof.exists()
     with pytest.raises(ValueError, match="Refusing"):  # plain pickles (not torch zip archives) too
         (tmp_path / "evil2.pt").write_bytes(pickle.dumps({"x": _Payload(str(marker))}))
-        load_teacher(tmp_path / "evil2.pt")
+        load_encoder(tmp_path / "evil2.pt")
     assert not marker.exists()
 
 
@@ -291,11 +291,11 @@ def test_pth_ijepa_checkpoint(tmp_path, ref):
                   "encoder": {f"module.{k}": torch.zeros(v.shape) for k, v in sd.items()},
                   "epoch": 10, "lr": 1e-3}
     torch.save(checkpoint, tmp_path / "ijepa.pth.tar")  # official I-JEPA name; zip content tells the format
-    teacher = load_teacher(tmp_path / "ijepa.pth.tar", num_heads=2, mean=FIXTURE_MEAN, std=FIXTURE_STD)
+    teacher = load_encoder(tmp_path / "ijepa.pth.tar", num_heads=2, mean=FIXTURE_MEAN, std=FIXTURE_STD)
     assert max_err(jax.jit(teacher.embed)(teacher.params, jnp.asarray(ref["images"])), ref["tokens_nocls"]) <= TOL
     bf16 = {f"module.{k}": torch.from_numpy(v.copy()).bfloat16() for k, v in sd.items()}
     torch.save(bf16, tmp_path / "bf16.pt")
-    assert load_teacher(tmp_path / "bf16.pt", num_heads=2).params["encoder"]["norm"]["scale"].dtype == np.float32
+    assert load_encoder(tmp_path / "bf16.pt", num_heads=2).params["encoder"]["norm"]["scale"].dtype == np.float32
 
 
 # ------------------------------------------------------------------------------------------------ live timm

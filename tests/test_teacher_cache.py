@@ -17,8 +17,8 @@ from tests.test_train import read_metrics
 from tests.test_train import smoke_config as train_smoke_config
 from usjepa_jax import checkpointing, train
 from usjepa_jax.data.pipeline import build_dataset
-from usjepa_jax.teacher import FrozenTeacher, export_encoder, load_teacher
-from usjepa_jax.teacher import cache as teacher_cache
+from usjepa_jax.encoders import FrozenEncoder, export_encoder, load_encoder
+from usjepa_jax.encoders import cache as teacher_cache
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def teacher_dir(tmp_path_factory):
 def cache_dir(teacher_dir, tmp_path_factory):
     """Written once through the CLI (train and val splits, 2 train shards of 40 + 24 images)."""
     out = tmp_path_factory.mktemp("cache") / "targets"
-    result = subprocess.run([sys.executable, "-m", "usjepa_jax.teacher", "cache", "--config=configs/base.py:smoke",
+    result = subprocess.run([sys.executable, "-m", "usjepa_jax.encoders", "cache", "--config=configs/base.py:smoke",
                              f"--output={out}", f"--config.teacher.checkpoint={teacher_dir}", "--batch-size=16",
                              "--images-per-shard=40"], cwd=REPO, capture_output=True, text=True, timeout=300,
                              check=False)
@@ -65,7 +65,7 @@ def teacher_run(teacher_dir, tmp_path_factory):
 
 def test_cli_writes_the_teachers_embeddings_of_the_pipeline_images(cache_dir, teacher_dir):
     manifest = json.loads((Path(cache_dir) / teacher_cache.MANIFEST).read_text())
-    teacher = load_teacher(teacher_dir, image_size=48)
+    teacher = load_encoder(teacher_dir, image_size=48)
     config = smoke_config()
     assert manifest["teacher"]["content_hash"] == teacher.content_hash
     assert manifest["data"] == teacher_cache.data_signature(config.data, config.seed)
@@ -89,8 +89,8 @@ def test_training_from_the_cache_equals_training_with_the_teacher(cache_dir, tea
     def forbidden(*args, **kwargs):
         raise AssertionError("the teacher must not be loaded or run when training from the cache")
 
-    monkeypatch.setattr(train, "load_teacher", forbidden)
-    monkeypatch.setattr(FrozenTeacher, "embed", forbidden)
+    monkeypatch.setattr(train, "load_encoder", forbidden)
+    monkeypatch.setattr(FrozenEncoder, "embed", forbidden)
     workdir = tmp_path / "cached"
     train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir}), workdir)
     cached = read_metrics(workdir)

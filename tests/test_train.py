@@ -12,8 +12,8 @@ import pytest
 
 from configs import base
 from usjepa_jax import config as config_lib
-from usjepa_jax import train
-from usjepa_jax.teacher import load_teacher
+from usjepa_jax import layout, train
+from usjepa_jax.encoders import load_encoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,13 +32,13 @@ def smoke_config(**overrides):
 def read_metrics(workdir):
     """step -> merged metrics (training and validation rows of a step are separate lines)."""
     merged = {}
-    for row in map(json.loads, (Path(workdir) / train.METRICS_FILE).read_text().splitlines()):
+    for row in map(json.loads, (Path(workdir) / layout.METRICS_FILE).read_text().splitlines()):
         merged.setdefault(row["step"], {}).update(row)
     return merged
 
 
 def encoder_params(workdir):
-    return load_teacher(Path(workdir) / train.ENCODER_DIR).params
+    return load_encoder(Path(workdir) / layout.ENCODER_DIR).params
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,13 @@ def teacher_dir(tmp_path_factory):
     """A stage-1 pixel teacher trained once for the module (the smoke config's stage 1)."""
     workdir = tmp_path_factory.mktemp("stage1")
     train.train_and_evaluate(config_lib.stage1_config(smoke_config()), workdir)
-    return str(workdir / train.ENCODER_DIR)
+    return str(workdir / layout.ENCODER_DIR)
 
 
 def test_teacher_is_frozen_and_gets_no_gradient(teacher_dir, tmp_path):
-    before = load_teacher(teacher_dir)
+    before = load_encoder(teacher_dir)
     train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": teacher_dir}), tmp_path)
-    after = load_teacher(teacher_dir)
+    after = load_encoder(teacher_dir)
     assert before.content_hash == after.content_hash
     jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
 
@@ -119,8 +119,8 @@ def test_resume_with_another_teacher_is_refused(teacher_dir, tmp_path):
     config = smoke_config(**{"teacher.checkpoint": teacher_dir, "optim.total_steps": 2})
     train.train_and_evaluate(config, tmp_path / "run")
     other = tmp_path / "other_teacher"
-    teacher = load_teacher(teacher_dir)
-    from usjepa_jax.teacher import export_encoder
+    teacher = load_encoder(teacher_dir)
+    from usjepa_jax.encoders import export_encoder
     export_encoder(other, teacher.module, jax.tree.map(lambda x: x + 1.0, teacher.params), mean=0.5, std=0.5)
     with pytest.raises(ValueError, match="Cannot resume"):
         train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": str(other), "optim.total_steps": 4}),
@@ -133,7 +133,7 @@ def test_pixel_method_learns(tmp_path):
     train.train_and_evaluate(config, tmp_path)
     metrics = read_metrics(tmp_path)
     assert metrics[30]["loss"] < metrics[5]["loss"]
-    assert (tmp_path / train.LOSS_CURVE_FILE).stat().st_size > 1000
+    assert (tmp_path / layout.LOSS_CURVE_FILE).stat().st_size > 1000
 
 
 def test_main_smoke_runs_both_stages(tmp_path):
@@ -188,13 +188,18 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(teacher_dir, tmp_
 def test_validation_loss_keeps_the_best_encoder(tmp_path):
     config = smoke_config(**{"method": "pixel", "optim.total_steps": 4, "eval_every": 2})
     train.train_and_evaluate(config, tmp_path)
-    records = [json.loads(line) for line in (tmp_path / train.METRICS_FILE).read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / layout.METRICS_FILE).read_text().splitlines()]
     val = {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
     assert sorted(val) == [2, 4]
     best_step = min(val, key=val.get)
-    best = json.loads((tmp_path / train.BEST_ENCODER_DIR / "model.json").read_text())["source"]
+    best = json.loads((tmp_path / layout.BEST_ENCODER_DIR / "model.json").read_text())["source"]
     assert best["step"] == best_step and best["val_loss"] == pytest.approx(val[best_step])
     assert train.best_val_loss(tmp_path) == pytest.approx(min(val.values()))
+    # One load_encoder for all of a run's encoders: the workdir (its encoder/), a train checkpoint's student.
+    final = load_encoder(tmp_path)
+    assert final.path == str(tmp_path / layout.ENCODER_DIR)
+    assert load_encoder(tmp_path / layout.CHECKPOINTS_DIR / "4").content_hash == final.content_hash
+    assert load_encoder(tmp_path / layout.CHECKPOINTS_DIR / "2").content_hash != final.content_hash
 
 
 def test_stage1_config_takes_the_teacher_settings():
@@ -223,7 +228,7 @@ def test_knn_monitor_logs_what_a_direct_evaluation_gives(tmp_path):
     again = monitor(encoder_params(tmp_path))
     assert again["knn_accuracy"] == pytest.approx(metrics[4]["knn_accuracy"])
     assert 0.0 <= again["knn_macro_f1"] <= 1.0
-    assert (tmp_path / train.LOSS_CURVE_FILE).is_file()
+    assert (tmp_path / layout.LOSS_CURVE_FILE).is_file()
     # Rerunning the finished run trains nothing and reports the last logged values (a notebook's "run all").
     again = train.train_and_evaluate(config, tmp_path)
     assert again["loss"] == pytest.approx(metrics[4]["loss"]) and again["knn_accuracy"] == metrics[4]["knn_accuracy"]

@@ -101,7 +101,7 @@ def default_config() -> ml_collections.ConfigDict:
         # Path of a frozen teacher: an exported encoder directory (``<run>/encoder``). Empty: stage 1 trains a
         # pixel-reconstruction teacher into ``<workdir>/teacher`` first (reused when already there).
         checkpoint="",
-        # Directory of precomputed teacher targets (``python -m usjepa_jax.teacher cache``, teacher/cache.py):
+        # Directory of precomputed teacher targets (``python -m usjepa_jax.encoders cache``, encoders/cache.py):
         # the teacher then never runs (nor is loaded); augmentation must be off and the data config must match.
         cache="",
         # Stage 1 (SALT): the teacher's encoder, its light pixel decoder and its own optimisation.

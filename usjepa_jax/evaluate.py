@@ -28,7 +28,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-EVAL_DIR = "eval"
+from usjepa_jax import layout
+
 RESULTS_FILE = "results.json"
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -44,56 +45,36 @@ def entry_name(encoder: str, checkpoint: str) -> str:
     return f"student:{checkpoint if checkpoint in ('latest', 'best') else f'step_{int(checkpoint)}'}"
 
 
-def _restore_step(config: ml_collections.ConfigDict, workdir: Path, step: int):
-    """The student encoder of train checkpoint ``step`` (restored as saved, without building the trainer)."""
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    from usjepa_jax import checkpointing, train
-    from usjepa_jax.teacher import FrozenTeacher, params_hash
-
-    manager = checkpointing.make_manager(workdir / "checkpoints", async_save=False)
-    try:
-        if step not in manager.all_steps():
-            raise FileNotFoundError(f"No checkpoint at step {step} in {workdir / 'checkpoints'} "
-                                    f"(available: {sorted(manager.all_steps())}).")
-        abstract = manager.item_metadata(step)["state"]
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype,
-                                                             sharding=jax.sharding.SingleDeviceSharding(
-                                                                 jax.devices()[0])), abstract)
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    finally:
-        manager.close()
-    params = jax.tree.map(np.asarray, state["params"]["encoder"])
-    return FrozenTeacher(train.build_encoder(config.model), params, 1, config.data.mean, config.data.std,
-                         f"{workdir / 'checkpoints'}@{step}", params_hash(params))
+def encoder_path(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
+                 checkpoint: str = "latest") -> Path:
+    """Where the run's ``encoder``/``checkpoint`` lives (see the module docstring); loaded by ``load_encoder``."""
+    workdir = Path(workdir)
+    if encoder == "teacher":
+        return Path(config.teacher.checkpoint or workdir / layout.TEACHER_DIR / layout.ENCODER_DIR)
+    if checkpoint not in ("latest", "best"):
+        return workdir / layout.CHECKPOINTS_DIR / str(int(checkpoint))
+    path = workdir / (layout.ENCODER_DIR if checkpoint == "latest" else layout.BEST_ENCODER_DIR)
+    if not (path / layout.MODEL_FILE).is_file():
+        raise FileNotFoundError(f"No exported encoder in {path}" + (
+            " (encoder_best/ is written only when the run computes a validation loss: eval_every > 0 and "
+            "data.num_val >= batch_size)" if checkpoint == "best" else " (has the run finished?)"))
+    return path
 
 
-def load_encoder(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
-                 checkpoint: str = "latest"):
-    """The ``FrozenTeacher`` to evaluate (see the module docstring for the choices)."""
+def run_encoder(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
+                checkpoint: str = "latest"):
+    """The ``FrozenEncoder`` to evaluate: ``encoders.load_encoder`` of ``encoder_path``, or a random init."""
     import jax.numpy as jnp
 
-    from usjepa_jax import train
+    from usjepa_jax.encoders import load_encoder
     from usjepa_jax.evaluation.features import random_encoder
-    from usjepa_jax.teacher import load_teacher
 
-    workdir = Path(workdir)
     size = config.data.image_size
     if encoder == "random":
         return random_encoder(config.model, size, mean=config.data.mean, std=config.data.std, seed=config.seed)
-    if encoder == "teacher":
-        path = config.teacher.checkpoint or workdir / train.TEACHER_DIR / train.ENCODER_DIR
-        return load_teacher(path, image_size=size)
-    if checkpoint in ("latest", "best"):
-        path = workdir / (train.ENCODER_DIR if checkpoint == "latest" else train.BEST_ENCODER_DIR)
-        if not (path / "model.json").is_file():
-            raise FileNotFoundError(f"No exported encoder in {path}" + (
-                " (encoder_best/ is written only when the run computes a validation loss: eval_every > 0 and "
-                "data.num_val >= batch_size)" if checkpoint == "best" else " (has the run finished?)"))
-        return load_teacher(path, image_size=size, dtype=jnp.dtype(config.model.dtype))
-    return _restore_step(config, workdir, int(checkpoint))
+    path = encoder_path(config, workdir, encoder, checkpoint)
+    dtype = jnp.float32 if encoder == "teacher" else jnp.dtype(config.model.dtype)
+    return load_encoder(path, image_size=size, dtype=dtype)
 
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
@@ -107,12 +88,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder
 
     workdir = Path(workdir)
     name = entry_name(encoder, checkpoint)
-    model = load_encoder(config, workdir, encoder, checkpoint)
-    out_dir = workdir / EVAL_DIR / name.replace(":", "_")
+    model = run_encoder(config, workdir, encoder, checkpoint)
+    out_dir = workdir / layout.EVAL_DIR / name.replace(":", "_")
     logging.info("Evaluating %s (%s) -> %s", name, model.path, out_dir)
     t = time.perf_counter()
     results, figures = run_evaluators(model, config, data=data, out_dir=out_dir, log=logging.info)
-    path = workdir / EVAL_DIR / RESULTS_FILE
+    path = workdir / layout.EVAL_DIR / RESULTS_FILE
     saved = json.loads(path.read_text()) if path.exists() else {}
     saved[name] = {"metrics": by_task(results), "figures": figures, "encoder_path": str(model.path),
                        "content_hash": model.content_hash, "evals": config.evals.to_dict(), "seconds": time.perf_counter() - t}

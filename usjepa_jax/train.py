@@ -37,18 +37,22 @@ from usjepa_jax import checkpointing, objectives, sharding
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.data.sources import EmptySplitError
+from usjepa_jax.encoders import FrozenEncoder, export_encoder, is_exported_encoder, load_encoder, normalize_images
+from usjepa_jax.encoders import cache as teacher_cache
 from usjepa_jax.evaluation.monitor import KnnMonitor
+from usjepa_jax.layout import (
+    BEST_ENCODER_DIR,
+    CHECKPOINTS_DIR,
+    ENCODER_DIR,
+    LOSS_CURVE_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    TEACHER_DIR,
+)
 from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
-from usjepa_jax.teacher import FrozenTeacher, export_encoder, is_exported_encoder, load_teacher, normalize_images
-from usjepa_jax.teacher import cache as teacher_cache
 from usjepa_jax.visualize import add_record, plot_training_curves
 
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-ENCODER_DIR = "encoder"
-BEST_ENCODER_DIR = "encoder_best"  # the encoder at the lowest validation loss (the one to use downstream)
-TEACHER_DIR = "teacher"
 
 
 @flax.struct.dataclass
@@ -159,7 +163,7 @@ def make_loss_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, 
                                                         encoder.patch_size,
                                                         normalize_pixels=config.loss.normalize_pixels)
         else:
-            if "teacher_targets" in batch:  # precomputed once per image (teacher/cache.py)
+            if "teacher_targets" in batch:  # precomputed once per image (encoders/cache.py)
                 full = batch["teacher_targets"]
             else:
                 full = jax.lax.stop_gradient(teacher_embed(teacher_params, batch["image"]))  # [B, N, D]
@@ -299,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
                 logging.info("Stage 1: training the pixel-reconstruction teacher in %s", stage1_dir)
                 train_and_evaluate(config_lib.stage1_config(config), stage1_dir, on_log)
             logging.info("Stage 2: training the student against the frozen teacher")
-        teacher = load_teacher(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
+        teacher = load_encoder(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
     return _train(config, workdir, teacher, on_log)
 
 
@@ -334,7 +338,7 @@ class Trainer:
 
 
 def build_trainer(config: ml_collections.ConfigDict,
-                  teacher: FrozenTeacher | teacher_cache.TeacherCache | None) -> Trainer:
+                  teacher: FrozenEncoder | teacher_cache.TeacherCache | None) -> Trainer:
     """Mesh, models, masks, optimizer, abstract state and shardings, and the jitted init and step.
 
     A ``TeacherCache`` in place of the teacher: the batches carry the targets, nothing of the teacher is on device.
@@ -427,13 +431,13 @@ def validation_loss(trainer: Trainer, state: TrainState, batches: list[dict[str,
 
 def best_val_loss(workdir: Path) -> float:
     """The validation loss of the encoder already in ``encoder_best`` (inf when none): survives resumes."""
-    path = workdir / BEST_ENCODER_DIR / "model.json"
+    path = workdir / BEST_ENCODER_DIR / MODEL_FILE
     if not path.exists():
         return math.inf
     return float(json.loads(path.read_text()).get("source", {}).get("val_loss", math.inf))
 
 
-def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeacher | None,
+def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenEncoder | None,
            on_log: Callable[[str, dict[str, float]], None] | None = None) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -453,7 +457,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
     meta = dict(method=config.method, teacher_path=teacher.path if teacher else None,
                 teacher_hash=teacher.content_hash if teacher else None, config=config.to_json_best_effort(),
                 teacher_cache=trainer.teacher_cache.directory if trainer.teacher_cache else None)
-    manager = checkpointing.make_manager(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+    manager = checkpointing.make_manager(workdir / CHECKPOINTS_DIR, max_to_keep=config.checkpoint.max_to_keep,
                                          keep_period=config.checkpoint.keep_period or None,
                                          async_save=config.checkpoint.async_save)
     latest = manager.latest_step()
@@ -468,7 +472,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
                                                trainer.abstract_state, trainer.state_shardings)
         state, data_state, _ = checkpointing.restore(manager, latest, abstract_with_shardings)
         data_iter.set_state(data_state)
-        logging.info("Resumed from %s at step %d", workdir / "checkpoints", latest)
+        logging.info("Resumed from %s at step %d", workdir / CHECKPOINTS_DIR, latest)
     else:
         state = trainer.init(jax.random.key(config.seed))
     start_step = int(state.step)
@@ -508,7 +512,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
                     raise NonFiniteLossError(
                         f"Non-finite {', '.join(f'{k}={last[k]}' for k in bad)} at step {step}; stopping "
                         f"without saving. The last good "
-                        f"checkpoint is step {manager.latest_step()} in {workdir / 'checkpoints'}.")
+                        f"checkpoint is step {manager.latest_step()} in {workdir / CHECKPOINTS_DIR}.")
             if is_log:
                 now = time.perf_counter()
                 steps_per_s = window_steps / (now - window_start)
@@ -544,7 +548,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenTeac
                 if not is_ckpt:
                     checkpointing.save(manager, step, state, data_iter.get_state(), meta, force=True)
                 manager.wait_until_finished()
-                raise Preempted(f"Preempted at step {step}: checkpoint saved in {workdir / 'checkpoints'}; "
+                raise Preempted(f"Preempted at step {step}: checkpoint saved in {workdir / CHECKPOINTS_DIR}; "
                                 "rerun the same command to resume.")
     finally:
         preemption.close()

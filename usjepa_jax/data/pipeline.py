@@ -188,7 +188,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: 
                   teacher_targets: grain.transforms.Map | None = None) -> grain.IterDataset:
     """The batched iterable dataset of this process. ``num_epochs=None`` repeats forever (train default).
 
-    ``teacher_targets``: a transform attaching precomputed targets by ``index`` (``teacher/cache.py``).
+    ``teacher_targets``: a transform attaching precomputed targets by ``index`` (``encoders/cache.py``).
     """
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count

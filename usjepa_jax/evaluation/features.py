@@ -1,6 +1,6 @@
 """Frozen-encoder features: one jitted forward per fixed-size batch (the last one padded), patch tokens pooled.
 
-``FeatureExtractor(encoder, pooling)`` takes a ``FrozenTeacher`` (any exported/imported encoder, or a random init
+``FeatureExtractor(encoder, pooling)`` takes a ``FrozenEncoder`` (any exported/imported encoder, or a random init
 wrapped by ``random_encoder``) and maps uint8 images ``[N, H, W, 1]`` to pooled features ``[N, D]`` (float32 numpy),
 or to the patch tokens ``[N, T, D]`` with ``tokens``.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from usjepa_jax import config as config_lib
 from usjepa_jax.models.vit import VisionTransformer
-from usjepa_jax.teacher import FrozenTeacher, params_hash
+from usjepa_jax.encoders import FrozenEncoder, params_hash
 
 
 def pool(tokens: jax.Array, pooling: str) -> jax.Array:
@@ -29,12 +29,12 @@ def pool(tokens: jax.Array, pooling: str) -> jax.Array:
 
 
 def random_encoder(model_cfg: ml_collections.ConfigDict, image_size: int, *, mean: float = 0.5, std: float = 0.5,
-                   seed: int = 0) -> FrozenTeacher:
+                   seed: int = 0) -> FrozenEncoder:
     """A randomly initialised encoder of ``model_cfg`` (the floor every method should beat)."""
     module = VisionTransformer(**config_lib.encoder_kwargs(model_cfg), dtype=jnp.dtype(model_cfg.dtype))
     params = module.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 1)))["params"]
     params = jax.tree.map(np.asarray, params)
-    return FrozenTeacher(module, params, 1, mean, std, f"random-init(seed={seed})", params_hash(params))
+    return FrozenEncoder(module, params, 1, mean, std, f"random-init(seed={seed})", params_hash(params))
 
 
 class FeatureExtractor:
@@ -43,7 +43,7 @@ class FeatureExtractor:
 
     ``mesh``: outputs are replicated over it (so every process of a multi-process run can read them)."""
 
-    def __init__(self, encoder: FrozenTeacher, pooling: str = "mean", batch_size: int = 64,
+    def __init__(self, encoder: FrozenEncoder, pooling: str = "mean", batch_size: int = 64,
                  mesh: jax.sharding.Mesh | None = None):
         pool(jnp.zeros((1, 1, 1)), pooling)  # fail early on a bad name
         self.encoder, self.pooling, self.batch_size = encoder, pooling, int(batch_size)

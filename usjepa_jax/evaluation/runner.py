@@ -38,11 +38,11 @@ from usjepa_jax.evaluation.probe import (
     train_probe,
 )
 from usjepa_jax.masks import patch_valid_from_scan_mask
-from usjepa_jax.teacher import FrozenTeacher
+from usjepa_jax.encoders import FrozenEncoder
 
 
 class EvalContext:
-    def __init__(self, encoder: FrozenTeacher, config: ml_collections.ConfigDict, data: EvalData,
+    def __init__(self, encoder: FrozenEncoder, config: ml_collections.ConfigDict, data: EvalData,
                  out_dir: str | Path | None = None, extractor: FeatureExtractor | None = None):
         self.encoder, self.config, self.evals, self.data = encoder, config, config.evals, data
         self.extractor = extractor or FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
@@ -190,7 +190,7 @@ def render_tasks(config: ml_collections.ConfigDict, log: Callable[[str], None] |
     return out
 
 
-def run_evaluators(encoder: FrozenTeacher, config: ml_collections.ConfigDict,
+def run_evaluators(encoder: FrozenEncoder, config: ml_collections.ConfigDict,
                    data: dict[str, EvalData] | EvalData | None = None, out_dir: str | Path | None = None,
                    log: Callable[[str], None] | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """Run ``config.evals.evaluators`` on ``encoder`` and every task; returns (``{task/evaluator/metric: value}``

@@ -1,10 +1,11 @@
-"""Teacher command line: convert a ViT checkpoint once, export ours to timm, inspect either.
+"""Encoder command line: convert a ViT checkpoint once, export ours to timm, inspect either, cache a teacher's
+targets.
 
-    python -m usjepa_jax.teacher convert --input vit_b16.safetensors --output teachers/urfm \\
+    python -m usjepa_jax.encoders convert --input vit_b16.safetensors --output teachers/urfm \\
         [--format auto] [--num-heads 12] [--image-size 224] [--mean 0.5 0.5 0.5 --std 0.5 0.5 0.5]
-    python -m usjepa_jax.teacher export --workdir runs/usjepa --output usjepa_vit.safetensors [--which encoder]
-    python -m usjepa_jax.teacher inspect PATH
-    python -m usjepa_jax.teacher cache --config=configs/base.py --output caches/base \\
+    python -m usjepa_jax.encoders export --workdir runs/usjepa --output usjepa_vit.safetensors [--which encoder]
+    python -m usjepa_jax.encoders inspect PATH
+    python -m usjepa_jax.encoders cache --config=configs/base.py --output caches/base \\
         [--teacher RUN/teacher/encoder] [--split train,val] [--batch-size 64] [--normalize] [--config.KEY=VALUE]
 
 ``convert`` writes an exported-encoder directory (``model.json`` + ``params/``) usable as
@@ -20,7 +21,7 @@ normalisation; in PyTorch::
 
 ``cache`` runs the frozen teacher (``--teacher``, default ``config.teacher.checkpoint``) once over every image
 of the split(s) as the pipeline produces them (no augmentation, no masks) and writes the patch embeddings in
-bfloat16 ArrayRecord shards + ``cache.json`` (see ``usjepa_jax/teacher/cache.py``); train with
+bfloat16 ArrayRecord shards + ``cache.json`` (see ``usjepa_jax/encoders/cache.py``); train with
 ``--config.teacher.cache=DIR`` and the teacher never runs.
 """
 
@@ -35,19 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from usjepa_jax.teacher import (
+from usjepa_jax.encoders import (
     IMAGENET_MEAN,
     export_encoder,
     formats,
     is_exported_encoder,
-    load_encoder,
+    read_encoder,
     params_hash,
     read_exported_encoder,
 )
-from usjepa_jax.teacher import convert as convert_lib
+from usjepa_jax.encoders import convert as convert_lib
+from usjepa_jax.layout import ENCODER_DIR, TEACHER_DIR
 
-ENCODER_DIR = "encoder"  # mirrors usjepa_jax.train (not imported: the CLI stays light)
-TEACHER_DIR = "teacher"
 
 
 def _stat_arg(values: list[float] | None) -> Any:
@@ -73,7 +73,7 @@ def describe(enc: Any, content_hash: str) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    enc = load_encoder(args.input, image_size=args.image_size, num_heads=args.num_heads,
+    enc = read_encoder(args.input, image_size=args.image_size, num_heads=args.num_heads,
                        mean=_stat_arg(args.mean), std=_stat_arg(args.std), fmt=args.format, resample=args.resample)
     module = convert_lib.VisionTransformer(**enc.vit)
     source = {k: v for k, v in enc.source.items() if v}
@@ -134,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    enc = load_encoder(args.path, num_heads=args.num_heads, fmt=args.format)
+    enc = read_encoder(args.path, num_heads=args.num_heads, fmt=args.format)
     print(describe(enc, params_hash(enc.params)))
 
 
@@ -157,7 +157,7 @@ def load_config(spec: str, overrides: list[str]) -> Any:
 
 
 def cmd_cache(args: argparse.Namespace, overrides: list[str]) -> None:
-    from usjepa_jax.teacher import cache
+    from usjepa_jax.encoders import cache
 
     config = load_config(args.config, overrides)
     if config.data.augment.enabled:
@@ -174,7 +174,7 @@ def cmd_cache(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m usjepa_jax.teacher", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m usjepa_jax.encoders", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("convert", help="convert a checkpoint to an exported encoder directory")

@@ -1,15 +1,22 @@
-"""The frozen teacher: export an encoder, load it back (or import one), hash it, embed images with it.
+"""Encoder checkpoints: our own format, import from timm / I-JEPA / MAE, export, hashing, the target cache.
 
-An exported encoder is a directory with ``model.json`` (the ``VisionTransformer`` arguments and the input
-normalisation) and ``params/`` (an orbax PyTree checkpoint of the encoder parameters). Every training run exports
-its final encoder to ``<workdir>/encoder``; the stage-1 pixel teacher of a US-JEPA run is
-``<workdir>/teacher/encoder``. Teachers are loaded once, never differentiated, never donated, never written into
-train checkpoints: runs record the path and the content hash instead.
+Every encoder this project trains, imports or evaluates goes through here, and there is one way to load one:
+``load_encoder(path) -> FrozenEncoder`` (module + host parameters + input convention + content hash). ``path``
+may be
 
-``load_teacher`` also imports ViT checkpoints from elsewhere (``convert.py`` for the name mapping, ``formats.py``
-for the files): timm / I-JEPA / MAE state dicts as ``.safetensors``, ``.npz`` or PyTorch ``.pth/.pt/.bin``
-(``weights_only=True``, torch needed for these only). ``python -m usjepa_jax.teacher convert|export|inspect``
-converts once to an exported encoder, or writes ours as a timm state dict.
+- an exported encoder directory (``model.json`` + ``params/``, an orbax PyTree checkpoint), as every training
+  run writes to ``<workdir>/encoder`` (and ``encoder_best``; the stage-1 teacher to ``<workdir>/teacher/encoder``);
+- a training run's workdir (its ``encoder/``) or one of its train checkpoints, ``<workdir>/checkpoints/STEP``
+  (the student encoder of that step; the architecture comes from the config saved in the checkpoint);
+- a ViT state dict from elsewhere (``convert.py`` maps the names, ``formats.py`` reads the files): timm / I-JEPA
+  / MAE layouts as ``.safetensors``, ``.npz`` or PyTorch ``.pth/.pt/.bin`` (``weights_only=True``, torch needed
+  for these only), or a directory holding one of ``WEIGHT_FILES`` (e.g. a Hugging Face timm snapshot).
+
+``read_encoder`` is the host-only part (numpy parameters and module arguments, no module built), used by the
+CLI. A frozen teacher is loaded once, never differentiated, never donated, never written into train checkpoints:
+runs record its path and content hash instead. ``python -m usjepa_jax.encoders convert|export|inspect|cache``
+converts once to an exported encoder, writes ours as a timm state dict, prints what a checkpoint holds, or
+precomputes a teacher's targets (``cache.py``).
 """
 
 from __future__ import annotations
@@ -26,11 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from usjepa_jax.encoders import convert, formats
+from usjepa_jax.layout import CHECKPOINTS_DIR, ENCODER_DIR, MODEL_FILE, PARAMS_DIR
 from usjepa_jax.models.vit import VisionTransformer
-from usjepa_jax.teacher import convert, formats
-
-MODEL_FILE = "model.json"
-PARAMS_DIR = "params"
 # Input normalisation of imported checkpoints when neither the caller nor a sidecar JSON says (timm's ImageNet
 # default, which I-JEPA and MAE use; timm's augreg ViTs use 0.5/0.5: pass --mean/--std for those).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,8 +47,8 @@ Stat = float | tuple[float, ...]
 
 
 @dataclasses.dataclass(frozen=True)
-class FrozenTeacher:
-    """A teacher encoder with its parameters and its input convention.
+class FrozenEncoder:
+    """An encoder with its parameters and its input convention: a frozen teacher, or an encoder to evaluate.
 
     ``embed(params, images)`` maps uint8 images ``[B, H, W, 1]`` to patch embeddings ``[B, N, width]``
     (grayscale replicated to ``in_channels``, then ``(x / 255 - mean) / std`` with per-channel or scalar
@@ -139,7 +144,7 @@ def read_exported_encoder(directory: str | Path) -> tuple[dict[str, Any], Any]:
     params = jax.tree.map(np.asarray, params)
     content_hash = params_hash(params)
     if spec.get("content_hash") not in (None, content_hash):
-        raise ValueError(f"Teacher {directory}: parameters do not match the content hash in {MODEL_FILE} "
+        raise ValueError(f"Encoder {directory}: parameters do not match the content hash in {MODEL_FILE} "
                          f"({spec['content_hash'][:12]} recorded, {content_hash[:12]} found); the files changed.")
     spec["content_hash"] = content_hash
     return spec, params
@@ -181,18 +186,18 @@ def _resolve_weight_file(path: Path) -> Path:
             if (path / name).is_file():
                 return path / name
         raise FileNotFoundError(
-            f"teacher checkpoint {str(path)!r}: a directory that is neither an exported encoder ({MODEL_FILE} and "
-            f"{PARAMS_DIR}/ inside) nor holds one of {WEIGHT_FILES}.")
+            f"encoder checkpoint {str(path)!r}: a directory that is neither a run, an exported encoder "
+            f"({MODEL_FILE} and {PARAMS_DIR}/ inside), a train checkpoint nor holds one of {WEIGHT_FILES}.")
     if not path.is_file():
         raise FileNotFoundError(
-            f"teacher checkpoint {str(path)!r} does not exist (expected an exported encoder directory, as written to "
-            f"<workdir>/encoder by every training run, or a .safetensors/.npz/.pth ViT checkpoint).")
+            f"encoder checkpoint {str(path)!r} does not exist (expected an exported encoder directory, as written "
+            f"to <workdir>/encoder by every training run, or a .safetensors/.npz/.pth ViT checkpoint).")
     return path
 
 
 @dataclasses.dataclass
-class LoadedEncoder:
-    """Everything ``load_teacher`` found: the module arguments, params, input convention and provenance."""
+class EncoderWeights:
+    """Everything ``read_encoder`` found: the module arguments, params, input convention and provenance."""
 
     vit: dict[str, Any]
     params: Any
@@ -204,22 +209,61 @@ class LoadedEncoder:
     source: dict[str, Any]
 
 
+def is_train_checkpoint(path: str | Path) -> bool:
+    """``<workdir>/checkpoints/STEP``: a step directory of a training run's orbax checkpoints."""
+    path = Path(path)
+    return path.parent.name == CHECKPOINTS_DIR and path.name.isdigit() and path.is_dir()
+
+
+def _read_train_checkpoint(path: Path, mean: Stat | None, std: Stat | None) -> EncoderWeights:
+    """The student encoder of one train checkpoint, restored as saved (no trainer built); its architecture and
+    input normalisation come from the config recorded in the checkpoint's metadata."""
+    import ml_collections
+
+    from usjepa_jax import checkpointing
+    from usjepa_jax import config as config_lib
+
+    step = int(path.name)
+    manager = checkpointing.make_manager(path.parent, async_save=False)
+    try:
+        if step not in manager.all_steps():
+            raise FileNotFoundError(f"No checkpoint at step {step} in {path.parent} "
+                                    f"(available: {sorted(manager.all_steps())}).")
+        config = json.loads(checkpointing.restore_meta(manager, step)["config"])
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              manager.item_metadata(step)["state"])
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    finally:
+        manager.close()
+    vit = config_lib.encoder_kwargs(ml_collections.ConfigDict(config["model"]))
+    vit.pop("remat")
+    data = config["data"]
+    return EncoderWeights(vit, jax.tree.map(np.asarray, state["params"]["encoder"]), 1,
+                          _stat(data["mean"] if mean is None else mean), _stat(data["std"] if std is None else std),
+                          data["image_size"], f"{path.parent}@{step}", {"format": "train-checkpoint", "step": step})
+
+
 def _square(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
     return (int(size), int(size)) if isinstance(size, int | float) else (int(size[0]), int(size[1]))
 
 
-def load_encoder(path: str | Path, *, image_size: int | Sequence[int] | None = None, num_heads: int | None = None,
+def read_encoder(path: str | Path, *, image_size: int | Sequence[int] | None = None, num_heads: int | None = None,
                  mean: Stat | None = None, std: Stat | None = None, fmt: str = "auto",
-                 resample: str = "bicubic") -> LoadedEncoder:
-    """Read any supported teacher checkpoint (see ``load_teacher``) into numpy params + module arguments."""
+                 resample: str = "bicubic") -> EncoderWeights:
+    """Read any supported checkpoint (see the module docstring) into numpy params + module arguments."""
     path = Path(path).absolute()
+    if not is_exported_encoder(path) and is_exported_encoder(path / ENCODER_DIR):
+        path = path / ENCODER_DIR  # a run's workdir: its final encoder
+    if is_train_checkpoint(path):
+        return _read_train_checkpoint(path, mean, std)
     if is_exported_encoder(path):
         spec, params = read_exported_encoder(path)
         vit = dict(spec["vit"])
         if num_heads is not None and num_heads != vit["num_heads"]:
-            raise ValueError(f"Teacher {path}: num_heads={num_heads} given, but {MODEL_FILE} records "
+            raise ValueError(f"Encoder {path}: num_heads={num_heads} given, but {MODEL_FILE} records "
                              f"{vit['num_heads']}.")
         src_size = _square(spec.get("image_size"))
         size = _square(image_size)
@@ -231,13 +275,13 @@ def load_encoder(path: str | Path, *, image_size: int | Sequence[int] | None = N
                                                                                  src_size[1] // p))
             dst_grid = (size[0] // p, size[1] // p)
             if src_grid is None:
-                raise ValueError(f"Teacher {path}: pos_embed of {len(pos)} tokens is not a square grid and "
+                raise ValueError(f"Encoder {path}: pos_embed of {len(pos)} tokens is not a square grid and "
                                  f"{MODEL_FILE} records no image_size.")
             if src_grid != dst_grid:
                 params = dict(params, pos_embed=convert.resample_posemb(pos, src_grid, dst_grid, resample)[None])
                 notes.append(f"learned pos_embed resampled {src_grid} -> {dst_grid} ({resample})")
         source = dict(spec.get("source") or {}, format="exported", notes=notes)
-        return LoadedEncoder(vit, params, spec.get("in_channels", 1), _stat(spec["mean"] if mean is None else mean),
+        return EncoderWeights(vit, params, spec.get("in_channels", 1), _stat(spec["mean"] if mean is None else mean),
                              _stat(spec["std"] if std is None else std), list(size or src_size or []) or None,
                              str(path), source)
     weight_file = _resolve_weight_file(path)
@@ -255,33 +299,29 @@ def load_encoder(path: str | Path, *, image_size: int | Sequence[int] | None = N
                                                           else 0.5))
     for name, stat in (("mean", mean), ("std", std)):
         if isinstance(stat, tuple) and len(stat) != in_channels:
-            raise ValueError(f"Teacher {weight_file}: {name}={stat} has {len(stat)} channels, the checkpoint's "
+            raise ValueError(f"Encoder {weight_file}: {name}={stat} has {len(stat)} channels, the checkpoint's "
                              f"patch_embed takes {in_channels}.")
     source = {"file": str(weight_file), "format": formats.detect_format(weight_file) if fmt == "auto" else fmt,
                   "scheme": imported.scheme, "notes": imported.notes, "ignored_keys": len(imported.ignored),
                   "sidecar": sidecar.get("sidecar")}
-    return LoadedEncoder(vit, imported.params, in_channels, mean, std, list(imported.image_size), str(weight_file),
+    return EncoderWeights(vit, imported.params, in_channels, mean, std, list(imported.image_size), str(weight_file),
                          source)
 
 
-def load_teacher(path: str | Path, *, dtype: Any = jnp.float32, remat: bool = False,
+def load_encoder(path: str | Path, *, dtype: Any = jnp.float32, remat: bool = False,
                  image_size: int | Sequence[int] | None = None, num_heads: int | None = None,
                  mean: Stat | None = None, std: Stat | None = None, fmt: str = "auto",
-                 resample: str = "bicubic") -> FrozenTeacher:
-    """Load a frozen teacher (parameters as host numpy arrays) from any of:
+                 resample: str = "bicubic") -> FrozenEncoder:
+    """The one way to load an encoder (parameters as host numpy arrays): ``path`` is any of the module docstring's
+    list (exported encoder, run workdir, train checkpoint step, imported ViT state dict or snapshot directory).
 
-    - an exported encoder directory (``model.json`` + ``params/``), e.g. ``<run>/encoder``;
-    - a ViT state dict file: ``.safetensors``, ``.npz``, or PyTorch ``.pth/.pt/.bin/.ckpt`` (torch needed, read
-      with ``weights_only=True``), in timm naming, an official I-JEPA checkpoint (``target_encoder`` preferred)
-      or an MAE-style one (decoder ignored); see ``convert.SCHEMES``;
-    - a directory holding one of ``WEIGHT_FILES`` (e.g. a Hugging Face timm snapshot).
-
-    ``image_size``: the resolution the teacher will see; learned position embeddings are resampled to its grid
-    (``resample``: bicubic or bilinear, see ``convert.resample_posemb``). ``num_heads``, ``mean``, ``std``
-    override what the checkpoint (or its sidecar ``<stem>.json`` / ``config.json``) says; the defaults for
-    imported checkpoints are ``convert.default_num_heads`` and ImageNet's mean/std.
+    ``dtype``/``remat``: how the module computes. ``image_size``: the resolution it will see; learned position
+    embeddings are resampled to its grid (``resample``: bicubic or bilinear, see ``convert.resample_posemb``).
+    ``num_heads``, ``mean``, ``std`` override what the checkpoint (or its sidecar ``<stem>.json`` /
+    ``config.json``) says; the defaults for imported checkpoints are ``convert.default_num_heads`` and ImageNet's
+    mean/std. Bad input raises FileNotFoundError / ValueError naming the file and the parameter.
     """
-    enc = load_encoder(path, image_size=image_size, num_heads=num_heads, mean=mean, std=std, fmt=fmt,
+    enc = read_encoder(path, image_size=image_size, num_heads=num_heads, mean=mean, std=std, fmt=fmt,
                        resample=resample)
     module = VisionTransformer(**enc.vit, remat=remat, dtype=dtype)
-    return FrozenTeacher(module, enc.params, enc.in_channels, enc.mean, enc.std, enc.path, params_hash(enc.params))
+    return FrozenEncoder(module, enc.params, enc.in_channels, enc.mean, enc.std, enc.path, params_hash(enc.params))

@@ -1,7 +1,7 @@
 """The teacher-target cache: the frozen teacher's patch embeddings, computed once per image, read back by index.
 
 Because the teacher is frozen and the default pipeline is augmentation-free, the teacher's embedding of image
-``i`` of a split never changes: ``python -m usjepa_jax.teacher cache`` runs the teacher once over every image of
+``i`` of a split never changes: ``python -m usjepa_jax.encoders cache`` runs the teacher once over every image of
 the split (source indices ``0..num-1``, exactly as the pipeline produces them after ``ToModelInput``, no
 augmentation, no masks) and stores ``[N, D]`` bfloat16 per image in ArrayRecord shards. Training with
 ``config.teacher.cache=DIR`` then reads the targets instead of running the teacher (whose weights are then never
@@ -39,7 +39,7 @@ import numpy as np
 from usjepa_jax import objectives, sharding
 from usjepa_jax.data.pipeline import SPLITS, build_dataset
 from usjepa_jax.models import vit
-from usjepa_jax.teacher import load_encoder, load_teacher, params_hash
+from usjepa_jax.encoders import read_encoder, load_encoder, params_hash
 
 MANIFEST = "cache.json"
 FORMAT_VERSION = 1
@@ -67,7 +67,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"config.teacher.cache={str(directory)!r} is not a teacher cache (no {MANIFEST}; an interrupted "
-            f"write leaves none): write one with `python -m usjepa_jax.teacher cache --config=... --output "
+            f"write leaves none): write one with `python -m usjepa_jax.encoders cache --config=... --output "
             f"{directory}`.")
     return json.loads(path.read_text())
 
@@ -113,7 +113,7 @@ class TeacherTargets(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class TeacherCache:
-    """Stands in for a ``FrozenTeacher`` when training from cached targets: no module, no parameters.
+    """Stands in for a ``FrozenEncoder`` when training from cached targets: no module, no parameters.
 
     ``path``/``content_hash`` are the teacher's (recorded in checkpoints as for a loaded teacher).
     """
@@ -196,7 +196,7 @@ def check_compatible(config: ml_collections.ConfigDict, manifest: dict[str, Any]
         raise ValueError(f"config.model.variant={config.model.variant!r} has patch size {student_patch}, the "
                          f"teacher of {where} {manifest['patch_size']}: their patch grids must match.")
     if config.teacher.checkpoint:
-        enc = load_encoder(config.teacher.checkpoint, image_size=config.data.image_size)  # host memory only
+        enc = read_encoder(config.teacher.checkpoint, image_size=config.data.image_size)  # host memory only
         content_hash = params_hash(enc.params)
         if content_hash != manifest["teacher"]["content_hash"]:
             raise ValueError(
@@ -245,7 +245,7 @@ def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teache
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
     output = Path(output).absolute()
-    teacher = load_teacher(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
+    teacher = load_encoder(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
     grid = config.data.image_size // teacher.module.patch_size
     tokens = grid * grid
     manifest = {"format": FORMAT_VERSION, "dtype": STORE_DTYPE, "normalized": bool(normalize), "tokens": tokens,

@@ -174,7 +174,7 @@ def select_encoder(state: dict[str, np.ndarray]) -> tuple[KeyScheme, dict[str, n
     raise CheckpointMismatchError(
         f"No ViT encoder found: no key ends in 'patch_embed.proj.weight' under any known prefix "
         f"({[s.prefix for s in SCHEMES]}). First keys: {sample}. Add a KeyScheme to "
-        f"usjepa_jax.teacher.convert.SCHEMES for a new naming scheme.")
+        f"usjepa_jax.encoders.convert.SCHEMES for a new naming scheme.")
 
 
 def _grid_of(length: int, image_grid: tuple[int, int] | None) -> tuple[int, int] | None:

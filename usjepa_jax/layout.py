@@ -1,0 +1,26 @@
+"""The names inside a run's workdir, in one place (the trainer writes them; evaluation, the encoder CLI and the
+tests read them)::
+
+    WORKDIR/
+      config.json          the resolved config of the run (``evaluate`` reads it)
+      checkpoints/STEP/    orbax: train state + data-iterator position + metadata (checkpointing.py)
+      metrics.jsonl        one JSON record per log line; TensorBoard event files next to it
+      loss_curve.png
+      encoder/             the final student, an exported encoder (``model.json`` + ``params/``)
+      encoder_best/        the student at the lowest validation loss (only with a validation loss)
+      teacher/             the stage-1 pixel teacher's own run folder (this same layout), US-JEPA only
+      eval/                evaluation results and figures (``python -m usjepa_jax.evaluate``)
+"""
+
+CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+ENCODER_DIR = "encoder"
+BEST_ENCODER_DIR = "encoder_best"  # the encoder at the lowest validation loss (the one to use downstream)
+TEACHER_DIR = "teacher"
+EVAL_DIR = "eval"
+
+# Inside an exported encoder directory.
+MODEL_FILE = "model.json"
+PARAMS_DIR = "params"
