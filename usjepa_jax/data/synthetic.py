@@ -10,8 +10,9 @@ returns a dict:
   0 outside, 1 tissue (generic soft tissue), 2 fat, 3 muscle, 4 vessel (blood), 5 cyst, 6 hypoechoic lesion,
   7 hyperechoic lesion, 8 calcification, 9 skin, 10 liver, 11 kidney cortex, 12 renal medulla, 13 renal sinus,
   14 thyroid, 15 trachea (air), 16 bladder (urine), 17 bone, 18 diaphragm. A pixel takes the code of the nearest
-  acquisition sample, except lesion codes, which mark every pixel whose anti-aliasing footprint is at least 30%
-  lesion (so a calcification smaller than a pixel still marks the pixel it brightens);
+  acquisition sample; lesion codes also mark every pixel whose anti-aliasing footprint is at least half lesion
+  (a lesion smaller than that: its best-covered pixels, so a calcification smaller than a pixel still marks the
+  pixel it brightens);
 - ``label`` int: the lesion class (index into ``CLASS_NAMES``, as before);
 - ``labels`` ``dict[str, int]``: one entry per task of ``TASK_CLASSES`` (index into ``TASK_CLASSES[task]``), -1
   where the task does not apply (``margin`` is only defined for solid lesions, hypo- and hyperechoic);
@@ -47,9 +48,9 @@ centre frequency ``f`` is drawn below it, as a sonographer lowers the frequency 
   the focus, widening away from it towards ``sqrt(2) lambda F``; ``z_R = 3.5 lambda F^2`` is half the depth of
   field; ``F(z) = max(F#, z / D_ap)`` (the aperture ``D_ap`` of the probe caps the F-number's fall with depth,
   so sector and curvilinear beams widen in the far field).
-- Acquisition grid (per probe and depth, independent of the output size): ``samples_per_cell`` (>= 2) samples per
-  FWHM of the finest PSF the probe produces at that depth (highest frequency and bandwidth, smallest F-number),
-  axially (range samples) and laterally (beam lines; for fans in angle, ``min_z W(z) / r(z)``).
+- Acquisition grid (per image, independent of the output size): the smallest grid with ``samples_per_cell``
+  (>= 2) samples per FWHM of this image's PSF, axially (range samples per axial FWHM) and laterally (beam lines
+  per narrowest lateral FWHM ``min_z W(z)``; for fans in angle, ``min_z W(z) / r(z)``).
 - Scatterers: each grid cell holds many sub-resolution scatterers, so its summed echo is circular complex
   Gaussian (central limit), of variance the local echogenicity (linear power, from the dB map); the carrier's
   phase is part of that random phase, which is why the simulation runs at complex baseband (IQ), as scanners
@@ -68,12 +69,13 @@ centre frequency ``f`` is drawn below it, as a sonographer lowers the frequency 
   scatterers within a few PSF widths), at no extra random draws.
 - Log compression: ``dB = 20 log10 |IQ| + gain + 0.55 DR``, mapped from ``[0, DR]`` to grey levels 0-255 (0 dB
   tissue at 55% of the dynamic range ``DR``).
-- Scan conversion with anti-aliasing: each output pixel (square, ``pixel_mm = field / S``, the scan's bounding box
-  fitted in the square) is a triangle-filter average of the log-compressed grid over its footprint (half-width
-  ``max(1, pixel / sample spacing)`` samples in each axis), i.e. bilinear interpolation when the output is finer
-  than the grid and area averaging when coarser, as when a clinical frame is resized. The maps are sparse
-  matrices, cached per (probe variant, output size). The grain is therefore a fixed size in mm: at 224 px a
-  linear scan shows it, at 64 px it is averaged as a resized clinical frame's is.
+- Scan conversion with anti-aliasing (``ScanConverter``): each output pixel (square, ``pixel_mm = field / S``,
+  the scan's bounding box fitted in the square) is the box average of the log-compressed grid over the pixel's
+  footprint (``pixel / spacing`` samples in range and across beams; fans: per depth), interpolated bilinearly at
+  the pixel centre: bilinear interpolation when the output is finer than the grid, area averaging when coarser,
+  as when a clinical frame is resized. Only the pixels' beam coordinates are cached, per (probe variant, output
+  size). The grain is therefore a fixed size in mm: at 224 px a linear scan shows it, at 64 px it is averaged
+  as a resized clinical frame's is.
 
 Contrast (clinical B-mode, relative to the host tissue): cysts anechoic (fluid, at the noise floor) with a thin
 bright wall and posterior enhancement; hypoechoic solid -6..-15 dB; hyperechoic solid +6..+15 dB; calcifications
@@ -108,7 +110,6 @@ from typing import Any
 
 import numpy as np
 import scipy.fft
-import scipy.sparse
 
 SPEED_OF_SOUND = 1.540  # mm per microsecond (1540 m/s): lambda[mm] = SPEED_OF_SOUND / f[MHz]
 
@@ -166,7 +167,7 @@ class SimulatorConfig:
     tgc_compensation: tuple[float, float] = (0.85, 1.0)  # fraction of the organ's normal attenuation the TGC undoes
     dynamic_range_db: tuple[float, float] = (50.0, 65.0)
     gain_db: tuple[float, float] = (-5.0, 5.0)
-    noise_db: tuple[float, float] = (-75.0, -60.0)  # electronic noise relative to 0 dB tissue, before TGC
+    noise_db: tuple[float, float] = (-95.0, -80.0)  # electronic noise relative to 0 dB tissue, before TGC
     vessel_prob: float = 0.5  # extra vessels (liver: hepatic vein; muscle: a vessel between bellies)
     overlay_prob: float = 0.3
     samples_per_cell: float = 2.0  # acquisition samples per FWHM of the finest PSF, each direction
@@ -264,43 +265,37 @@ class Grid:
         return self.axial, self.lines
 
 
-@functools.lru_cache(maxsize=128)
-def acquisition_grid(geometry: ScanGeometry, config_key: tuple) -> Grid:
-    """Grid resolving the finest PSF of this probe at this depth by ``samples_per_cell`` in each direction."""
-    samples_per_cell, bandwidth_max, f_number_min = config_key
+def acquisition_grid(geometry: ScanGeometry, pulse: dict, samples_per_cell: float = 2.0) -> Grid:
+    """The smallest grid sampling this image's PSF by ``samples_per_cell`` per FWHM in each direction: range
+    samples per axial FWHM, beam lines per narrowest lateral FWHM (fans: in angle, ``min_z W(z) / r(z)``).
+    It depends on the probe and the pulse only, never on the output size."""
     probe = geometry.probe
-    f_hi = highest_frequency(probe, geometry.depth_mm)
-    axial = math.ceil(samples_per_cell * geometry.depth_mm / axial_fwhm_mm(f_hi, bandwidth_max))
-    z = np.linspace(0.5, geometry.depth_mm, 256)
-    # The finest lateral PSF over focus positions (the focus is at z, the best case there) and depths.
-    finest = SPEED_OF_SOUND / f_hi * np.maximum(f_number_min, z / probe.aperture_mm)
+    axial = math.ceil(samples_per_cell * geometry.depth_mm / axial_fwhm_mm(pulse["frequency_mhz"],
+                                                                          pulse["bandwidth"]))
+    z = np.append(np.linspace(0.25, geometry.depth_mm, 256), pulse["focal_mm"])  # the focus: the narrowest beam
+    width = lateral_fwhm_mm(z, pulse["frequency_mhz"], pulse["f_number"], pulse["focal_mm"], probe.aperture_mm)
     if geometry.is_fan:
         angle = np.deg2rad(geometry.span)
-        lines = math.ceil(samples_per_cell * angle / np.min(finest / (geometry.radius_mm + z)))
+        lines = math.ceil(samples_per_cell * angle / np.min(width / (geometry.radius_mm + z)))
         return Grid(axial, lines, geometry.depth_mm / axial, angle / lines)
-    lines = math.ceil(samples_per_cell * geometry.span / np.min(finest))
+    lines = math.ceil(samples_per_cell * geometry.span / width.min())
     return Grid(axial, lines, geometry.depth_mm / axial, geometry.span / lines)
 
 
-def _grid_key(config: SimulatorConfig) -> tuple:
-    return (config.samples_per_cell, config.fractional_bandwidth[1], config.f_number[0])
-
-
-@functools.lru_cache(maxsize=64)
 def _acquisition_points(geometry: ScanGeometry, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Body coordinates (x lateral, z depth below the probe's centre, d depth below the skin) in mm of every
     acquisition sample ``[A, L]`` (beam lines are the columns), float32."""
     a, lines = grid.shape
-    rng_mm = ((np.arange(a) + 0.5) * grid.dz_mm)[:, None]
-    col = (np.arange(lines) + 0.5 - lines / 2)[None, :]
+    rng_mm = ((np.arange(a, dtype=np.float32) + 0.5) * np.float32(grid.dz_mm))[:, None]
+    col = (np.arange(lines, dtype=np.float32) + np.float32(0.5 - lines / 2))[None, :]
     if not geometry.is_fan:
-        x, z = np.broadcast_to(col * grid.dline, (a, lines)), np.broadcast_to(rng_mm, (a, lines))
-        d = z
-    else:
-        r, theta = geometry.radius_mm + rng_mm, col * grid.dline
-        x, z = r * np.sin(theta), r * np.cos(theta) - geometry.radius_mm
-        d = np.broadcast_to(rng_mm if geometry.kind == "curvilinear" else z, (a, lines))  # skin follows the array
-    return tuple(np.ascontiguousarray(v, np.float32) for v in (x, z, d))
+        x = np.broadcast_to(col * np.float32(grid.dline), (a, lines))
+        z = np.broadcast_to(rng_mm, (a, lines))
+        return x, z, z
+    r, theta = np.float32(geometry.radius_mm) + rng_mm, col * np.float32(grid.dline)
+    x, z = r * np.sin(theta), r * np.cos(theta) - np.float32(geometry.radius_mm)
+    d = np.broadcast_to(rng_mm, (a, lines)) if geometry.kind == "curvilinear" else z  # the skin follows the array
+    return x, z, d
 
 
 def _output_points(geometry: ScanGeometry, size: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -312,52 +307,111 @@ def _output_points(geometry: ScanGeometry, size: int) -> tuple[np.ndarray, np.nd
 
 
 @functools.lru_cache(maxsize=64)
-def _scan_conversion(geometry: ScanGeometry, grid: Grid, size: int):
-    """Anti-aliased scan conversion: a sparse ``[S*S, A*L]`` matrix of triangle-filter weights (normalised per
-    pixel, zero outside the scan), the scan mask ``[S, S]`` and each pixel's nearest acquisition sample."""
-    a, lines = grid.shape
+def _pixel_map(geometry: ScanGeometry, size: int):
+    """Per output pixel inside the scan: its flat index, range (mm) and lateral position (mm or radians) in beam
+    coordinates; the scan mask ``[S, S]``; the pixel size (mm). Independent of the acquisition grid."""
     xs, zs, pixel = _output_points(geometry, size)
     if not geometry.is_fan:
-        fi, fj = zs / grid.dz_mm - 0.5, xs / grid.dline + lines / 2 - 0.5
+        rng_mm, lateral = zs, xs
         mask = (np.abs(xs) <= geometry.span / 2) & (zs >= 0) & (zs <= geometry.depth_mm)
-        scale_j = np.full_like(fi, pixel / grid.dline)
     else:
-        r, theta = np.hypot(xs, zs + geometry.radius_mm), np.arctan2(xs, zs + geometry.radius_mm)
-        fi, fj = (r - geometry.radius_mm) / grid.dz_mm - 0.5, theta / grid.dline + lines / 2 - 0.5
-        mask = (r >= geometry.radius_mm) & (r - geometry.radius_mm <= geometry.depth_mm) & \
-            (np.abs(theta) <= np.deg2rad(geometry.span) / 2)
-        scale_j = pixel / (np.maximum(r, 1e-3) * grid.dline)
-    half_i = np.maximum(1.0, pixel / grid.dz_mm)  # triangle half-width in samples: bilinear or area averaging
-    half_j = np.maximum(1.0, scale_j)
+        r = np.hypot(xs, zs + geometry.radius_mm)
+        rng_mm, lateral = r - geometry.radius_mm, np.arctan2(xs, zs + geometry.radius_mm)
+        mask = (rng_mm >= 0) & (rng_mm <= geometry.depth_mm) & (np.abs(lateral) <= np.deg2rad(geometry.span) / 2)
     pix = np.flatnonzero(mask)
-    fi, fj, hj = fi.reshape(-1)[pix], fj.reshape(-1)[pix], half_j.reshape(-1)[pix]
-    reach_i, reach_j = math.ceil(half_i), int(np.ceil(hj.max()))
-    rows, cols, vals = [], [], []
-    for oi in range(-reach_i, reach_i + 2):
-        si = np.floor(fi).astype(np.int64) + oi
-        wi = np.maximum(0.0, 1.0 - np.abs(si - fi) / half_i)
-        for oj in range(-reach_j, reach_j + 2):
-            sj = np.floor(fj).astype(np.int64) + oj
-            w = wi * np.maximum(0.0, 1.0 - np.abs(sj - fj) / hj)
-            keep = (w > 0) & (si >= 0) & (si < a) & (sj >= 0) & (sj < lines)
-            rows.append(pix[keep])
-            cols.append(si[keep] * lines + sj[keep])
-            vals.append(w[keep])
-    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-    matrix = scipy.sparse.csr_matrix((vals, (rows, cols)), shape=(size * size, a * lines), dtype=np.float64)
-    total = np.asarray(matrix.sum(axis=1)).reshape(-1)
-    matrix = (scipy.sparse.diags(np.where(total > 0, 1 / np.maximum(total, 1e-12), 0.0)) @ matrix).tocsr()
-    matrix = matrix.astype(np.float32)
-    nearest = (np.clip(np.rint(fi), 0, a - 1).astype(np.int64) * lines + np.clip(np.rint(fj), 0, lines - 1)
-               .astype(np.int64))
-    nearest_full = np.zeros(size * size, np.int64)
-    nearest_full[pix] = nearest
-    return matrix, mask, nearest_full
+    return pix, rng_mm.reshape(-1)[pix], lateral.reshape(-1)[pix], mask, pixel
 
 
-def _scan_convert(values: np.ndarray, geometry: ScanGeometry, grid: Grid, size: int) -> np.ndarray:
-    matrix = _scan_conversion(geometry, grid, size)[0]
-    return (matrix @ values.reshape(-1)).reshape(size, size)
+def _box_columns(values: np.ndarray, width: float) -> np.ndarray:
+    """``_box_rows`` along axis 0 with one width for every column (cumulative sums down the columns)."""
+    m = int(np.floor((width - 1) / 2))
+    f = np.float32((width - 1 - 2 * m) / 2)
+    n, pad = values.shape[0], m + 1
+    padded = np.pad(values, ((pad, pad), (0, 0)), mode="edge")
+    cum = np.cumsum(padded, axis=0, dtype=np.float32)
+    lo, hi = pad - m - 1, pad + m
+    total = cum[hi:hi + n] - cum[lo:lo + n]
+    total += f * (padded[lo:lo + n] + padded[hi + 1:hi + 1 + n])
+    total /= np.float32(2 * m + 1) + 2 * f
+    return total
+
+
+def _box_rows(values: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Centred moving average along axis 1 over a fractional ``width`` (>= 1) samples per row ``[A]``: the
+    ``2m + 1`` samples around each one plus a fraction ``f`` of the next one on each side (``width = 2m + 1 + 2f``),
+    from one cumulative sum of the edge-replicated rows; rows of equal ``m`` (contiguous: the width varies
+    monotonically with depth) are one slice."""
+    m_all = np.floor((width - 1) / 2).astype(np.int64)
+    f_all = ((width - 1 - 2 * m_all) / 2).astype(np.float32)[:, None]
+    n, pad = values.shape[1], int(m_all.max()) + 1
+    padded = np.pad(values, ((0, 0), (pad, pad)), mode="edge")
+    cum = np.cumsum(padded, axis=1, dtype=np.float32)
+    out = np.empty_like(values)
+    starts = np.flatnonzero(np.diff(m_all, prepend=-1))
+    for start, stop in zip(starts, list(starts[1:]) + [len(m_all)]):
+        m, rows = int(m_all[start]), slice(start, stop)
+        # Original sample k is padded[k + pad]: its window [k - m, k + m] sums to cum[k + pad + m] - cum[k + pad
+        # - m - 1]; the fractional neighbours are padded[k + pad - m - 1] and padded[k + pad + m + 1].
+        lo, hi = pad - m - 1, pad + m
+        total = cum[rows, hi:hi + n] - cum[rows, lo:lo + n]
+        f = f_all[rows]
+        total += f * (padded[rows, lo:lo + n] + padded[rows, hi + 1:hi + 1 + n])
+        total /= np.float32(2 * m + 1) + 2 * f
+        out[rows] = total
+    return out
+
+
+class ScanConverter:
+    """Anti-aliased scan conversion of one acquisition grid to the ``size`` x ``size`` output.
+
+    Each output pixel is the box average of the grid over the pixel's footprint (``pixel / spacing`` samples in
+    range and across beams, fans: per depth), interpolated bilinearly at the pixel centre: bilinear
+    interpolation when the output is finer than the grid, area averaging when coarser, as resizing a frame."""
+
+    def __init__(self, geometry: ScanGeometry, grid: Grid, size: int):
+        pix, rng_mm, lateral, self.mask, pixel = _pixel_map(geometry, size)
+        a, lines = grid.shape
+        self.size, self.pix = size, pix
+        fi = np.clip(rng_mm / grid.dz_mm - 0.5, 0, a - 1)
+        fj = np.clip(lateral / grid.dline + lines / 2 - 0.5, 0, lines - 1)
+        i0, j0 = np.minimum(fi.astype(np.int64), a - 2), np.minimum(fj.astype(np.int64), lines - 2)
+        self.di, self.dj = (fi - i0).astype(np.float32), (fj - j0).astype(np.float32)
+        self.flat = i0 * lines + j0
+        self.lines = lines
+        self.nearest = np.rint(fi).astype(np.int64) * lines + np.rint(fj).astype(np.int64)
+        self.axial_width = pixel / grid.dz_mm
+        depth = (np.arange(a) + 0.5) * grid.dz_mm
+        spacing = grid.dline * (geometry.radius_mm + depth) if geometry.is_fan else np.full(a, grid.dline)
+        self.lateral_width = (pixel / spacing).astype(np.float32)
+
+    def __call__(self, values: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """``[A, L]`` float32 -> ``[S, S]`` float32 (0 outside the scan). ``rows``, ``cols``: only that block of
+        the grid is non-zero (it is filtered alone, the rest taken as 0)."""
+        if (rows, cols) != (slice(None), slice(None)):
+            block = self._filter(np.ascontiguousarray(values[rows, cols]), self.lateral_width[rows])
+            values = np.zeros(values.shape, np.float32)
+            values[rows, cols] = block
+        else:
+            values = self._filter(values, self.lateral_width)
+        flat, lines = values.reshape(-1), self.lines
+        top = flat[self.flat] * (1 - self.dj) + flat[self.flat + 1] * self.dj
+        bottom = flat[self.flat + lines] * (1 - self.dj) + flat[self.flat + lines + 1] * self.dj
+        out = np.zeros(self.size * self.size, np.float32)
+        out[self.pix] = top * (1 - self.di) + bottom * self.di
+        return out.reshape(self.size, self.size)
+
+    def _filter(self, values: np.ndarray, lateral_width: np.ndarray) -> np.ndarray:
+        if self.axial_width > 1.0:
+            values = _box_columns(values, self.axial_width)
+        if lateral_width.max() > 1.0:
+            values = _box_rows(np.ascontiguousarray(values), np.maximum(lateral_width, 1.0))
+        return values
+
+    def nearest_sample(self, values: np.ndarray, fill: int = 0) -> np.ndarray:
+        """``[S, S]`` of the nearest acquisition sample's value (``fill`` outside the scan)."""
+        out = np.full(self.size * self.size, fill, values.dtype)
+        out[self.pix] = values.reshape(-1)[self.nearest]
+        return out.reshape(self.size, self.size)
 
 
 # ------------------------------------------------------------------------------------------------ phantom
@@ -414,7 +468,10 @@ def _margin_profile(margin: tuple, angle: np.ndarray) -> np.ndarray:
         # Narrow spikes: a high power of the positive half-wave, each spike's length jittered.
         index = np.floor((k * angle + np.float32(phase) + np.float32(np.pi)) / np.float32(2 * np.pi)) % spikes
         lengths = np.asarray(jitter, np.float32)[index.astype(np.int64)]
-        return 1.0 + np.float32(length) * lengths * np.maximum(wave, 0) ** 12
+        wave = np.maximum(wave, 0)
+        wave *= wave
+        wave *= wave  # ^4
+        return 1.0 + np.float32(length) * lengths * (wave * wave * wave)  # ^12
     raise ValueError(f"unknown margin {kind!r}")
 
 
@@ -428,48 +485,67 @@ def margin_harmonics(margin: tuple | None) -> tuple[float, float]:
     return float(np.sqrt(2 * np.sum(coeffs[1:7] ** 2))), float(np.sqrt(2 * np.sum(coeffs[7:] ** 2)))
 
 
-def _region_points(region: Region, x: np.ndarray, z: np.ndarray, d: np.ndarray):
-    """(flat indices, signed distance to the boundary in mm, negative inside) of candidate points."""
+class _Blocks:
+    """Row and column extents of a 2-D grid of points, to find the rectangular block of rows x columns that
+    holds every point inside an (x, z) bounding box (regions are then evaluated on that block only)."""
+
+    def __init__(self, x: np.ndarray, z: np.ndarray):
+        self.row_x = (x.min(axis=1), x.max(axis=1))
+        self.row_z = (z.min(axis=1), z.max(axis=1))
+        self.col_x = (x.min(axis=0), x.max(axis=0))
+        self.col_z = (z.min(axis=0), z.max(axis=0))
+
+    def block(self, bx: tuple[float, float], bz: tuple[float, float]) -> tuple[slice, slice] | None:
+        rows = np.flatnonzero((self.row_x[1] >= bx[0]) & (self.row_x[0] <= bx[1]) & (self.row_z[1] >= bz[0])
+                              & (self.row_z[0] <= bz[1]))
+        cols = np.flatnonzero((self.col_x[1] >= bx[0]) & (self.col_x[0] <= bx[1]) & (self.col_z[1] >= bz[0])
+                              & (self.col_z[0] <= bz[1]))
+        if not len(rows) or not len(cols):
+            return None
+        return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
+def _region_bounds(region: Region) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """(x, z) bounding box (mm) of a region and its wall; None for regions unbounded in x."""
+    shape, g = region.shape, region.geom
+    reach = region.wall_mm
+    if shape == "ellipse":
+        cx, cz, rx, rz, _ = g
+        margin = region.margin
+        extra = 1.0 + (margin[2] if margin and margin[0] == "spiculated" else margin[2] if margin else 0.0)
+        reach += max(rx, rz) * extra * 1.3
+    elif shape == "arc":
+        cx, cz, radius, half_t, _ = g
+        reach += radius + half_t
+    else:
+        return None
+    return (cx - reach, cx + reach), (cz - reach, cz + reach)
+
+
+def _signed_distance(region: Region, px: np.ndarray, pz: np.ndarray, pd: np.ndarray) -> np.ndarray:
+    """Signed distance (mm, negative inside) to the region's boundary at points."""
     shape, g = region.shape, region.geom
     if shape == "below":
         depth, amp, wavelength, phase = g
-        top = np.float32(depth) + np.float32(amp) * np.sin(np.float32(2 * np.pi / wavelength) * x
-                                                           + np.float32(phase))
-        return None, (top - d).reshape(-1)
-    reach = region.wall_mm
+        return np.float32(depth) + np.float32(amp) * np.sin(np.float32(2 * np.pi / wavelength) * px
+                                                            + np.float32(phase)) - pd
     if shape == "ellipse":
         cx, cz, rx, rz, rot = g
-        extra = 1.0 + (max(region.margin[2], 0) if region.margin and region.margin[0] == "spiculated" else
-                       region.margin[2] if region.margin else 0.0)
-        reach += max(rx, rz) * extra * 1.3
-        bx, bz = (cx - reach, cx + reach), (cz - reach, cz + reach)
-    elif shape == "band":
-        x0, z0, angle, half = g
-        bx, bz = (-np.inf, np.inf), (-np.inf, np.inf)
-    else:  # arc
-        cx, cz, radius, half_t, half_angle = g
-        reach += radius + half_t
-        bx, bz = (cx - reach, cx + reach), (cz - reach, cz + reach)
-    idx = np.flatnonzero((x >= bx[0]) & (x <= bx[1]) & (z >= bz[0]) & (z <= bz[1])) if np.isfinite(bx[0]) \
-        else np.arange(x.size)
-    px, pz = x.reshape(-1)[idx], z.reshape(-1)[idx]
-    if shape == "ellipse":
         c, s = np.float32(np.cos(rot)), np.float32(np.sin(rot))
         dx, dz = px - np.float32(cx), pz - np.float32(cz)
         u, v = (c * dx + s * dz) / np.float32(rx), (-s * dx + c * dz) / np.float32(rz)
         rho = np.sqrt(u * u + v * v)
         boundary = _radial_margin(region.margin, np.arctan2(v, u)) if region.margin else np.float32(1.0)
-        dist = (rho - boundary) * np.float32(np.sqrt(rx * rz))
-    elif shape == "band":
-        dist = np.abs(np.float32(-np.sin(angle)) * (px - np.float32(x0)) + np.float32(np.cos(angle))
+        return (rho - boundary) * np.float32(np.sqrt(rx * rz))
+    if shape == "band":
+        x0, z0, angle, half = g
+        return np.abs(np.float32(-np.sin(angle)) * (px - np.float32(x0)) + np.float32(np.cos(angle))
                       * (pz - np.float32(z0))) - np.float32(half)
-    else:
-        dx, dz = px - np.float32(cx), pz - np.float32(cz)
-        r = np.sqrt(dx * dx + dz * dz)
-        dist = np.abs(r - np.float32(radius)) - np.float32(half_t)
-        outside_angle = np.abs(np.arctan2(dx, -dz)) > half_angle  # convex side up: centre below the sheet
-        dist[outside_angle] = np.inf
-    return idx, dist
+    cx, cz, radius, half_t, half_angle = g  # arc
+    dx, dz = px - np.float32(cx), pz - np.float32(cz)
+    dist = np.abs(np.sqrt(dx * dx + dz * dz) - np.float32(radius)) - np.float32(half_t)
+    dist[np.abs(np.arctan2(dx, -dz)) > half_angle] = np.inf  # convex side up: centre below the sheet
+    return dist
 
 
 def _texture_db(texture: tuple, x: np.ndarray, z: np.ndarray) -> np.ndarray | float:
@@ -482,32 +558,41 @@ def _texture_db(texture: tuple, x: np.ndarray, z: np.ndarray) -> np.ndarray | fl
     if kind == "striated":  # fibrillar lines (muscle fibres, fat septa) of a given angle and period
         angle, period, phase = texture[2:]
         t = (np.float32(np.sin(angle)) * x + np.float32(np.cos(angle)) * z) * np.float32(2 * np.pi / period)
-        return amp * (np.maximum(np.cos(t + np.float32(phase)), 0) ** 6 - 0.2)
+        c = np.maximum(np.cos(t + np.float32(phase)), 0)
+        c *= c
+        return amp * (c * c * c - np.float32(0.2))  # a narrow bright line per period (cos^6)
     raise ValueError(f"unknown texture {kind!r}")
 
 
 def phantom_maps(regions: tuple[Region, ...], x: np.ndarray, z: np.ndarray, d: np.ndarray):
-    """Segmentation (uint8), echogenicity (linear power, float32) and attenuation (dB/cm/MHz) at points."""
-    n = x.size
-    seg = np.zeros(n, np.uint8)
-    echo_db = np.zeros(n, np.float32)
-    atten = np.zeros(n, np.float32)
-    walls = np.zeros(n, np.float32)
-    xf, zf = x.reshape(-1), z.reshape(-1)
+    """Segmentation (uint8), echogenicity (linear power, float32) and attenuation (dB/cm/MHz) on a 2-D grid of
+    points ``[A, L]`` (x, z in body coordinates, d depth below the skin; mm). Regions are painted in order, each
+    evaluated only on the block of the grid that holds its bounding box."""
+    seg = np.zeros(x.shape, np.uint8)
+    echo_db = np.zeros(x.shape, np.float32)
+    atten = np.zeros(x.shape, np.float32)
+    walls = np.zeros(x.shape, np.float32)
+    blocks = _Blocks(x, z)
+    full = (slice(None), slice(None))
     for region in regions:
-        idx, dist = _region_points(region, x, z, d)
+        bounds = _region_bounds(region)
+        block = full if bounds is None else blocks.block(*bounds)
+        if block is None:
+            continue  # outside the field of view
+        px, pz, pd = x[block], z[block], d[block]
+        dist = _signed_distance(region, px, pz, pd)
         inside = dist <= 0
         t = region.tissue
-        sel = np.flatnonzero(inside) if idx is None else idx[inside]
-        seg[sel], atten[sel] = t.seg, t.atten
-        echo_db[sel] = np.float32(t.echo_db) + _texture_db(t.texture, xf[sel], zf[sel])
+        seg[block][inside], atten[block][inside] = t.seg, t.atten
+        echo_db[block][inside] = np.float32(t.echo_db) + _texture_db(t.texture, px[inside], pz[inside])
+        wall = walls[block]
+        wall[inside] = 0.0  # the interfaces of what it covers are gone
         if region.wall_db is not None:
             near = np.abs(dist) <= region.wall_mm / 2
-            wsel = np.flatnonzero(near) if idx is None else idx[near]
-            np.maximum.at(walls, wsel, np.float32(10 ** (region.wall_db / 10)))
-    echo = np.power(np.float32(10), echo_db * np.float32(0.1))
+            wall[near] = np.maximum(wall[near], np.float32(10 ** (region.wall_db / 10)))
+    echo = np.exp(echo_db * np.float32(np.log(10) / 10))
     echo += walls
-    return seg.reshape(x.shape), echo.reshape(x.shape), atten.reshape(x.shape)
+    return seg, echo, atten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -688,12 +773,12 @@ def _kidney(rng, geometry, grade, config):
         px = cx + np.cos(rot) * u * rx - np.sin(rot) * v * rz
         pz = cz + np.sin(rot) * u * rx + np.cos(rot) * v * rz
         regions.append(Region("ellipse", (px, pz, 0.17 * rx, 0.22 * rz, rot + a),
-                              Tissue(SEG["renal_medulla"], -13.0, 0.6)))
+                              Tissue(SEG["renal_medulla"], cortex.echo_db - 6.0, 0.6)))
     regions.append(Region("ellipse", (cx, cz, 0.5 * rx, 0.42 * rz, rot),
                           Tissue(SEG["renal_sinus"], _u(rng, (8, 11)), 0.8, _smooth(rng, (1.0, 2.0))),
                           margin=("lobulated", int(rng.integers(3, 6)), 0.2, _u(rng, (0, 6.3)))))
     # The lesion sits in the cortex (or the liver above): its site is given as an ellipse ring.
-    return regions, host, dict(ellipse=(cx, cz, rx, rz, rot), tissue=cortex)
+    return regions, host, dict(ellipse=(cx, cz, rx, rz, rot), tissue=cortex, fill=0.6, offset=0.62)
 
 
 def _thyroid(rng, geometry, grade, config):
@@ -748,6 +833,7 @@ def _bladder(rng, geometry, grade, config):
     D = geometry.depth_mm
     regions, wall = _body_wall(rng, (6, 18), (6, 12))
     tissue, host = _host_tissue(rng, SEG["tissue"], -1.0, 0.6, grade, _smooth(rng, (0.8, 2.0)))
+    host["normal_atten"] = 0.45  # the TGC is turned down for the urine's path (less posterior over-enhancement)
     regions.append(Region("below", (wall + 1.0, _u(rng, (0, 2)), _u(rng, (60, 150)), _u(rng, (0, 6.3))), tissue,
                           wall_db=9.0, wall_mm=0.8))
     rz = _u(rng, (0.13, 0.2)) * D
@@ -767,7 +853,7 @@ def _muscle(rng, geometry, grade, config):
     regions, wall = _body_wall(rng, (0.06 * D, 0.15 * D), (0.08 * D, 0.14 * D))
     angle = _u(rng, (1.25, 1.45)) * (1 if rng.random() < 0.5 else -1)  # pennation: fibres near-horizontal
     belly, host = _host_tissue(rng, SEG["muscle"], -4.0, 0.9, grade,
-                               ("striated", 7.0, angle, _u(rng, (0.015, 0.03)) * D, 0.0))
+                               ("striated", 4.0, angle, _u(rng, (0.015, 0.03)) * D, 0.0))
     depth = wall
     bellies = int(rng.integers(2, 4))
     bone_top = _u(rng, (0.78, 0.9)) * D
@@ -775,9 +861,10 @@ def _muscle(rng, geometry, grade, config):
         regions.append(Region("below", (depth, _u(rng, (0, 0.02)) * D, _u(rng, (1.0, 2.5)) * D, _u(rng, (0, 6.3))),
                               belly, wall_db=_u(rng, (11, 14)), wall_mm=0.012 * D + 0.3))
         depth += (bone_top - wall) / bellies * _u(rng, (0.8, 1.1))
-        if k == 0 and rng.random() < config.vessel_prob:
-            regions.append(Region("band", (_u(rng, (-0.2, 0.2)) * D, depth - 0.02 * D, _u(rng, (-0.15, 0.15)),
-                                           0.02 * D), Tissue(SEG["vessel"], **BLOOD), 11.0, 0.01 * D + 0.3))
+        if k == 0 and rng.random() < config.vessel_prob:  # a vessel along the fascia, cut lengthwise
+            regions.append(Region("ellipse", (_u(rng, (-0.2, 0.2)) * D, depth - 0.02 * D, _u(rng, (0.12, 0.25)) * D,
+                                              0.012 * D, _u(rng, (-0.15, 0.15))), Tissue(SEG["vessel"], **BLOOD),
+                                  11.0, 0.01 * D + 0.3))
     radius = _u(rng, (0.8, 1.6)) * D
     regions.append(Region("ellipse", (_u(rng, (-0.1, 0.1)) * D, bone_top + radius, radius, radius, 0.0),
                           Tissue(SEG["bone"], -20.0, 25.0), wall_db=23.0, wall_mm=0.02 * D + 0.6))
@@ -797,7 +884,7 @@ def _add_lesion(rng: np.random.Generator, regions: list[Region], label: int, mar
     aspect = _u(rng, (0.7, 1.0))
     rot = _u(rng, (0, np.pi))
     solid_db = _u(rng, (6.0, 15.0))
-    calc_db = _u(rng, (20.0, 30.0))
+    calc_db = _u(rng, (25.0, 35.0))
     lobes, lobe_amp, phase = int(rng.integers(3, 6)), _u(rng, (0.18, 0.28)), _u(rng, (0, 6.3))
     spikes, spike_len = int(rng.integers(8, 15)), _u(rng, (0.35, 0.6))
     jitter = tuple(rng.uniform(0.5, 1.0, 16))
@@ -810,12 +897,12 @@ def _add_lesion(rng: np.random.Generator, regions: list[Region], label: int, mar
     rx, rz = r_eq / np.sqrt(aspect), r_eq * np.sqrt(aspect)
     if "ellipse" in site:  # inside an organ outline (kidney cortex, thyroid lobe): shrink to fit
         cx, cz, ox, oz, orot = site["ellipse"]
-        scale = min(1.0, 0.5 * min(ox, oz) / max(rx, rz))
+        scale = min(1.0, site.get("fill", 0.5) * min(ox, oz) / max(rx, rz))
         rx, rz, r_eq = rx * scale, rz * scale, r_eq * scale
         # Along the long axis, off the centre (the kidney's poles, away from its sinus), keeping a lesion radius
         # of host around it.
         side = 1.0 if pos[0] < 0.5 else -1.0
-        u = side * (0.35 + 0.25 * pos[1]) * max(0.0, ox - 2 * rx)
+        u = side * min((site.get("offset", 0.35) + 0.15 * pos[1]) * ox, max(0.0, ox - 1.5 * rx))
         v = (2 * (pos[0] % 0.5) - 0.5) * 0.3 * max(0.0, oz - 2 * rz)
         x = cx + np.cos(orot) * u - np.sin(orot) * v
         z = cz + np.sin(orot) * u + np.cos(orot) * v
@@ -838,7 +925,8 @@ def _add_lesion(rng: np.random.Generator, regions: list[Region], label: int, mar
         tissue, wall = Tissue(LESION_SEGMENT[label], host_db + contrast, host_atten), None
     else:
         contrast = calc_db
-        tissue, wall = Tissue(SEG["calcification"], host_db + contrast, 20.0), None
+        # Strongly attenuating (the shadow behind it), though not so much that it hides its own echo.
+        tissue, wall = Tissue(SEG["calcification"], host_db + contrast, 6.0), None
     region = Region("ellipse", (float(x), float(z), float(rx), float(rz), rot), tissue, wall_db=wall,
                     wall_mm=0.5, margin=shape)
     lesion = dict(x_mm=float(x), z_mm=float(z), diameter_mm=float(2 * r_eq), contrast_db=float(contrast),
@@ -928,7 +1016,7 @@ def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = Simul
     """
     anatomy = sample_anatomy(anatomy_seed, config, scene, acquisition_seed)
     geometry, pulse, display = anatomy.geometry, anatomy.pulse, anatomy.display
-    grid = acquisition_grid(geometry, _grid_key(config))
+    grid = acquisition_grid(geometry, pulse, config.samples_per_cell)
     size = config.image_size
     x, z, d = _acquisition_points(geometry, grid)
     seg_acq, echo, atten = phantom_maps(anatomy.regions, x, z, d)
@@ -951,14 +1039,22 @@ def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = Simul
     noise *= np.float32(10 ** (display["noise_db"] / 20)) * np.exp(tgc)
     received += noise
     compressed = log_compress(received, display)
-    matrix, mask, nearest = _scan_conversion(geometry, grid, size)
-    image = (matrix @ compressed.reshape(-1)).reshape(size, size)
-    segmentation = np.where(mask.reshape(-1), seg_acq.reshape(-1)[nearest], SEG["outside"]).astype(np.uint8)
-    if anatomy.lesion is not None:
+    convert = ScanConverter(geometry, grid, size)
+    mask = convert.mask
+    image = convert(compressed)
+    segmentation = convert.nearest_sample(seg_acq, SEG["outside"])
+    if anatomy.lesion is not None:  # + pixels whose footprint is >= 50% lesion (or the best, for tiny lesions)
         code = LESION_SEGMENT[anatomy.label]
-        coverage = matrix @ (seg_acq.reshape(-1) == code).astype(np.float32)
-        segmentation[(coverage >= 0.3) & mask.reshape(-1)] = code
-    segmentation = segmentation.reshape(size, size)
+        lesion = seg_acq == code
+        rows, cols = np.flatnonzero(lesion.any(axis=1)), np.flatnonzero(lesion.any(axis=0))
+        reach_i = math.ceil(convert.axial_width) + 2
+        if len(rows):  # filter only the lesion's block of the grid (and its filter reach)
+            reach_j = math.ceil(float(convert.lateral_width[rows].max())) + 2
+            block = (slice(max(0, rows[0] - reach_i), rows[-1] + 1 + reach_i),
+                     slice(max(0, cols[0] - reach_j), cols[-1] + 1 + reach_j))
+            coverage = convert(lesion.astype(np.float32), *block)
+            threshold = min(0.5, 0.8 * float(coverage.max()))  # a lesion smaller than a pixel keeps its best
+            segmentation[(coverage >= threshold) & mask] = code
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     if anatomy.overlay:
         image = burn_in_overlays(image, anatomy, np.random.default_rng(derive_seed(anatomy_seed, 3)))
@@ -991,11 +1087,11 @@ def render_homogeneous(speckle_seed: int, config: SimulatorConfig = SimulatorCon
     follows the PSF. The pulse defaults to the middle of the config's ranges at the probe's highest frequency;
     ``frequency_mhz``, ``bandwidth``, ``f_number``, ``focal_mm`` can be overridden.
     """
-    grid = acquisition_grid(geometry, _grid_key(config))
     pulse = dict(frequency_mhz=highest_frequency(geometry.probe, geometry.depth_mm),
                  bandwidth=float(np.mean(config.fractional_bandwidth)), f_number=float(np.mean(config.f_number)),
                  focal_mm=geometry.depth_mm / 2)
     pulse.update(pulse_overrides)
+    grid = acquisition_grid(geometry, pulse, config.samples_per_cell)
     rng = np.random.default_rng(derive_seed(speckle_seed, 2))
     return envelope(np.ones(grid.shape, np.float32), geometry, grid, pulse, rng), grid, pulse
 
@@ -1007,8 +1103,8 @@ def bmode_homogeneous(speckle_seed: int, config: SimulatorConfig = SimulatorConf
     mask and the pixel size in mm: log-compressed (60 dB, no gain, no noise) and scan-converted as ``render``."""
     env, grid, _ = render_homogeneous(speckle_seed, config, geometry, **pulse_overrides)
     compressed = log_compress(env.astype(np.complex64), dict(dynamic_range_db=60.0, gain_db=0.0))
-    matrix, mask, _ = _scan_conversion(geometry, grid, config.image_size)
-    image = (matrix @ compressed.reshape(-1)).reshape(mask.shape)
+    convert = ScanConverter(geometry, grid, config.image_size)
+    image, mask = convert(compressed), convert.mask
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask, geometry.field_mm()[0] / config.image_size
 
 
@@ -1174,6 +1270,39 @@ def write_sample(out: str | Path, num: int, size: int = 224, seed: int = 0) -> d
                 classes={CLASS_NAMES[c]: int(n) for c, n in enumerate(counts)})
 
 
+def prerender(out: str | Path, num: int, config: SimulatorConfig = SimulatorConfig(), seed: int = 0,
+              shard_size: int = 1024, progress: bool = True) -> dict[str, Any]:
+    """Render ``SyntheticUltrasoundSource(num, seed, config)`` once into the prepared ArrayRecord format
+    (``data/prepare.py``: shards, ``manifest.json``; one file row per image, dataset ``synthetic``, label = lesion
+    class), for accelerator runs: train with ``config.data.source='prepared'``, ``config.data.paths=[out]``."""
+    from usjepa_jax.data import prepare
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / prepare.PROGRESS).exists() or (out / prepare.MANIFEST).exists():
+        raise FileExistsError(f"{out} already holds prepared data; pre-render into an empty directory")
+    source = SyntheticUltrasoundSource(num, seed, config)
+    start, shard = time.perf_counter(), None
+    with open(out / prepare.PROGRESS, "a") as progress_file:
+        for i in range(num):
+            if shard is None:
+                shard = prepare._ShardWriter(out, i // shard_size, prepare.DEFAULT_OPTIONS, progress_file)
+            ex = source[i]
+            row = dict(dataset="synthetic", file=f"{i:08d}", label=int(ex["label"]), split="train_val")
+            shard.add_file(row, [(ex["image"], ex["scan_mask"])], i)
+            if shard.records == shard_size or i == num - 1:
+                shard.close()
+                shard = None
+            if progress and (i + 1) % 500 == 0:
+                print(f"[prerender] {i + 1}/{num} images, {(i + 1) / (time.perf_counter() - start):.0f}/s",
+                      flush=True)
+    settings = dict(source="synthetic", simulator=_jsonable(dataclasses.asdict(config)), seed=seed, num=num)
+    manifest = prepare.write_manifest(out, {}, settings)
+    assert manifest["total"]["frames"] == num
+    return dict(out=str(out), images=num, shards=len(manifest["shards"]),
+                seconds=round(time.perf_counter() - start, 2))
+
+
 def _jsonable(params: dict) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
 
@@ -1188,9 +1317,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--contact-sheet", default=None, help="also write a contact-sheet PNG here")
     parser.add_argument("--cnr-table", action="store_true", help="print the median lesion CNR by class and size")
     parser.add_argument("--sizes", default="64,96,224", help="output sizes of the CNR table")
+    parser.add_argument("--arrayrecord", default=None, help="pre-render --num images of --size into this directory "
+                        "in the prepared ArrayRecord format (train with config.data.source='prepared')")
     args = parser.parse_args(argv)
-    if not (args.out or args.contact_sheet or args.cnr_table):
-        parser.error("nothing to do: give --out, --contact-sheet or --cnr-table")
+    if not (args.out or args.contact_sheet or args.cnr_table or args.arrayrecord):
+        parser.error("nothing to do: give --out, --contact-sheet, --cnr-table or --arrayrecord")
+    if args.arrayrecord:
+        summary = prerender(args.arrayrecord, args.num, SimulatorConfig(image_size=args.size), args.seed)
+        print(f"pre-rendered {summary['images']} images into {summary['shards']} shards in {summary['out']} "
+              f"({summary['seconds']}s)")
     if args.out:
         summary = write_sample(args.out, args.num, args.size, args.seed)
         print(f"wrote {summary['num']} images of {summary['size']}x{summary['size']} to {summary['out']} in "
