@@ -372,28 +372,36 @@ class ScanConverter:
     def __init__(self, geometry: ScanGeometry, grid: Grid, size: int):
         pix, rng_mm, lateral, self.mask, pixel = _pixel_map(geometry, size)
         a, lines = grid.shape
-        self.size, self.pix = size, pix
-        fi = np.clip(rng_mm / grid.dz_mm - 0.5, 0, a - 1)
+        self.size, self.pix, self.rows = size, pix, a
+        # Shrinking by 4 or more axially: first average blocks of k = width // 2 rows (the rest of the box on the
+        # k times smaller grid), so the lateral filter and the interpolation run on fewer rows.
+        self.k = max(1, int(pixel / grid.dz_mm // 2))
+        ak, dz = -(-a // self.k), grid.dz_mm * self.k
+        fi = np.clip(rng_mm / dz - 0.5, 0, ak - 1)
         fj = np.clip(lateral / grid.dline + lines / 2 - 0.5, 0, lines - 1)
-        i0, j0 = np.minimum(fi.astype(np.int64), a - 2), np.minimum(fj.astype(np.int64), lines - 2)
+        i0, j0 = np.minimum(fi.astype(np.int64), ak - 2), np.minimum(fj.astype(np.int64), lines - 2)
         self.di, self.dj = (fi - i0).astype(np.float32), (fj - j0).astype(np.float32)
         self.flat = i0 * lines + j0
         self.lines = lines
-        self.nearest = np.rint(fi).astype(np.int64) * lines + np.rint(fj).astype(np.int64)
-        self.axial_width = pixel / grid.dz_mm
-        depth = (np.arange(a) + 0.5) * grid.dz_mm
-        spacing = grid.dline * (geometry.radius_mm + depth) if geometry.is_fan else np.full(a, grid.dline)
+        fi_full = np.clip(rng_mm / grid.dz_mm - 0.5, 0, a - 1)
+        self.nearest = np.rint(fi_full).astype(np.int64) * lines + np.rint(fj).astype(np.int64)
+        self.axial_width = pixel / dz  # in (block-averaged) rows
+        depth = (np.arange(ak) + 0.5) * dz
+        spacing = grid.dline * (geometry.radius_mm + depth) if geometry.is_fan else np.full(ak, grid.dline)
         self.lateral_width = (pixel / spacing).astype(np.float32)
+        self.full_lateral_width = np.repeat(self.lateral_width, self.k)[:a]
 
     def __call__(self, values: np.ndarray, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """``[A, L]`` float32 -> ``[S, S]`` float32 (0 outside the scan). ``rows``, ``cols``: only that block of
         the grid is non-zero (it is filtered alone, the rest taken as 0)."""
         if (rows, cols) != (slice(None), slice(None)):
-            block = self._filter(np.ascontiguousarray(values[rows, cols]), self.lateral_width[rows])
-            values = np.zeros(values.shape, np.float32)
-            values[rows, cols] = block
+            k = self.k
+            r0, r1 = rows.start // k * k, min(self.rows, -(-rows.stop // k) * k)
+            filtered = self._filter(np.ascontiguousarray(values[r0:r1, cols]), r0 // k)
+            values = np.zeros((-(-self.rows // k), self.lines), np.float32)
+            values[r0 // k:r0 // k + filtered.shape[0], cols] = filtered
         else:
-            values = self._filter(values, self.lateral_width)
+            values = self._filter(values)
         flat, lines = values.reshape(-1), self.lines
         top = flat[self.flat] * (1 - self.dj) + flat[self.flat + 1] * self.dj
         bottom = flat[self.flat + lines] * (1 - self.dj) + flat[self.flat + lines + 1] * self.dj
@@ -401,11 +409,18 @@ class ScanConverter:
         out[self.pix] = top * (1 - self.di) + bottom * self.di
         return out.reshape(self.size, self.size)
 
-    def _filter(self, values: np.ndarray, lateral_width: np.ndarray) -> np.ndarray:
+    def _filter(self, values: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """Box filter a block of rows (starting at block-averaged row ``first_row``)."""
+        if self.k > 1:
+            a, lines = values.shape
+            ak = -(-a // self.k)
+            values = np.pad(values, ((0, ak * self.k - a), (0, 0)), mode="edge")
+            values = values.reshape(ak, self.k, lines).mean(axis=1, dtype=np.float32)
         if self.axial_width > 1.0:
             values = _box_columns(values, self.axial_width)
-        if lateral_width.max() > 1.0:
-            values = _box_rows(np.ascontiguousarray(values), np.maximum(lateral_width, 1.0))
+        width = self.lateral_width[first_row:first_row + values.shape[0]]
+        if width.max() > 1.0:
+            values = _box_rows(np.ascontiguousarray(values), np.maximum(width, 1.0))
         return values
 
     def nearest_sample(self, values: np.ndarray, fill: int = 0) -> np.ndarray:
@@ -1048,9 +1063,9 @@ def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = Simul
         code = LESION_SEGMENT[anatomy.label]
         lesion = seg_acq == code
         rows, cols = np.flatnonzero(lesion.any(axis=1)), np.flatnonzero(lesion.any(axis=0))
-        reach_i = math.ceil(convert.axial_width) + 2
+        reach_i = math.ceil(convert.axial_width * convert.k) + 2 * convert.k
         if len(rows):  # filter only the lesion's block of the grid (and its filter reach)
-            reach_j = math.ceil(float(convert.lateral_width[rows].max())) + 2
+            reach_j = math.ceil(float(convert.full_lateral_width[rows].max())) + 2
             block = (slice(max(0, rows[0] - reach_i), rows[-1] + 1 + reach_i),
                      slice(max(0, cols[0] - reach_j), cols[-1] + 1 + reach_j))
             coverage = convert(lesion.astype(np.float32), *block)
