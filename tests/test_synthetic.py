@@ -250,9 +250,12 @@ def test_probe_presets_are_clinical():
         p = sim.render(seed, 0, sim.SimulatorConfig(image_size=32))["params"]
         lo, hi = sim.PROBES[p["geometry"]].frequency_mhz
         assert lo <= p["frequency_mhz"] <= hi
-        # The grid samples the PSF at >= 2 samples per FWHM in each direction.
+        # The grid samples the PSF at >= 2 samples per FWHM in each direction (laterally: at the focus, where the
+        # beam is narrowest; linear probe, in mm).
         depth = p["depth_mm"]
         assert p["axial_fwhm_mm"] >= 2 * depth / p["grid"][0] * 0.999
+        if p["geometry"] == "linear":
+            assert p["lateral_fwhm_mm"] >= 2 * p["span"] / p["grid"][1] * 0.999
 
 
 def test_prerender_into_the_prepared_arrayrecord_format(tmp_path):
