@@ -99,7 +99,7 @@ sudo mkdir -p /gcs/$BUCKET && (mountpoint -q /gcs/$BUCKET || sudo gcsfuse --impl
   on_all_workers "set -e; (cd usjepa_jax 2>/dev/null && git pull) || git clone -b $BRANCH $REPO_URL usjepa_jax; \
 command -v $PYTHON >/dev/null || (sudo apt-get update -q && sudo apt-get install -y -q $PYTHON ${PYTHON}-venv); \
 [ -x $VENV/bin/python ] || $PYTHON -m venv $VENV; \
-cd usjepa_jax && $VENV/bin/pip install -q -U pip && $VENV/bin/pip install -q -e '.[tpu,gcs,dicom,nifti]' -c requirements.txt$mount"
+cd usjepa_jax && $VENV/bin/pip install -q -U pip && $VENV/bin/pip install -q -e '.[tpu,gcs,dicom,nifti,video,hdf5]' -c requirements.txt$mount"
 }
 
 start() {
