@@ -5,6 +5,11 @@ checkpoint conversion in either direction is a table lookup, not guesswork.
 
 Shapes: images are ``[batch, height, width, channels]``; tokens are ``[batch, tokens, width]``; a patch index
 is the flat row-major position on the ``[grid_h, grid_w]`` patch grid.
+
+BEiT-style options, all off by default (and then absent from the parameters): a relative position bias table per
+block (``rel_pos_bias``), layer scale (``layer_scale``), no absolute position embedding (``posemb='none'``), no
+final LayerNorm (``final_norm=False``, BEiT's mean-pooling heads norm after pooling). Together they express
+BEiT/USFM-style teachers exactly; BEiT's separate q/v biases are the ``qkv`` bias with a zero k part.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ VARIANTS: dict[str, tuple[int, int, int, int]] = {
     "H": (1280, 32, 5120, 16),
 }
 PATCH_SIZES = (8, 14, 16)
+POSEMBS = ("sincos2d", "learn", "none")
 INIT_STD = 0.02  # I-JEPA: trunc-normal std 0.02 for every Linear/Conv kernel.
 LN_EPS = 1e-6
 
@@ -74,6 +80,33 @@ def gather_tokens(tokens: jax.Array, idx: jax.Array) -> jax.Array:
     return jnp.take_along_axis(tokens, idx[..., None], axis=1)
 
 
+def num_relative_distances(grid_size: Sequence[int]) -> int:
+    """Rows of a BEiT relative position bias table: every 2-D offset on the grid, plus cls->patch, patch->cls and
+    cls->cls."""
+    gh, gw = grid_size
+    return (2 * gh - 1) * (2 * gw - 1) + 3
+
+
+def relative_position_index(grid_size: Sequence[int]) -> np.ndarray:
+    """``[N + 1, N + 1]`` table rows for every (query, key) pair; position 0 is the class token, patch p is p + 1.
+
+    BEiT's convention (offsets shifted to be non-negative, row offset scaled by ``2 * grid_w - 1``; the three last
+    rows for the class token), so that imported tables index the same way.
+    """
+    gh, gw = grid_size
+    rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
+    coords = np.stack([rows.reshape(-1), cols.reshape(-1)])  # [2, N]
+    rel = coords[:, :, None] - coords[:, None, :]  # [2, N, N]
+    patch = (rel[0] + gh - 1) * (2 * gw - 1) + (rel[1] + gw - 1)
+    n, distances = gh * gw, num_relative_distances(grid_size)
+    index = np.zeros((n + 1, n + 1), np.int32)
+    index[1:, 1:] = patch
+    index[0, :] = distances - 3  # the class token as query
+    index[:, 0] = distances - 2  # ... as key
+    index[0, 0] = distances - 1
+    return index
+
+
 def key_padding_mask(valid: jax.Array | None) -> jax.Array | None:
     """``valid [B, K]`` -> attention mask ``[B, 1, 1, K]``: padded tokens are never attended to."""
     return None if valid is None else valid[:, None, None, :]
@@ -87,19 +120,32 @@ def dense(features: int, name: str, scale: float = 1.0, dtype: Any = jnp.float32
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused ``qkv`` projection (timm layout) and a key-padding mask."""
+    """Multi-head self-attention with a fused ``qkv`` projection (timm layout) and a key-padding mask.
+
+    With ``rel_pos_grid`` (BEiT), a learned bias per head and relative offset, ``relative_position_bias_table
+    [num_relative_distances, heads]``, is added to the attention logits; ``positions [B or 1, T]`` says where each
+    token sits (0: class token, p + 1: patch p), so that a subset of the patches gets the biases of its offsets.
+    """
 
     num_heads: int
     out_scale: float = 1.0  # I-JEPA rescales the output projection of layer l by 1/sqrt(2l).
     dtype: Any = jnp.float32
+    rel_pos_grid: tuple[int, int] | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None) -> jax.Array:
         batch, length, width = x.shape
         head_dim = width // self.num_heads
         qkv = dense(3 * width, "qkv", dtype=self.dtype)(x)
         q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
-        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask=mask)
+        bias = None
+        if self.rel_pos_grid is not None:
+            table = self.param("relative_position_bias_table", nn.initializers.zeros,
+                               (num_relative_distances(self.rel_pos_grid), self.num_heads))
+            index = jnp.asarray(relative_position_index(self.rel_pos_grid))
+            rows = index[positions[:, :, None], positions[:, None, :]]  # [B, T, T]
+            bias = jnp.moveaxis(table[rows], -1, 1).astype(self.dtype)  # [B, heads, T, T]
+        out = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], bias=bias, mask=mask)
         return dense(width, "proj", scale=self.out_scale, dtype=self.dtype)(out.reshape(batch, length, width))
 
 
@@ -115,36 +161,55 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    With ``layer_scale`` (its initial value; 0 = off), each branch is scaled per channel by a learned ``gamma_1``
+    / ``gamma_2 [width]`` (CaiT / BEiT layer scale).
+    """
 
     num_heads: int
     mlp_dim: int
     layer_id: int  # 1-based, for the I-JEPA residual-branch rescaling
     dtype: Any = jnp.float32
+    rel_pos_grid: tuple[int, int] | None = None
+    layer_scale: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None) -> jax.Array:
         scale = math.sqrt(2.0 * self.layer_id)
+        width = x.shape[-1]
+        gamma_1 = gamma_2 = 1.0
+        if self.layer_scale:
+            init = nn.initializers.constant(self.layer_scale)
+            gamma_1 = self.param("gamma_1", init, (width,)).astype(self.dtype)
+            gamma_2 = self.param("gamma_2", init, (width,)).astype(self.dtype)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
-        x = x + Attention(self.num_heads, scale, self.dtype, name="attn")(h, mask)
+        x = x + gamma_1 * Attention(self.num_heads, scale, self.dtype, self.rel_pos_grid, name="attn")(
+            h, mask, positions)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
-        return x + Mlp(self.mlp_dim, scale, self.dtype, name="mlp")(h)
+        return x + gamma_2 * Mlp(self.mlp_dim, scale, self.dtype, name="mlp")(h)
 
 
 class Transformer(nn.Module):
-    """A stack of ``Block``s followed by the final LayerNorm (``norm``)."""
+    """A stack of ``Block``s followed by the final LayerNorm (``norm``; none with ``final_norm=False``)."""
 
     depth: int
     num_heads: int
     mlp_dim: int
     remat: bool = False
     dtype: Any = jnp.float32
+    rel_pos_grid: tuple[int, int] | None = None
+    layer_scale: float = 0.0
+    final_norm: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None) -> jax.Array:
         block_cls = nn.remat(Block) if self.remat else Block
         for i in range(self.depth):
-            x = block_cls(self.num_heads, self.mlp_dim, i + 1, self.dtype, name=f"blocks_{i}")(x, mask)
+            x = block_cls(self.num_heads, self.mlp_dim, i + 1, self.dtype, self.rel_pos_grid, self.layer_scale,
+                          name=f"blocks_{i}")(x, mask, positions)
+        if not self.final_norm:
+            return x
         return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
 
 
@@ -163,9 +228,12 @@ class VisionTransformer(nn.Module):
     mlp_dim: int
     num_heads: int
     patch_size: int
-    posemb: str = "sincos2d"  # or "learn" (timm-style learned embeddings, trunc-normal 0.02 init)
+    posemb: str = "sincos2d"  # or "learn" (timm-style learned embeddings, trunc-normal 0.02 init), or "none"
     class_token: bool = False
     remat: bool = False
+    rel_pos_bias: bool = False  # BEiT relative position bias tables, one per block
+    layer_scale: float = 0.0  # initial value of per-block layer scale; 0 = none
+    final_norm: bool = True
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
 
     @nn.compact
@@ -183,9 +251,14 @@ class VisionTransformer(nn.Module):
             pos = jnp.asarray(sincos_posemb_2d((gh, gw), self.width))[None]
         elif self.posemb == "learn":
             pos = self.param("pos_embed", nn.initializers.truncated_normal(INIT_STD), (1, gh * gw, self.width))
+        elif self.posemb == "none":
+            pos = jnp.zeros((1, 1, self.width))
         else:
-            raise ValueError(f"Unknown posemb {self.posemb!r}: expected 'sincos2d' or 'learn'.")
+            raise ValueError(f"Unknown posemb {self.posemb!r}: expected one of {POSEMBS}.")
         x = x + pos.astype(x.dtype)
+        positions = None  # for the relative position bias: 0 = class token, p + 1 = patch p
+        if self.rel_pos_bias:
+            positions = jnp.arange(1, gh * gw + 1)[None] if token_idx is None else token_idx + 1
         if token_idx is not None:
             x = gather_tokens(x, token_idx)
         if self.class_token:
@@ -196,8 +269,11 @@ class VisionTransformer(nn.Module):
             x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], axis=1)
             if token_valid is not None:
                 token_valid = jnp.concatenate([jnp.ones((batch, 1), bool), token_valid], axis=1)
-        x = Transformer(self.depth, self.num_heads, self.mlp_dim, self.remat, self.dtype, name="encoder")(
-            x, key_padding_mask(token_valid))
+            if positions is not None:
+                positions = jnp.concatenate([jnp.zeros((positions.shape[0], 1), positions.dtype), positions], 1)
+        x = Transformer(self.depth, self.num_heads, self.mlp_dim, self.remat, self.dtype,
+                        rel_pos_grid=(gh, gw) if self.rel_pos_bias else None, layer_scale=self.layer_scale,
+                        final_norm=self.final_norm, name="encoder")(x, key_padding_mask(token_valid), positions)
         if self.class_token:
             x = x[:, 1:]
         return x, {"grid_size": (gh, gw)}
