@@ -14,6 +14,13 @@ args and the input normalisation (the format ``python -m usjepa_jax.encoders exp
 (``input [2, 32, 32, 3]`` NHWC: grayscale replicated to 3 channels, then ``(x / 255 - mean) / std``) and each
 model's patch tokens ``forward_features(x)[:, num_prefix_tokens:]`` (``tokens_cls``, ``tokens_nocls``
 ``[2, 16, 32]``).
+
+``beit/`` is a BEiT-layout ViT as a Hugging Face / timm folder (``config.json`` + ``model.safetensors``, what
+``timm.create_model('local-dir:beit', pretrained=True)`` reads): timm's ``Beit`` with embed 32, depth 2, heads 2,
+patch 8, img 32, one input channel, relative position bias tables per block, layer scale (``gamma_1/2``),
+separate q/v biases, no absolute position embedding and mean pooling (so no final norm on the patch tokens,
+USFM-like). ``beit_outputs.npz``: ``input [2, 32, 32, 1]`` (the same images, ``(x / 255 - 0.5) / 0.25``) and
+its patch tokens ``tokens [2, 16, 32]``.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ STD = (0.25, 0.2, 0.3)
 BASE_ARGS = {"img_size": 32, "patch_size": 8, "in_chans": 3, "embed_dim": 32, "depth": 2, "num_heads": 2,
              "mlp_ratio": 4.0, "qkv_bias": True, "num_classes": 0, "global_pool": ""}
 VARIANTS = {"vit_cls": {"class_token": True}, "vit_nocls": {"class_token": False}}
+BEIT_ARGS = {"img_size": 32, "patch_size": 8, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2,
+             "mlp_ratio": 4.0, "qkv_bias": True, "num_classes": 0, "global_pool": "avg", "use_abs_pos_emb": False,
+             "use_rel_pos_bias": True, "use_shared_rel_pos_bias": False, "init_values": 0.1}
+BEIT_MEAN, BEIT_STD = 0.5, 0.25
 
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
@@ -40,7 +51,7 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for name, p in model.state_dict().items():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight")):
+            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "gamma_1", "gamma_2")):
                 p.copy_(1.0 + 0.2 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
@@ -73,6 +84,22 @@ def main() -> None:
                    "generator": f"scripts/make_timm_fixture.py (timm {timm.__version__}, torch {torch.__version__})"}
         (out / f"{name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     np.savez(out / "timm_outputs.npz", **arrays)
+
+    beit = timm.models.beit.Beit(**BEIT_ARGS).eval()
+    randomize(beit, len(VARIANTS))
+    x1 = ((images.astype(np.float32) / 255.0 - BEIT_MEAN) / BEIT_STD).astype(np.float32)
+    with torch.no_grad():
+        feats = beit.forward_features(torch.from_numpy(x1).permute(0, 3, 1, 2).contiguous())
+    folder = out / "beit"
+    folder.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in beit.state_dict().items()}, str(folder / "model.safetensors"))
+    config = {"architecture": "beit_base_patch16_224", "num_classes": 0, "num_features": BEIT_ARGS["embed_dim"],
+              "global_pool": "avg", "model_args": BEIT_ARGS,
+              "pretrained_cfg": {"input_size": [1, 32, 32], "mean": [BEIT_MEAN], "std": [BEIT_STD],
+                                 "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 0},
+              "generator": f"scripts/make_timm_fixture.py (timm {timm.__version__}, torch {torch.__version__})"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    np.savez(out / "beit_outputs.npz", input=x1, tokens=feats[:, beit.num_prefix_tokens:].numpy())
     print(f"wrote {sorted(p.name for p in out.iterdir())} to {out}")
 
 
