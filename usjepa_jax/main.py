@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from usjepa_jax import config as config_lib
+from usjepa_jax import storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -83,6 +84,8 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
     config_lib.validate(config)  # before jax touches a device
+    # a gs:// path without its backend fails here, naming what to install, before anything is written
+    storage.check_backends([_WORKDIR.value, config.teacher.checkpoint, config.teacher.cache, *config.data.paths])
     initialize_distributed()
     from usjepa_jax import train  # deferred so that flag/config errors come first and fast
 

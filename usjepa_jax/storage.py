@@ -1,0 +1,63 @@
+"""Where files live: local paths or buckets (``gs://BUCKET/...``), all through ``etils.epath`` (as orbax's own).
+
+Every module turns a path or URI into a path object with ``storage.path(p)``: an ``epath.Path``, which is a
+``pathlib``-like object for local paths and for ``gs://`` (and ``s3://``...) URIs alike. A plain
+``pathlib.Path('gs://b/run')`` would be the local folder ``./gs:/b/run``; so would ``open()``,
+``os.makedirs`` or ``savefig`` on the URI string: they take files through ``path.open()`` instead.
+
+epath reaches a bucket through fsspec (``gcsfs`` for ``gs://``, the ``[gcs]`` extra) or through TensorFlow's
+``tf.io.gfile`` when TensorFlow is installed. Without either, ``check_backend`` fails at start, naming what to
+install, before anything is written; the CLIs call it on every path of the config.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterable
+
+from etils import epath
+
+# URI prefix -> (fsspec protocol, what to pip install for it)
+BACKENDS = {
+    "gs://": ("gs", "'usjepa_jax[gcs]' (gcsfs)"),
+    "s3://": ("s3", "s3fs"),
+    "az://": ("az", "adlfs"),
+}
+
+
+class MissingBackendError(ImportError):
+    """A bucket path whose filesystem backend is not installed."""
+
+
+def is_remote(p: str | os.PathLike) -> bool:
+    return os.fspath(p).startswith(tuple(BACKENDS))
+
+
+def check_backend(p: str | os.PathLike) -> None:
+    """Raise ``MissingBackendError`` when ``p`` is a bucket URI that epath cannot reach in this environment."""
+    text = os.fspath(p)
+    for prefix, (protocol, install) in BACKENDS.items():
+        if not text.startswith(prefix) or importlib.util.find_spec("tensorflow") is not None:
+            continue
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as err:
+            raise MissingBackendError(
+                f"{text}: {prefix} paths need a filesystem backend for etils.epath, and none is installed "
+                f"({err}). Install it with: pip install {install}. Nothing was written.") from err
+
+
+def check_backends(paths: Iterable[str | os.PathLike]) -> None:
+    """``check_backend`` on each non-empty path: the CLIs' start-up check of a config's paths."""
+    for p in paths:
+        if p:
+            check_backend(p)
+
+
+def path(p: str | os.PathLike) -> epath.Path:
+    """The path object for a local path or a bucket URI (checked: a missing backend fails here, clearly)."""
+    check_backend(p)
+    return epath.Path(p)
