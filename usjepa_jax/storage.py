@@ -61,3 +61,17 @@ def path(p: str | os.PathLike) -> epath.Path:
     """The path object for a local path or a bucket URI (checked: a missing backend fails here, clearly)."""
     check_backend(p)
     return epath.Path(p)
+
+
+def absolute(p: str | os.PathLike) -> epath.Path:
+    """An absolute path object (``Path.absolute()`` for local paths; a bucket URI already is one: resolving it
+    as a local path would make ``./gs:/...``)."""
+    return path(p) if is_remote(p) else epath.Path(os.path.abspath(os.fspath(p)))
+
+
+def save_figure(fig, p: str | os.PathLike, **kwargs) -> None:
+    """``fig.savefig`` to a local path or a bucket (matplotlib itself only opens local files)."""
+    p = path(p)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("wb") as f:
+        fig.savefig(f, format=p.suffix.lstrip(".") or "png", **kwargs)
