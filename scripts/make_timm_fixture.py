@@ -21,6 +21,11 @@ patch 8, img 32, one input channel, relative position bias tables per block, lay
 separate q/v biases, no absolute position embedding and mean pooling (so no final norm on the patch tokens,
 USFM-like). ``beit_outputs.npz``: ``input [2, 32, 32, 1]`` (the same images, ``(x / 255 - 0.5) / 0.25``) and
 its patch tokens ``tokens [2, 16, 32]``.
+
+``export/`` goes the other way: a tiny encoder of ours (width 32, depth 2, heads 2, patch 8, one channel, class
+token, learned posemb; random weights from a fixed numpy seed) exported by ``python -m usjepa_jax.encoders
+export`` to a Hugging Face / timm folder, loaded by ``timm.create_model('local-dir:export', pretrained=True)``;
+``export_outputs.npz``: its ``input [2, 32, 32, 1]`` and timm's patch tokens ``tokens [2, 16, 32]``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import sys
+import tempfile
 
 import numpy as np
 import timm
@@ -59,6 +67,33 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.5 * noise)
             else:
                 p.copy_(0.2 * noise)
+
+
+def export_fixture(out: Path, x1: np.ndarray) -> None:
+    """Our encoder -> our export -> timm's own loader -> tokens."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import jax
+
+    from usjepa_jax.encoders import __main__ as cli
+    from usjepa_jax.encoders import export_encoder
+    from usjepa_jax.models.vit import VisionTransformer
+
+    module = VisionTransformer(width=32, depth=2, mlp_dim=128, num_heads=2, patch_size=8, posemb="learn",
+                               class_token=True)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 1), np.float32))
+    rng = np.random.default_rng(7)
+    params = jax.tree.map(lambda a: (0.2 * rng.normal(size=a.shape)).astype(np.float32), shapes["params"])
+    with tempfile.TemporaryDirectory() as tmp:
+        export_encoder(Path(tmp) / "encoder", module, params, mean=BEIT_MEAN, std=BEIT_STD, in_channels=1,
+                       image_size=32)
+        cli.export_timm(Path(tmp) / "encoder", out / "export")
+    meta = json.loads((out / "export" / "config.json").read_text())
+    meta["usjepa"]["encoder"] = "(a temporary folder of scripts/make_timm_fixture.py)"
+    (out / "export" / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    model = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True).eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.from_numpy(x1).permute(0, 3, 1, 2).contiguous())
+    np.savez(out / "export_outputs.npz", input=x1, tokens=feats[:, model.num_prefix_tokens:].numpy())
 
 
 def main() -> None:
@@ -100,6 +135,7 @@ def main() -> None:
               "generator": f"scripts/make_timm_fixture.py (timm {timm.__version__}, torch {torch.__version__})"}
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     np.savez(out / "beit_outputs.npz", input=x1, tokens=feats[:, beit.num_prefix_tokens:].numpy())
+    export_fixture(out, x1)
     print(f"wrote {sorted(p.name for p in out.iterdir())} to {out}")
 
 

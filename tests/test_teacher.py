@@ -1,8 +1,9 @@
 """Teachers from anywhere: the golden timm fixture, key schemes, formats, export round trips, refusals, CLI.
 
 The default run needs neither torch nor timm: ``tests/fixtures`` holds a tiny random timm ViT (with and without
-class token) as safetensors and timm's own patch tokens on a fixed batch (``scripts/make_timm_fixture.py``).
-Tests that need torch or timm skip without them.
+class token) as safetensors and timm's own patch tokens on a fixed batch, a BEiT-layout ViT as a Hugging Face /
+timm folder with its tokens, and one of our encoders exported to such a folder with the tokens timm computed from
+it (``scripts/make_timm_fixture.py``). Tests that need torch or timm skip without them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from usjepa_jax.models import vit
 from usjepa_jax.models.vit import VisionTransformer
 from usjepa_jax.encoders import (
     FrozenEncoder,
@@ -150,8 +152,10 @@ def test_mae_checkpoint_ignores_decoder_and_sincos_is_recognised():
 
 
 def test_unsupported_layers_are_refused():
-    state = fixture_state("vit_cls") | {"blocks.0.ls1.gamma": np.ones(32, np.float32)}
-    with pytest.raises(convert.CheckpointMismatchError, match=r"Unsupported parameters.*blocks\.0\.ls1\.gamma"):
+    state = fixture_state("vit_cls") | {"blocks.0.attn.q_norm.weight": np.ones(16, np.float32),
+                                        "reg_token": np.zeros((1, 4, 32), np.float32)}
+    with pytest.raises(convert.CheckpointMismatchError,
+                       match=r"not understood: \['blocks\.0\.attn\.q_norm\.weight', 'reg_token'\]"):
         convert.from_state_dict(state, num_heads=2)
     with pytest.raises(convert.CheckpointMismatchError, match="No ViT encoder found"):
         convert.from_state_dict({"backbone.conv1.weight": np.zeros((8, 3, 3, 3))})
@@ -341,3 +345,140 @@ def test_live_exported_encoder_runs_in_timm(tmp_path, posemb, class_token):
         expected = model.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2))[:, model.num_prefix_tokens:]
     ours = apply(module, params, x)
     assert max_err(ours, expected.numpy()) <= TOL
+
+
+# ------------------------------------------------------------------------------------------------ HF / timm folders
+@pytest.fixture(scope="module")
+def beit_ref():
+    with np.load(FIXTURES / "beit_outputs.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_beit_folder_golden_fixture(ref, beit_ref):
+    """A BEiT-layout ViT (USFM-like) imports from its HF/timm folder and gives timm's tokens; usable frozen."""
+    teacher = load_encoder(FIXTURES / "beit")
+    m = teacher.module
+    assert (m.posemb, m.class_token, m.rel_pos_bias, m.final_norm, m.num_heads) == ("none", True, True, False, 2)
+    assert m.layer_scale and teacher.in_channels == 1 and (teacher.mean, teacher.std) == (0.5, 0.25)
+    tokens = apply(m, teacher.params, beit_ref["input"])
+    assert max_err(tokens, beit_ref["tokens"]) <= TOL
+    embedded = jax.jit(teacher.embed)(teacher.params, jnp.asarray(ref["images"]))  # the teacher's own path
+    assert max_err(embedded, beit_ref["tokens"]) <= TOL
+    # the relative position biases also hold for a subset of the patches (same tokens as the full image here
+    # only through attention, so check the bias path runs and keeps shapes)
+    sub = m.apply({"params": teacher.params}, jnp.asarray(beit_ref["input"]), jnp.asarray([[0, 5, 15]] * 2))[0]
+    assert sub.shape == (2, 3, 32)
+
+
+def test_beit_variants_shared_table_and_refusals():
+    state = formats.read_safetensors(FIXTURES / "beit" / "model.safetensors")[0]
+    base = convert.from_state_dict(state)
+    # one shared table + per-block remainders (BEiT's use_shared_rel_pos_bias, with both): the same biases
+    shared = state["blocks.0.attn.relative_position_bias_table"]
+    split = dict(state, **{"rel_pos_bias.relative_position_bias_table": shared},
+                 **{f"blocks.{i}.attn.relative_position_bias_table":
+                    state[f"blocks.{i}.attn.relative_position_bias_table"] - shared for i in range(2)})
+    again = convert.from_state_dict(split)
+    for i in range(2):
+        np.testing.assert_allclose(again.params["encoder"][f"blocks_{i}"]["attn"]["relative_position_bias_table"],
+                                   base.params["encoder"][f"blocks_{i}"]["attn"]["relative_position_bias_table"],
+                                   atol=1e-6)
+    with pytest.raises(convert.CheckpointMismatchError, match="not resampled"):
+        convert.from_state_dict(state, image_size=64)
+    with pytest.raises(convert.CheckpointMismatchError, match="has 2 heads"):
+        convert.from_state_dict(state, num_heads=4)
+    with pytest.raises(convert.CheckpointMismatchError, match=r"not understood: \['blocks\.1\.attn\.k_norm\.bias'\]"):
+        convert.from_state_dict(state | {"blocks.1.attn.k_norm.bias": np.zeros(16, np.float32)})
+    with pytest.raises(ValueError, match="BEiT-layout options"):
+        convert.to_timm_state_dict(VisionTransformer(**{k: v for k, v in base.vit.items() if k != "in_channels"}),
+                                   base.params, image_size=32, in_channels=1)
+
+
+@pytest.mark.parametrize("posemb,class_token", [("sincos2d", False), ("learn", True)])
+def test_hf_folder_export_then_import_round_trips_exactly(tmp_path, posemb, class_token):
+    module, params = random_encoder(posemb=posemb, class_token=class_token)
+    export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
+    cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", str(tmp_path / "hf")])
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["architecture"] == convert.TIMM_FALLBACK_ARCHITECTURE  # resolves in timm (a 32-wide ViT)
+    assert config["pretrained_cfg"] | {"input_size": [1, 32, 32], "mean": [0.5], "std": [0.25]} == \
+        config["pretrained_cfg"]
+    assert config["model_args"]["num_heads"] == 4 and (tmp_path / "hf" / "model.safetensors").is_file()
+    back = load_encoder(tmp_path / "hf")
+    assert (back.module.posemb, back.module.class_token, back.module.num_heads) == (posemb, class_token, 4)
+    assert (back.mean, back.std, back.in_channels) == (0.5, 0.25, 1)
+    ours, theirs = convert.flatten_params(params), convert.flatten_params(back.params)
+    if not class_token:
+        assert ours.keys() == theirs.keys()
+    else:  # our zero-initialised cls_pos_embed travels as timm's class position
+        assert ours.keys() == theirs.keys() or set(theirs) - set(ours) == {"cls_pos_embed"}
+    for key, value in ours.items():
+        np.testing.assert_array_equal(theirs[key], value, err_msg=key)  # bit-exact
+    assert back.content_hash == params_hash(params)
+
+
+def test_timm_names_resolve_for_our_variants():
+    names = {convert.timm_architecture(VisionTransformer(**vit.parse_variant(v))) for v in
+             ("Ti/16", "S/16", "S/8", "B/16", "B/8", "L/16", "H/14", "M/16", "mu/8")}
+    assert names <= set(convert.TIMM_ARCHITECTURES.values()) | {convert.TIMM_FALLBACK_ARCHITECTURE}
+    assert convert.timm_architecture(VisionTransformer(**vit.parse_variant("B/16"))) == "vit_base_patch16_224"
+    assert convert.heads_of_timm_name("vit_large_patch16_224.augreg_in21k") == 16
+
+
+def test_exported_folder_golden_fixture(tmp_path):
+    """Our export, as timm's own loader read it (tokens stored by the fixture script): the folder imports back to
+    timm's tokens, and exporting it again writes the very state dict and model args timm consumed."""
+    with np.load(FIXTURES / "export_outputs.npz") as f:
+        x, expected = f["input"], f["tokens"]
+    encoder = load_encoder(FIXTURES / "export")
+    assert max_err(apply(encoder.module, encoder.params, x), expected) <= TOL
+    export_encoder(tmp_path / "encoder", encoder.module, encoder.params, mean=encoder.mean, std=encoder.std,
+                   in_channels=1, image_size=32)
+    meta = cli.export_timm(tmp_path / "encoder", tmp_path / "again")
+    golden = json.loads((FIXTURES / "export" / "config.json").read_text())
+    assert {k: v for k, v in meta.items() if k != "usjepa"} == {k: v for k, v in golden.items() if k != "usjepa"}
+    written = formats.read_safetensors(tmp_path / "again" / "model.safetensors")[0]
+    consumed = formats.read_safetensors(FIXTURES / "export" / "model.safetensors")[0]
+    assert written.keys() == consumed.keys()
+    for key in consumed:
+        np.testing.assert_array_equal(written[key], consumed[key], err_msg=key)
+
+
+# ------------------------------------------------------------------------------------------------ live timm folders
+def test_live_exported_folder_loads_with_timms_own_path(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    module, params = random_encoder(posemb="learn", class_token=True)
+    export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
+    cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", str(tmp_path / "hf")])
+    model = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()
+    assert model.pretrained_cfg["mean"] == (0.5,) or list(model.pretrained_cfg["mean"]) == [0.5]
+    x = np.random.default_rng(2).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2))[:, model.num_prefix_tokens:]
+    assert max_err(apply(module, params, x), expected.numpy()) <= TOL
+
+
+@pytest.mark.parametrize("kind", ["beit", "beit_shared", "vit_layer_scale"])
+def test_live_timm_written_folder_imports(tmp_path, kind):
+    """timm writes the folder (``save_for_hf``: config.json + model.safetensors); we import it, equal tokens."""
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("huggingface_hub")
+    common = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    if kind.startswith("beit"):  # BEiT's defaults: no absolute posemb, q/v biases, mean pooling (no final norm)
+        model = timm.create_model("beit_base_patch16_224", **common, init_values=0.1,
+                                  use_rel_pos_bias=kind == "beit", use_shared_rel_pos_bias=kind != "beit")
+    else:  # timm's ViT layer scale (ls1.gamma / ls2.gamma)
+        model = timm.create_model("vit_base_patch16_224", **common, init_values=0.1, global_pool="")
+    model.eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    timm.models.save_for_hf(model, str(tmp_path / "hf"), safe_serialization=True)
+    encoder = load_encoder(tmp_path / "hf", mean=0.5, std=0.25)
+    x = np.random.default_rng(3).normal(size=(2, 32, 32, 1)).astype(np.float32)
+    with torch.no_grad():
+        expected = model.forward_features(torch.from_numpy(x).permute(0, 3, 1, 2))[:, model.num_prefix_tokens:]
+    assert max_err(apply(encoder.module, encoder.params, x), expected.numpy()) <= TOL

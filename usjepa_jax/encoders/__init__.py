@@ -167,6 +167,8 @@ def read_sidecar(path: str | Path) -> dict[str, Any]:
             found = {}
             if "num_heads" in args:
                 found["num_heads"] = int(args["num_heads"])
+            elif isinstance(meta.get("architecture"), str) and convert.heads_of_timm_name(meta["architecture"]):
+                found["num_heads"] = convert.heads_of_timm_name(meta["architecture"])  # hub configs: no model_args
             if "img_size" in args:
                 found["image_size"] = args["img_size"]
             elif "input_size" in cfg:

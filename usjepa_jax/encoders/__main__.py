@@ -3,16 +3,23 @@ targets.
 
     python -m usjepa_jax.encoders convert --input vit_b16.safetensors --output teachers/urfm \\
         [--format auto] [--num-heads 12] [--image-size 224] [--mean 0.5 0.5 0.5 --std 0.5 0.5 0.5]
-    python -m usjepa_jax.encoders export --workdir runs/usjepa --output usjepa_vit.safetensors [--which encoder]
+    python -m usjepa_jax.encoders export --workdir runs/usjepa --output usjepa_vit [--which encoder]   # HF folder
+    python -m usjepa_jax.encoders export --workdir runs/usjepa --output usjepa_vit.safetensors      # one file
     python -m usjepa_jax.encoders inspect PATH
     python -m usjepa_jax.encoders cache --config=configs/base.py --output caches/base \\
         [--teacher RUN/teacher/encoder] [--split train,val] [--batch-size 64] [--normalize] [--config.KEY=VALUE]
 
 ``convert`` writes an exported-encoder directory (``model.json`` + ``params/``) usable as
 ``config.teacher.checkpoint`` and prints what it found. ``export`` writes ``RUN/encoder`` (``--which encoder``)
-or ``RUN/teacher/encoder`` (``--which teacher``, the stage-1 pixel teacher) as a timm ``VisionTransformer``
-state dict in safetensors, with ``<output stem>.json`` next to it holding the timm model args and the input
-normalisation; in PyTorch::
+or ``RUN/teacher/encoder`` (``--which teacher``, the stage-1 pixel teacher) as a timm ``VisionTransformer``:
+to a folder, the Hugging Face / timm layout (``config.json`` with timm's architecture name, ``model_args`` and
+``pretrained_cfg`` including the input normalisation, + ``model.safetensors``), loaded in PyTorch by timm's own
+path and back here by ``load_encoder(folder)``::
+
+    model = timm.create_model('local-dir:usjepa_vit', pretrained=True)
+    tokens = model.forward_features(x)[:, model.num_prefix_tokens:]
+
+or to ``FILE.safetensors`` with the same JSON as ``FILE.json`` next to it::
 
     cfg = json.load(open('usjepa_vit.json'))
     model = timm.models.vision_transformer.VisionTransformer(**cfg['model_args'])
@@ -94,7 +101,14 @@ def _encoder_dir(workdir: Path, which: str) -> Path:
 
 
 def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | None = None) -> dict[str, Any]:
-    """Write an exported encoder as a timm state dict (safetensors) + ``<stem>.json``; returns that JSON."""
+    """Write an exported encoder for timm; returns its ``config.json`` content.
+
+    ``output`` a directory (no ``.safetensors`` suffix): a Hugging Face / timm folder, ``config.json`` (timm's
+    ``architecture``, ``model_args``, ``pretrained_cfg`` with the input size and normalisation) +
+    ``model.safetensors``, which ``timm.create_model('local-dir:OUTPUT', pretrained=True)`` loads and
+    ``load_encoder(OUTPUT)`` imports back. ``output`` a ``FILE.safetensors``: the state dict there and the same
+    JSON as ``FILE.json`` next to it.
+    """
     spec, params = read_exported_encoder(encoder_dir)
     vit = spec["vit"]
     module = convert_lib.VisionTransformer(**vit)
@@ -106,22 +120,25 @@ def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | N
     in_channels = spec.get("in_channels", 1)
     state, model_args = convert_lib.to_timm_state_dict(module, params, image_size=size, in_channels=in_channels)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    formats.write_safetensors(output, state, metadata={"format": "pt", "usjepa_content_hash": spec["content_hash"]})
+    folder = output.suffix != ".safetensors"
+    weights, config_file = ((output / "model.safetensors", output / "config.json") if folder
+                            else (output, output.with_suffix(".json")))
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    formats.write_safetensors(weights, state, metadata={"format": "pt", "usjepa_content_hash": spec["content_hash"]})
 
     def per_channel(value: Any) -> list[float]:
         return list(value) if isinstance(value, list | tuple) else [float(value)] * in_channels
 
     img = model_args["img_size"]
-    meta = {"architecture": "vision_transformer", "model_args": model_args,
+    meta = {"architecture": convert_lib.timm_architecture(module), "num_classes": 0, "num_features": vit["width"],
+            "global_pool": model_args["global_pool"], "model_args": model_args,
             "pretrained_cfg": {"input_size": [in_channels, *(img if isinstance(img, list) else [img, img])],
                                "mean": per_channel(spec["mean"]), "std": per_channel(spec["std"]),
-                               "interpolation": "bicubic"},
-            "num_features": vit["width"],
+                               "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 0},
             "usjepa": {"encoder": str(Path(encoder_dir).absolute()), "content_hash": spec["content_hash"],
                        "state_dict_hash": params_hash(state),
                        "output": "forward_features(x)[:, model.num_prefix_tokens:] are the patch tokens"}}
-    output.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    config_file.write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -130,7 +147,11 @@ def cmd_export(args: argparse.Namespace) -> None:
     meta = export_timm(directory, args.output, args.image_size)
     print(f"exported:      {directory}")
     print(f"timm args:     {json.dumps(meta['model_args'])}")
-    print(f"wrote:         {Path(args.output).absolute()} and {Path(args.output).with_suffix('.json').absolute()}")
+    out = Path(args.output).absolute()
+    written = (f"{out / 'config.json'} + model.safetensors (load: timm.create_model('local-dir:{out}', "
+               f"pretrained=True))" if out.suffix != ".safetensors" else f"{out} and {out.with_suffix('.json')}")
+    print(f"architecture:  {meta['architecture']}")
+    print(f"wrote:         {written}")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -193,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     c.set_defaults(func=cmd_convert)
     e = sub.add_parser("export", help="write a run's encoder as a timm state dict (safetensors) + JSON args")
     e.add_argument("--workdir", required=True, help="training run directory (or an exported encoder directory)")
-    e.add_argument("--output", required=True, help="FILE.safetensors (FILE.json is written next to it)")
+    e.add_argument("--output", required=True, help="a folder (Hugging Face / timm: config.json + model.safetensors) "
+                   "or FILE.safetensors (FILE.json is written next to it)")
     e.add_argument("--which", default="encoder", choices=("encoder", "teacher"),
                    help="encoder: RUN/encoder; teacher: RUN/teacher/encoder (the stage-1 pixel teacher)")
     e.add_argument("--image-size", type=int, default=None,

@@ -20,6 +20,14 @@ Learned position embeddings are resampled to the requested grid with ``jax.image
 default, or ``bilinear``; Keys cubic with a=-0.5 and antialiasing when shrinking, so not bit-identical to torch's
 ``F.interpolate`` bicubic with a=-0.75, as timm uses; at the native grid nothing is resampled).
 
+BEiT layout (timm ``Beit``, USFM-like teachers): relative position bias tables per block
+(``blocks.N.attn.relative_position_bias_table``, or one shared ``rel_pos_bias.relative_position_bias_table``,
+added to each block's), layer scale (``gamma_1/gamma_2``; timm ViT's ``ls1.gamma/ls2.gamma`` too), separate
+``q_bias``/``v_bias`` (merged into the ``qkv`` bias with a zero k part: exact), no absolute position embedding
+(``posemb='none'``) and no final ``norm`` (mean-pooling heads norm after pooling: ``final_norm=False``). The
+heads are then read from the tables; the grid from their size. The tables are not resampled: such a teacher is
+used at its own resolution.
+
 Adding a key scheme: append a ``KeyScheme`` (the prefix that holds the encoder, renames into timm names if the
 names differ, extra ignorable keys) to ``SCHEMES``; schemes are tried in order, the first whose prefix holds a
 ``patch_embed.proj.weight`` wins.
@@ -63,9 +71,12 @@ SCHEMES: tuple[KeyScheme, ...] = (
 )
 
 # Keys (timm names) that exist in encoder checkpoints but do not shape patch tokens: classifier heads, MAE decoders
-# and mask tokens, pooled-feature norms.
+# and mask tokens, pooled-feature norms; BEiT's index buffers (recomputed: models.vit.relative_position_index).
 IGNORED = (r"head(\..*)?", r"head_drop\..*", r"fc_norm\..*", r"pre_logits\..*", r"decoder.*", r"mask_token",
-           r"attn_pool\..*", r"dist_token", r"head_dist\..*")
+           r"attn_pool\..*", r"dist_token", r"head_dist\..*", r"(blocks\.\d+\.attn\.|rel_pos_bias\.)?"
+           r"relative_position_index", r"blocks\.\d+\.attn\.k_bias")
+REL_TABLE = "blocks.{i}.attn.relative_position_bias_table"
+SHARED_REL_TABLE = "rel_pos_bias.relative_position_bias_table"
 
 # timm name -> our parameter path; {i} is a block index. layout: conv (OIHW <-> HWIO), linear (transpose), copy.
 # pos_embed / cls_pos_embed are handled apart (split, sin-cos detection, resampling).
@@ -85,6 +96,9 @@ PARAM_TABLE: tuple[tuple[str, str, str], ...] = (
     ("blocks.{i}.mlp.fc1.bias", "encoder/blocks_{i}/mlp/fc1/bias", "copy"),
     ("blocks.{i}.mlp.fc2.weight", "encoder/blocks_{i}/mlp/fc2/kernel", "linear"),
     ("blocks.{i}.mlp.fc2.bias", "encoder/blocks_{i}/mlp/fc2/bias", "copy"),
+    ("blocks.{i}.attn.relative_position_bias_table", "encoder/blocks_{i}/attn/relative_position_bias_table", "copy"),
+    ("blocks.{i}.gamma_1", "encoder/blocks_{i}/gamma_1", "copy"),
+    ("blocks.{i}.gamma_2", "encoder/blocks_{i}/gamma_2", "copy"),
     ("norm.weight", "encoder/norm/scale", "copy"),
     ("norm.bias", "encoder/norm/bias", "copy"),
 )
@@ -177,6 +191,39 @@ def select_encoder(state: dict[str, np.ndarray]) -> tuple[KeyScheme, dict[str, n
         f"usjepa_jax.encoders.convert.SCHEMES for a new naming scheme.")
 
 
+def _beit_to_timm_names(sd: dict[str, np.ndarray], notes: list[str]) -> dict[str, np.ndarray]:
+    """BEiT's separate q/v biases, shared relative position table and timm-ViT layer-scale names, rewritten into
+    the names ``PARAM_TABLE`` knows (exact: BEiT's k bias is zero)."""
+    sd = dict(sd)
+    merged = []
+    for key in sorted(k for k in sd if k.endswith(".attn.q_bias")):
+        block = key[: -len("q_bias")]
+        v_key = block + "v_bias"
+        if v_key not in sd or block + "qkv.bias" in sd:
+            continue
+        q, v = sd.pop(key), sd.pop(v_key)
+        sd[block + "qkv.bias"] = np.concatenate([q, np.zeros_like(q), v])
+        merged.append(block)
+    if merged:
+        notes.append(f"q_bias/v_bias of {len(merged)} blocks merged into qkv.bias (zero k bias, as BEiT)")
+    for key in [k for k in sd if re.fullmatch(r"blocks\.\d+\.ls[12]\.gamma", k)]:
+        sd[key.replace(".ls1.gamma", ".gamma_1").replace(".ls2.gamma", ".gamma_2")] = sd.pop(key)
+    if SHARED_REL_TABLE in sd:
+        shared = sd.pop(SHARED_REL_TABLE)
+        blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+        for i in blocks:
+            own = sd.get(REL_TABLE.format(i=i))
+            sd[REL_TABLE.format(i=i)] = shared if own is None else own + shared
+        notes.append("shared relative position bias table added to every block's")
+    return sd
+
+
+def _rel_grid(rows: int) -> tuple[int, int] | None:
+    """The square patch grid of a BEiT relative position table of ``rows`` rows ((2g - 1)^2 + 3)."""
+    side = math.isqrt(max(rows - 3, 0))
+    return ((side + 1) // 2,) * 2 if side * side == rows - 3 and side % 2 == 1 else None
+
+
 def _grid_of(length: int, image_grid: tuple[int, int] | None) -> tuple[int, int] | None:
     if image_grid is not None and image_grid[0] * image_grid[1] == length:
         return image_grid
@@ -222,6 +269,7 @@ def from_state_dict(state: dict[str, np.ndarray], *, num_heads: int | None = Non
     """
     scheme, sd = select_encoder(state)
     notes: list[str] = []
+    sd = _beit_to_timm_names(sd, notes)
     pe = sd["patch_embed.proj.weight"]
     if pe.ndim != 4 or pe.shape[2] != pe.shape[3]:
         raise CheckpointMismatchError(f"patch_embed.proj.weight: expected shape (width, in_channels, patch, patch), "
@@ -237,6 +285,19 @@ def from_state_dict(state: dict[str, np.ndarray], *, num_heads: int | None = Non
                                       "(not a ViT encoder with timm-style blocks).")
     mlp_dim = int(fc1.shape[0])
     class_token = "cls_token" in sd
+    rel_table = sd.get(REL_TABLE.format(i=0))
+    layer_scale = "blocks.0.gamma_1" in sd
+    final_norm = "norm.weight" in sd
+    if rel_table is not None:
+        if rel_table.ndim != 2 or _rel_grid(rel_table.shape[0]) is None:
+            raise CheckpointMismatchError(f"{REL_TABLE.format(i=0)}: expected shape ((2g-1)^2 + 3, heads) for a "
+                                          f"square g x g patch grid, found {tuple(rel_table.shape)}.")
+        if num_heads is not None and num_heads != rel_table.shape[1]:
+            raise CheckpointMismatchError(f"num_heads={num_heads} given, but {REL_TABLE.format(i=0)} "
+                                          f"{tuple(rel_table.shape)} has {rel_table.shape[1]} heads.")
+        num_heads = int(rel_table.shape[1])
+    if not final_norm:
+        notes.append("no final norm (the checkpoint's patch tokens are not normalised: mean-pooling head)")
     if num_heads is None:
         num_heads = default_num_heads(width, depth)
         notes.append(f"num_heads not given: default {num_heads} (cannot be inferred from weights)")
@@ -246,8 +307,12 @@ def from_state_dict(state: dict[str, np.ndarray], *, num_heads: int | None = Non
 
     # ---- position embeddings
     if "pos_embed" not in sd:
-        raise CheckpointMismatchError("pos_embed: expected a (1, tokens, width) tensor, found none (models "
-                                      "without absolute position embeddings are not supported).")
+        if rel_table is None:
+            raise CheckpointMismatchError("pos_embed: expected a (1, tokens, width) tensor, found none (a ViT "
+                                          "without absolute position embeddings needs relative position bias "
+                                          "tables, as BEiT).")
+        return _from_relative_only(sd, scheme, notes, width, depth, mlp_dim, int(num_heads), patch, in_channels,
+                                   class_token, layer_scale, final_norm, image_size)
     pos = np.asarray(sd["pos_embed"], np.float32)
     pos = pos.reshape(-1, pos.shape[-1])
     if pos.shape[-1] != width:
@@ -284,14 +349,15 @@ def from_state_dict(state: dict[str, np.ndarray], *, num_heads: int | None = Non
                                           f"{patch} (patch_embed.proj.weight {tuple(pe.shape)}).")
         dst_grid = (size[0] // patch, size[1] // patch)
 
-    vit = {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": int(num_heads), "patch_size": patch,
-               "posemb": "sincos2d" if is_sincos else "learn", "class_token": class_token}
-    module = VisionTransformer(**vit)
-    dummy = jax.ShapeDtypeStruct((1, dst_grid[0] * patch, dst_grid[1] * patch, in_channels), jnp.float32)
-    expected = {k: v.shape for k, v in flatten_params(jax.eval_shape(module.init, jax.random.key(0), dummy)
-                                                      ["params"], as_array=False).items()}
+    if rel_table is not None and (_rel_grid(rel_table.shape[0]) != tuple(src_grid) or
+                                  tuple(dst_grid) != tuple(src_grid)):
+        raise CheckpointMismatchError(
+            f"{REL_TABLE.format(i=0)} {tuple(rel_table.shape)} is for grid {_rel_grid(rel_table.shape[0])}, "
+            f"pos_embed for {src_grid}, requested {dst_grid}: relative position tables are not resampled, use "
+            f"the checkpoint at its own resolution.")
+    vit = _vit_kwargs(width, depth, mlp_dim, int(num_heads), patch, "sincos2d" if is_sincos else "learn",
+                      class_token, rel_table is not None, layer_scale, final_norm)
     flat: dict[str, np.ndarray] = {}
-    used, zero_filled = {"pos_embed"}, []
     if is_sincos:
         notes.append(f"pos_embed is the fixed 2-D sin-cos table of grid {src_grid}: loaded as posemb='sincos2d'")
     else:
@@ -302,6 +368,51 @@ def from_state_dict(state: dict[str, np.ndarray], *, num_heads: int | None = Non
             if cls_pos is None:
                 notes.append("no class-token position in pos_embed (timm no_embed_class=True): zero cls_pos_embed")
             flat["cls_pos_embed"] = (np.zeros((1, width), np.float32) if cls_pos is None else cls_pos)[None]
+    image = (src_grid[0] * patch, src_grid[1] * patch) if image_size is None else (dst_grid[0] * patch,
+                                                                                   dst_grid[1] * patch)
+    return _map_params(sd, scheme, notes, vit, in_channels, dst_grid, flat, {"pos_embed"}, image)
+
+
+def _vit_kwargs(width: int, depth: int, mlp_dim: int, num_heads: int, patch: int, posemb: str, class_token: bool,
+                rel_pos_bias: bool, layer_scale: bool, final_norm: bool) -> dict[str, Any]:
+    """``VisionTransformer`` kwargs; the BEiT options only when used (so plain ViTs' model.json is unchanged)."""
+    vit = {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads, "patch_size": patch,
+           "posemb": posemb, "class_token": class_token}
+    if rel_pos_bias:
+        vit["rel_pos_bias"] = True
+    if layer_scale:
+        vit["layer_scale"] = 1.0  # the initial value: irrelevant for loaded weights, nonzero to create them
+    if not final_norm:
+        vit["final_norm"] = False
+    return vit
+
+
+def _from_relative_only(sd, scheme, notes, width, depth, mlp_dim, num_heads, patch, in_channels, class_token,
+                        layer_scale, final_norm, image_size) -> Imported:
+    """No absolute position embedding: positions come from the relative tables alone (BEiT's default)."""
+    grid = _rel_grid(sd[REL_TABLE.format(i=0)].shape[0])
+    if image_size is not None:
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if (size[0] // patch, size[1] // patch) != grid:
+            raise CheckpointMismatchError(
+                f"{REL_TABLE.format(i=0)} {tuple(sd[REL_TABLE.format(i=0)].shape)} is for a {grid} patch grid "
+                f"({grid[0] * patch} px at patch {patch}), requested image size {size}: relative position tables "
+                f"are not resampled, use the checkpoint at its own resolution.")
+    notes.append(f"no absolute position embedding: positions from relative position bias tables (grid {grid})")
+    vit = _vit_kwargs(width, depth, mlp_dim, num_heads, patch, "none", class_token, True, layer_scale, final_norm)
+    return _map_params(sd, scheme, notes, vit, in_channels, grid, {}, set(), (grid[0] * patch, grid[1] * patch))
+
+
+def _map_params(sd: dict[str, np.ndarray], scheme: KeyScheme, notes: list[str], vit: dict[str, Any],
+                in_channels: int, grid: tuple[int, int], flat: dict[str, np.ndarray], used: set[str],
+                image: tuple[int, int]) -> Imported:
+    """Every parameter the architecture expects, from ``sd`` (shapes checked); unknown leftovers refused."""
+    width, depth, mlp_dim, patch = vit["width"], vit["depth"], vit["mlp_dim"], vit["patch_size"]
+    module = VisionTransformer(**vit)
+    dummy = jax.ShapeDtypeStruct((1, grid[0] * patch, grid[1] * patch, in_channels), jnp.float32)
+    expected = {k: v.shape for k, v in flatten_params(jax.eval_shape(module.init, jax.random.key(0), dummy)
+                                                      ["params"], as_array=False).items()}
+    zero_filled = []
     for path, shape in expected.items():
         if path in POS_KEYS:
             continue
@@ -333,11 +444,10 @@ def from_state_dict(state: dict[str, np.ndarray], *, num_heads: int | None = Non
         (ignored if any(p.fullmatch(name) for p in ignore) else unknown).append(name)
     if unknown:
         raise CheckpointMismatchError(
-            f"Unsupported parameters in the checkpoint's encoder (scheme {scheme.name!r}): {unknown[:10]}"
-            f"{' ...' if len(unknown) > 10 else ''}. This ViT has no LayerScale, register tokens, qk-norm, "
-            f"pre-norm or other extra layers; a checkpoint with them cannot be loaded exactly.")
-    image = (src_grid[0] * patch, src_grid[1] * patch) if image_size is None else (dst_grid[0] * patch,
-                                                                                   dst_grid[1] * patch)
+            f"Unsupported parameters in the checkpoint's encoder (scheme {scheme.name!r}), not understood: "
+            f"{unknown[:10]}{' ...' if len(unknown) > 10 else ''} ({len(unknown)} in all). Supported: timm ViT "
+            f"and BEiT layouts (relative position bias, layer scale, q/v biases); not register tokens, qk-norm, "
+            f"pre-norm, SwiGLU or other extra layers, which cannot be loaded exactly.")
     return Imported(dict(vit, in_channels=in_channels), unflatten_params(flat), scheme.name, image, notes, ignored)
 
 
@@ -351,6 +461,11 @@ def to_timm_state_dict(module: VisionTransformer, params: Any, *, image_size: in
     encoder has none), so ``no_embed_class=False``; without one, ``class_token=False`` (and ``no_embed_class``
     is moot: timm's position table then covers the patches only).
     """
+    beit = {k: v for k, v in (("rel_pos_bias", module.rel_pos_bias), ("layer_scale", module.layer_scale),
+                              ("final_norm", not module.final_norm), ("posemb", module.posemb == "none")) if v}
+    if beit:
+        raise ValueError(f"Export to timm's VisionTransformer: this encoder uses BEiT-layout options {sorted(beit)}, "
+                         f"which that class does not have (not supported).")
     flat = flatten_params(params)
     p = module.patch_size
     if "pos_embed" in flat:
@@ -380,6 +495,36 @@ def to_timm_state_dict(module: VisionTransformer, params: Any, *, image_size: in
                       "depth": module.depth, "num_heads": module.num_heads, "mlp_ratio": module.mlp_dim / module.width,
                       "qkv_bias": True, "class_token": module.class_token, "no_embed_class": False}
     return out, model_args
+
+
+# timm's plain ViT entry points by (width, depth, heads, patch). Each sets only those four, which the exported
+# model_args set too, so any of them builds the same model from the args; a table hit just names it right.
+TIMM_ARCHITECTURES = {
+    (192, 12, 3, 16): "vit_tiny_patch16_224",
+    (384, 12, 6, 16): "vit_small_patch16_224",
+    (384, 12, 6, 8): "vit_small_patch8_224",
+    (768, 12, 12, 16): "vit_base_patch16_224",
+    (768, 12, 12, 8): "vit_base_patch8_224",
+    (1024, 24, 16, 16): "vit_large_patch16_224",
+    (1024, 24, 16, 14): "vit_large_patch14_224",
+    (1280, 32, 16, 14): "vit_huge_patch14_224",
+}
+TIMM_FALLBACK_ARCHITECTURE = "vit_base_patch16_224"
+
+
+def timm_architecture(module: VisionTransformer) -> str:
+    """A timm model name that ``timm.create_model`` resolves to ``VisionTransformer`` for this encoder's size."""
+    key = (module.width, module.depth, module.num_heads, module.patch_size)
+    return TIMM_ARCHITECTURES.get(key, TIMM_FALLBACK_ARCHITECTURE)
+
+
+_TIMM_SIZES = {"tiny": "Ti", "small": "S", "medium": "M", "base": "B", "large": "L", "huge": "H"}
+
+
+def heads_of_timm_name(architecture: str) -> int | None:
+    """``'vit_base_patch16_224'`` / ``'beit_large_patch16_224'`` -> the heads of that size (None if unknown)."""
+    m = re.match(r"(?:vit|deit|beit|beitv2)\w*?_(tiny|small|medium|base|large|huge)_patch\d+", architecture)
+    return VARIANTS[_TIMM_SIZES[m.group(1)]][3] if m else None
 
 
 def _pair(image_size: int | tuple[int, int], patch: int) -> tuple[int, int]:
