@@ -45,7 +45,7 @@ class LocalBucket(LocalFileSystem):
     root = ""
 
     def __init__(self, *args, finalize_on_close=None, **kwargs):  # epath passes gcsfs's option
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, auto_mkdir=True, **kwargs)  # a bucket has no folders to create first
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -81,3 +81,37 @@ def test_paths_reach_a_non_local_epath_backend(bucket, tmp_path):
     assert (bucket / "bkt" / "run" / "sub" / "a.json").read_text() == "{}"
     assert [p.name for p in run.glob("sub/*.json")] == ["a.json"]
     assert not (tmp_path / "gs:").exists()
+
+
+def test_run_files_go_straight_to_the_bucket(bucket, tmp_path):
+    """metrics.jsonl (resumed: appended to), the loss curve, an exported HF/timm encoder folder written to and
+    loaded back from gs://, through the modules' own writers. (Orbax checkpoints go through epath too, but their
+    arrays through tensorstore's own GCS driver, which needs a real bucket.)"""
+    import json
+
+    import numpy as np
+
+    from test_teacher import random_encoder
+    from usjepa_jax import train
+    from usjepa_jax.encoders import __main__ as cli
+    from usjepa_jax.encoders import export_encoder, load_encoder
+
+    run = "gs://bkt/run"
+    for records in ([{"step": 0, "loss": 1.0}, {"step": 50, "loss": 0.5}], [{"step": 100, "loss": 0.25}]):
+        log = storage.LineLog(f"{run}/metrics.jsonl")  # the second one: a resumed run
+        for r in records:
+            log.write(json.dumps(r) + "\n")
+        log.close()
+    assert train.read_metrics(run) == {"loss": {0: 1.0, 50: 0.5, 100: 0.25}}
+    assert train.write_loss_curve(storage.path(run)) == storage.path(f"{run}/loss_curve.png")
+    assert (bucket / "bkt" / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    module, params = random_encoder(posemb="learn", class_token=True)
+    export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
+    cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", f"{run}/hf"])
+    assert sorted(p.name for p in (bucket / "bkt" / "run" / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    back = load_encoder(f"{run}/hf")
+    assert back.path == f"{run}/hf/model.safetensors"
+    for key, value in back.params["encoder"]["blocks_0"]["attn"]["qkv"].items():
+        np.testing.assert_array_equal(value, params["encoder"]["blocks_0"]["attn"]["qkv"][key])
+    assert not (tmp_path / "gs:").exists() and not (Path.cwd() / "gs:").exists()

@@ -22,6 +22,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from usjepa_jax import storage
+
 
 @dataclasses.dataclass
 class DataStateSave(ocp.args.CheckpointArgs):
@@ -37,13 +39,13 @@ class DataStateHandler(ocp.CheckpointHandler):
     """Saves a snapshot (a JSON-able dict) of this process's data-iterator state, one file per process."""
 
     def save(self, directory: epath.Path, args: DataStateSave) -> None:
-        path = Path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path = storage.path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         path.write_text(json.dumps(args.state))
 
     def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> dict[str, Any]:
-        path = Path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path = storage.path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if not path.exists():
-            found = sorted(p.name for p in Path(directory).glob("process_*.json"))
+            found = sorted(p.name for p in storage.path(directory).glob("process_*.json"))
             raise FileNotFoundError(
                 f"No data-iterator state for process {jax.process_index()} of {jax.process_count()} in "
                 f"{directory} (found {found}). The data position can only be resumed with the same number of "
@@ -72,7 +74,7 @@ def make_manager(directory: str | Path, *, max_to_keep: int = 3, keep_period: in
     """Checkpoints under ``directory``: the last ``max_to_keep``, plus every multiple of ``keep_period``."""
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period, create=True,
                                            enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(Path(directory).absolute(), item_names=("state", "data", "meta"),
+    return ocp.CheckpointManager(storage.absolute(directory), item_names=("state", "data", "meta"),
                                  options=options)
 
 

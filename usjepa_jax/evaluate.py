@@ -28,7 +28,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from usjepa_jax import layout
+from usjepa_jax import layout, storage
 
 RESULTS_FILE = "results.json"
 
@@ -48,9 +48,9 @@ def entry_name(encoder: str, checkpoint: str) -> str:
 def encoder_path(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
                  checkpoint: str = "latest") -> Path:
     """Where the run's ``encoder``/``checkpoint`` lives (see the module docstring); loaded by ``load_encoder``."""
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     if encoder == "teacher":
-        return Path(config.teacher.checkpoint or workdir / layout.TEACHER_DIR / layout.ENCODER_DIR)
+        return storage.path(config.teacher.checkpoint or workdir / layout.TEACHER_DIR / layout.ENCODER_DIR)
     if checkpoint not in ("latest", "best"):
         return workdir / layout.CHECKPOINTS_DIR / str(int(checkpoint))
     path = workdir / (layout.ENCODER_DIR if checkpoint == "latest" else layout.BEST_ENCODER_DIR)
@@ -86,7 +86,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder
     from usjepa_jax.evaluation import run_evaluators
     from usjepa_jax.evaluation.runner import by_task
 
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     name = entry_name(encoder, checkpoint)
     model = run_encoder(config, workdir, encoder, checkpoint)
     out_dir = workdir / layout.EVAL_DIR / name.replace(":", "_")
@@ -115,6 +115,7 @@ def main(argv: list[str]) -> None:
     checkpoint = _CHECKPOINT.value
     if checkpoint not in ("latest", "best") and not checkpoint.isdigit():
         raise app.UsageError(f"--checkpoint={checkpoint!r}: expected latest, best or a step number.")
+    storage.check_backends([_WORKDIR.value, config.teacher.checkpoint])  # before any compute, naming the extra
     results = evaluate_run(config, _WORKDIR.value, _ENCODER.value, checkpoint)
     for key, value in results.items():
         if not key.endswith(("_std", "seconds")):

@@ -85,7 +85,10 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     config_lib.validate(config)  # before jax touches a device
     # a gs:// path without its backend fails here, naming what to install, before anything is written
-    storage.check_backends([_WORKDIR.value, config.teacher.checkpoint, config.teacher.cache, *config.data.paths])
+    storage.check_backends([_WORKDIR.value, config.teacher.checkpoint])
+    storage.require_local(config.teacher.cache, "config.teacher.cache")
+    for path in config.data.paths:
+        storage.require_local(path, "config.data.paths")
     initialize_distributed()
     from usjepa_jax import train  # deferred so that flag/config errors come first and fast
 

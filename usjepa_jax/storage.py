@@ -57,6 +57,15 @@ def check_backends(paths: Iterable[str | os.PathLike]) -> None:
             check_backend(p)
 
 
+def require_local(p: str | os.PathLike, what: str) -> None:
+    """ArrayRecord shards (prepared data, teacher target caches) are read and written by array_record's own
+    file layer, which opens local files only: a bucket path there fails here, saying what to do instead."""
+    if p and is_remote(p):
+        raise ValueError(f"{what}={os.fspath(p)!r}: ArrayRecord shards are read from local disk only. Copy them "
+                         f"to a local (or gcsfuse-mounted) folder first, e.g. gcloud storage cp -r "
+                         f"{os.fspath(p)} /data/, and pass that path.")
+
+
 def path(p: str | os.PathLike) -> epath.Path:
     """The path object for a local path or a bucket URI (checked: a missing backend fails here, clearly)."""
     check_backend(p)
@@ -75,3 +84,32 @@ def save_figure(fig, p: str | os.PathLike, **kwargs) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("wb") as f:
         fig.savefig(f, format=p.suffix.lstrip(".") or "png", **kwargs)
+
+
+class LineLog:
+    """A log file that lines are appended to (``metrics.jsonl``), each line written through at once.
+
+    A local file is appended to and flushed. A bucket object cannot be appended to, so it is rewritten whole at
+    each line (what was there before included: a resumed run continues the file); logs are small.
+    """
+
+    def __init__(self, p: str | os.PathLike):
+        self.path = path(p)
+        self._lines: list[str] | None = None
+        self._file = None
+        if is_remote(self.path):
+            self._lines = [self.path.read_text()] if self.path.exists() else []
+        else:
+            self._file = self.path.open("a")
+
+    def write(self, line: str) -> None:
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        else:
+            self._lines.append(line)
+            self.path.write_text("".join(self._lines))
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

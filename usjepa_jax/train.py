@@ -33,7 +33,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from usjepa_jax import checkpointing, objectives, sharding
+from usjepa_jax import checkpointing, objectives, sharding, storage
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.data.sources import EmptySplitError
@@ -252,7 +252,7 @@ def format_duration(seconds: float) -> str:
 
 def read_metrics(workdir: str | Path) -> dict[str, dict[int, float]]:
     """``metrics.jsonl`` as ``{metric: {step: value}}`` (a resumed run may rewrite steps: the last value wins)."""
-    path = Path(workdir) / METRICS_FILE
+    path = storage.path(workdir) / METRICS_FILE
     series: dict[str, dict[int, float]] = {}
     if path.exists():
         for line in path.read_text().splitlines():
@@ -274,7 +274,7 @@ def write_loss_curve(workdir: Path) -> Path | None:
     plot_training_curves(fig.add_subplot(1, 1, 1), series, title=f"{workdir.name}: loss")
     fig.tight_layout()
     out = workdir / LOSS_CURVE_FILE
-    fig.savefig(out)
+    storage.save_figure(fig, out)
     return out
 
 
@@ -288,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     ``metrics.jsonl`` (``run``: the workdir; e.g. a notebook's live loss plot, visualize.LiveLossPlot).
     """
     config_lib.validate(config)
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     teacher = None
     if config.method == "usjepa" and config.teacher.cache:  # precomputed targets: the teacher is never loaded
         return _train(config, workdir, teacher_cache.open_for_training(config), on_log)
@@ -485,12 +485,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenEnco
                      start_step, o.total_steps)
 
     # ---- the loop.
-    metrics_file = (workdir / METRICS_FILE).open("a") if is_main else None
+    metrics_file = storage.LineLog(workdir / METRICS_FILE) if is_main else None
 
     def record(values: dict[str, float]) -> None:
         if is_main:
             metrics_file.write(json.dumps(values) + "\n")
-            metrics_file.flush()
             if on_log is not None:
                 on_log(str(workdir), values)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from usjepa_jax import storage
+
 CONTEXT_COLOUR = (40, 110, 255)  # blue
 TARGET_COLOURS = ((255, 60, 40), (255, 200, 0), (40, 220, 90), (230, 60, 230), (0, 220, 230), (255, 140, 0),
                   (160, 90, 255), (150, 255, 60))
@@ -68,10 +70,8 @@ def save_mask_figure(images: Sequence[np.ndarray], samples: Sequence[dict], patc
         ax.set_title(f"ctx {int(np.sum(sample['context_valid']))}, "
                      f"tgt {', '.join(str(int(v.sum())) for v in np.asarray(sample['target_valid']))}", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+    storage.save_figure(fig, path, dpi=100)
+    return storage.path(path)
 
 
 def add_record(series: dict[str, dict[int, float]], record: dict[str, float]) -> None:

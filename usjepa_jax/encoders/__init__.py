@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from usjepa_jax import storage
 from usjepa_jax.encoders import convert, formats
 from usjepa_jax.layout import CHECKPOINTS_DIR, ENCODER_DIR, MODEL_FILE, PARAMS_DIR
 from usjepa_jax.models.vit import VisionTransformer
@@ -112,7 +113,7 @@ def export_encoder(directory: str | Path, module: VisionTransformer, params: Any
     ``image_size`` (the resolution it was trained at) and ``source`` (where an imported encoder came from) are
     recorded in ``model.json`` when given.
     """
-    directory = Path(directory).absolute()
+    directory = storage.absolute(directory)
     params = jax.device_get(params)
     content_hash = params_hash(params)
     mean, std = _stat(mean), _stat(std)
@@ -132,12 +133,13 @@ def export_encoder(directory: str | Path, module: VisionTransformer, params: Any
 
 
 def is_exported_encoder(directory: str | Path) -> bool:
-    return (Path(directory) / MODEL_FILE).is_file() and (Path(directory) / PARAMS_DIR).is_dir()
+    directory = storage.path(directory)
+    return (directory / MODEL_FILE).is_file() and (directory / PARAMS_DIR).is_dir()
 
 
 def read_exported_encoder(directory: str | Path) -> tuple[dict[str, Any], Any]:
     """(``model.json`` as a dict, params as host numpy arrays), the content hash verified."""
-    directory = Path(directory).absolute()
+    directory = storage.absolute(directory)
     spec = json.loads((directory / MODEL_FILE).read_text())
     with ocp.PyTreeCheckpointer() as ckptr:
         params = ckptr.restore(directory / PARAMS_DIR)
@@ -153,7 +155,7 @@ def read_exported_encoder(directory: str | Path) -> tuple[dict[str, Any], Any]:
 def read_sidecar(path: str | Path) -> dict[str, Any]:
     """Model facts next to a weight file: ``<stem>.json`` (our export / fixtures) or ``config.json`` (timm on
     the Hugging Face hub). Returns a subset of ``num_heads``, ``image_size``, ``mean``, ``std``."""
-    path = Path(path)
+    path = storage.path(path)
     for candidate in (path.with_suffix(".json"), path.parent / "config.json"):
         if candidate.is_file() and candidate != path:
             try:
@@ -213,7 +215,7 @@ class EncoderWeights:
 
 def is_train_checkpoint(path: str | Path) -> bool:
     """``<workdir>/checkpoints/STEP``: a step directory of a training run's orbax checkpoints."""
-    path = Path(path)
+    path = storage.path(path)
     return path.parent.name == CHECKPOINTS_DIR and path.name.isdigit() and path.is_dir()
 
 
@@ -256,7 +258,7 @@ def read_encoder(path: str | Path, *, image_size: int | Sequence[int] | None = N
                  mean: Stat | None = None, std: Stat | None = None, fmt: str = "auto",
                  resample: str = "bicubic") -> EncoderWeights:
     """Read any supported checkpoint (see the module docstring) into numpy params + module arguments."""
-    path = Path(path).absolute()
+    path = storage.absolute(path)
     if not is_exported_encoder(path) and is_exported_encoder(path / ENCODER_DIR):
         path = path / ENCODER_DIR  # a run's workdir: its final encoder
     if is_train_checkpoint(path):

@@ -52,6 +52,7 @@ from usjepa_jax.encoders import (
     params_hash,
     read_exported_encoder,
 )
+from usjepa_jax import storage
 from usjepa_jax.encoders import convert as convert_lib
 from usjepa_jax.layout import ENCODER_DIR, TEACHER_DIR
 
@@ -87,7 +88,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     content_hash = export_encoder(args.output, module, enc.params, mean=enc.mean, std=enc.std,
                                   in_channels=enc.in_channels, image_size=enc.image_size, source=source)
     print(describe(enc, content_hash))
-    print(f"wrote:         {Path(args.output).absolute()} (use as config.teacher.checkpoint)")
+    print(f"wrote:         {storage.absolute(args.output)} (use as config.teacher.checkpoint)")
 
 
 def _encoder_dir(workdir: Path, which: str) -> Path:
@@ -119,7 +120,7 @@ def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | N
     size = tuple(size) if isinstance(size, list) else size
     in_channels = spec.get("in_channels", 1)
     state, model_args = convert_lib.to_timm_state_dict(module, params, image_size=size, in_channels=in_channels)
-    output = Path(output)
+    output = storage.path(output)
     folder = output.suffix != ".safetensors"
     weights, config_file = ((output / "model.safetensors", output / "config.json") if folder
                             else (output, output.with_suffix(".json")))
@@ -135,7 +136,7 @@ def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | N
             "pretrained_cfg": {"input_size": [in_channels, *(img if isinstance(img, list) else [img, img])],
                                "mean": per_channel(spec["mean"]), "std": per_channel(spec["std"]),
                                "interpolation": "bicubic", "crop_pct": 1.0, "num_classes": 0},
-            "usjepa": {"encoder": str(Path(encoder_dir).absolute()), "content_hash": spec["content_hash"],
+            "usjepa": {"encoder": str(storage.absolute(encoder_dir)), "content_hash": spec["content_hash"],
                        "state_dict_hash": params_hash(state),
                        "output": "forward_features(x)[:, model.num_prefix_tokens:] are the patch tokens"}}
     config_file.write_text(json.dumps(meta, indent=2) + "\n")
@@ -143,11 +144,11 @@ def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | N
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    directory = _encoder_dir(Path(args.workdir), args.which)
+    directory = _encoder_dir(storage.path(args.workdir), args.which)
     meta = export_timm(directory, args.output, args.image_size)
     print(f"exported:      {directory}")
     print(f"timm args:     {json.dumps(meta['model_args'])}")
-    out = Path(args.output).absolute()
+    out = storage.absolute(args.output)
     written = (f"{out / 'config.json'} + model.safetensors (load: timm.create_model('local-dir:{out}', "
                f"pretrained=True))" if out.suffix != ".safetensors" else f"{out} and {out.with_suffix('.json')}")
     print(f"architecture:  {meta['architecture']}")

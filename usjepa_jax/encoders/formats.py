@@ -23,6 +23,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from usjepa_jax import storage
+
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
@@ -37,7 +39,7 @@ _MAX_HEADER = 100 * 2**20
 # ------------------------------------------------------------------------------------------------ safetensors
 def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """``path`` -> (tensors as numpy arrays, the header's ``__metadata__``). Raises ValueError on a bad file."""
-    path = Path(path)
+    path = storage.path(path)
     data = path.read_bytes()
     if len(data) < 8:
         raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length).")
@@ -84,7 +86,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray],
         offset += len(raw)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)  # pad so the tensor data starts 8-byte aligned
-    with open(path, "wb") as f:
+    with storage.path(path).open("wb") as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for raw in chunks:
@@ -94,7 +96,7 @@ def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray],
 # ------------------------------------------------------------------------------------------------ npz / torch
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     """An ``np.savez`` archive of named arrays (pickled objects are refused)."""
-    with np.load(path, allow_pickle=False) as archive:
+    with storage.path(path).open("rb") as f, np.load(f, allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}
 
 
@@ -114,10 +116,11 @@ def read_torch(path: str | Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise ImportError(f"Reading {path} needs torch (pip install torch), or convert the file to .safetensors "
+        raise ImportError(f"Reading {path} needs torch (pip install 'usjepa_jax[torch]'), or convert the file to .safetensors "
                           f"elsewhere and load that (no torch needed).") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with storage.path(path).open("rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle.UnpicklingError (or RuntimeError in some versions)
         if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e) or "Weights only" in str(e):
             lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
@@ -147,7 +150,7 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ dispatch
 def detect_format(path: str | Path) -> str:
     """``safetensors`` | ``npz`` | ``torch`` from the suffix (then the magic bytes)."""
-    path = Path(path)
+    path = storage.path(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         return "safetensors"
@@ -155,11 +158,11 @@ def detect_format(path: str | Path) -> str:
         return "npz"
     if suffix in TORCH_SUFFIXES:
         return "torch"
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         head = f.read(9)
     if head[:2] == b"PK":  # zip: npz or a torch>=1.6 archive
         import zipfile
-        with zipfile.ZipFile(path) as z:
+        with path.open("rb") as f, zipfile.ZipFile(f) as z:
             return "npz" if all(n.endswith(".npy") for n in z.namelist()) else "torch"
     if head[:1] == b"\x80":  # a bare pickle (legacy torch.save, or pickle.dump of a state dict)
         return "torch"

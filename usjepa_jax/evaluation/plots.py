@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from usjepa_jax import storage
+
 
 def _figure(w: float, h: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,11 +19,9 @@ def _figure(w: float, h: float):
 
 
 def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    storage.save_figure(fig, path, dpi=100)
+    return storage.path(path)
 
 
 def pca_rgb(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

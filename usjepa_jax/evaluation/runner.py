@@ -26,6 +26,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from usjepa_jax import storage
 from usjepa_jax.evaluation import config as eval_config_lib
 from usjepa_jax.evaluation import corruptions, metrics, plots
 from usjepa_jax.evaluation import tasks as tasks_lib
@@ -47,7 +48,7 @@ class EvalContext:
         self.encoder, self.config, self.evals, self.data = encoder, config, config.evals, data
         self.extractor = extractor or FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
         self.probe_cfg = ProbeConfig.from_config(config.evals.probe)
-        self.out_dir = Path(out_dir) if out_dir else None
+        self.out_dir = storage.path(out_dir) if out_dir else None
         self.figures: dict[str, str] = {}
         self._features: dict[str, np.ndarray] = {}
         self._probe: TrainedProbe | None = None
@@ -206,7 +207,7 @@ def run_evaluators(encoder: FrozenEncoder, config: ml_collections.ConfigDict,
         data = render_tasks(config, log)
     elif isinstance(data, EvalData):
         data = {data.name: data}
-    out_dir = Path(out_dir) if out_dir else None
+    out_dir = storage.path(out_dir) if out_dir else None
     extractor = FeatureExtractor(encoder, evals.pooling, evals.batch_size)  # one compilation for all tasks
     names = eval_config_lib.evaluator_list(evals)
     results: dict[str, float] = {}
