@@ -952,9 +952,15 @@ def _add_lesion(rng: np.random.Generator, regions: list[Region], label: int, mar
 
 # ------------------------------------------------------------------------------------------------ physics
 def _gaussian_transfer(n: int, sigma: np.ndarray | float) -> np.ndarray:
-    """``exp(-2 pi^2 sigma^2 k^2)`` on the ``fft`` bins of length ``n`` (sigma in samples; broadcast)."""
-    k = scipy.fft.fftfreq(n).astype(np.float32)
-    return np.exp(np.float32(-2 * np.pi**2) * (np.asarray(sigma, np.float32)[..., None] * k) ** 2)
+    """``exp(-2 pi^2 sigma^2 k^2)`` on the ``fft`` bins of length ``n`` (sigma in samples; broadcast). Bins ``k``
+    and ``-k`` hold the same value: it is evaluated on ``|k| <= 1/2`` and mirrored (half the exponentials)."""
+    half = n // 2 + 1
+    k = np.abs(scipy.fft.fftfreq(n)[:half]).astype(np.float32)
+    transfer = np.exp(np.float32(-2 * np.pi**2) * (np.asarray(sigma, np.float32)[..., None] * k) ** 2)
+    out = np.empty(transfer.shape[:-1] + (n,), np.float32)
+    out[..., :half] = transfer
+    out[..., half:] = transfer[..., n - half:0:-1]  # bin i > n/2 has the frequency of bin n - i
+    return out
 
 
 def _lateral_sigma_lines(geometry: ScanGeometry, grid: Grid, pulse: dict) -> np.ndarray:
@@ -978,19 +984,17 @@ def iq_signal(echo: np.ndarray, geometry: ScanGeometry, grid: Grid, pulse: dict,
         lines + math.ceil(3 * float(sigma_lat.max())))
     white = rng.standard_normal((a, lines, 2), dtype=np.float32).view(np.complex64)[..., 0]
     white *= np.float32(np.sqrt(0.5))
-    field = np.zeros((pa, pl), np.complex64)
-    field[:a, :lines] = white * np.sqrt(echo)
     lat = _gaussian_transfer(pl, sigma_lat)  # [A, PL]
     lat *= (np.float32(1) / np.sqrt(np.mean(lat**2, axis=1, keepdims=True)))  # unit energy per row
     ax = _gaussian_transfer(pa, sigma_ax)
     ax *= np.float32(1 / np.sqrt(np.mean(ax**2)))
-    spectrum = scipy.fft.fft(field[:a], axis=1)
+    # Zero padding by the FFTs' ``n``; the axial pass only on the beam lines kept (each column is independent).
+    spectrum = scipy.fft.fft(white * np.sqrt(echo), n=pl, axis=1, overwrite_x=True)
     spectrum *= lat
-    field[:a] = scipy.fft.ifft(spectrum, axis=1)
-    field[a:] = 0  # the padding rows stay empty (lateral pass only touched the first a rows)
-    spectrum = scipy.fft.fft(field, axis=0)
+    lateral = scipy.fft.ifft(spectrum, axis=1, overwrite_x=True)[:, :lines]
+    spectrum = scipy.fft.fft(lateral, n=pa, axis=0)
     spectrum *= ax[:, None]
-    out = scipy.fft.ifft(spectrum, axis=0)[:a, :lines]
+    out = scipy.fft.ifft(spectrum, axis=0, overwrite_x=True)[:a]
     return np.ascontiguousarray(out, np.complex64), white
 
 
