@@ -323,12 +323,33 @@ def _pixel_map(geometry: ScanGeometry, size: int):
     return pix, rng_mm.reshape(-1)[pix], lateral.reshape(-1)[pix], mask, pixel
 
 
+def _edge_pad(values: np.ndarray, pad: int | tuple[int, int], axis: int) -> np.ndarray:
+    """``np.pad(mode="edge")`` of a 2-D array along one axis by ``pad`` (before, after), without its overhead."""
+    before, after = (pad, pad) if isinstance(pad, int) else pad
+    if not before and not after:
+        return values
+    shape = list(values.shape)
+    n = shape[axis]
+    shape[axis] = n + before + after
+    out = np.empty(shape, values.dtype)
+    inner = [slice(None)] * 2
+    inner[axis] = slice(before, before + n)
+    out[tuple(inner)] = values
+    first, last = [slice(None)] * 2, [slice(None)] * 2
+    first[axis], last[axis] = slice(0, 1), slice(n - 1, n)
+    lo, hi = [slice(None)] * 2, [slice(None)] * 2
+    lo[axis], hi[axis] = slice(0, before), slice(before + n, before + n + after)
+    out[tuple(lo)] = values[tuple(first)]
+    out[tuple(hi)] = values[tuple(last)]
+    return out
+
+
 def _box_columns(values: np.ndarray, width: float) -> np.ndarray:
     """``_box_rows`` along axis 0 with one width for every column (cumulative sums down the columns)."""
     m = int(np.floor((width - 1) / 2))
     f = np.float32((width - 1 - 2 * m) / 2)
     n, pad = values.shape[0], m + 1
-    padded = np.pad(values, ((pad, pad), (0, 0)), mode="edge")
+    padded = _edge_pad(values, pad, axis=0)
     cum = np.cumsum(padded, axis=0, dtype=np.float32)
     lo, hi = pad - m - 1, pad + m
     total = cum[hi:hi + n] - cum[lo:lo + n]
@@ -345,7 +366,7 @@ def _box_rows(values: np.ndarray, width: np.ndarray) -> np.ndarray:
     m_all = np.floor((width - 1) / 2).astype(np.int64)
     f_all = ((width - 1 - 2 * m_all) / 2).astype(np.float32)[:, None]
     n, pad = values.shape[1], int(m_all.max()) + 1
-    padded = np.pad(values, ((0, 0), (pad, pad)), mode="edge")
+    padded = _edge_pad(values, pad, axis=1)
     cum = np.cumsum(padded, axis=1, dtype=np.float32)
     out = np.empty_like(values)
     starts = np.flatnonzero(np.diff(m_all, prepend=-1))
@@ -414,7 +435,7 @@ class ScanConverter:
         if self.k > 1:
             a, lines = values.shape
             ak = -(-a // self.k)
-            values = np.pad(values, ((0, ak * self.k - a), (0, 0)), mode="edge")
+            values = _edge_pad(values, (0, ak * self.k - a), axis=0)
             values = values.reshape(ak, self.k, lines).mean(axis=1, dtype=np.float32)
         if self.axial_width > 1.0:
             values = _box_columns(values, self.axial_width)
@@ -599,10 +620,14 @@ def phantom_maps(regions: tuple[Region, ...], x: np.ndarray, z: np.ndarray, d: n
         dist = _signed_distance(region, px, pz, pd)
         inside = dist <= 0
         t = region.tissue
-        seg[block][inside], atten[block][inside] = t.seg, t.atten
-        echo_db[block][inside] = np.float32(t.echo_db) + _texture_db(t.texture, px[inside], pz[inside])
+        np.copyto(seg[block], t.seg, where=inside)
+        np.copyto(atten[block], np.float32(t.atten), where=inside)
+        if t.texture:
+            echo_db[block][inside] = np.float32(t.echo_db) + _texture_db(t.texture, px[inside], pz[inside])
+        else:
+            np.copyto(echo_db[block], np.float32(t.echo_db), where=inside)
         wall = walls[block]
-        wall[inside] = 0.0  # the interfaces of what it covers are gone
+        np.copyto(wall, np.float32(0.0), where=inside)  # the interfaces of what it covers are gone
         if region.wall_db is not None:
             near = np.abs(dist) <= region.wall_mm / 2
             wall[near] = np.maximum(wall[near], np.float32(10 ** (region.wall_db / 10)))
