@@ -1005,18 +1005,28 @@ def iq_signal(echo: np.ndarray, geometry: ScanGeometry, grid: Grid, pulse: dict,
     a, lines = echo.shape
     sigma_lat = _lateral_sigma_lines(geometry, grid, pulse)
     sigma_ax = axial_fwhm_mm(pulse["frequency_mhz"], pulse["bandwidth"]) / 2.3548 / grid.dz_mm
-    pa, pl = scipy.fft.next_fast_len(a + math.ceil(3 * sigma_ax)), scipy.fft.next_fast_len(
-        lines + math.ceil(3 * float(sigma_lat.max())))
+    pa = scipy.fft.next_fast_len(a + math.ceil(3 * sigma_ax))
     white = rng.standard_normal((a, lines, 2), dtype=np.float32).view(np.complex64)[..., 0]
     white *= np.float32(np.sqrt(0.5))
-    lat = _gaussian_transfer(pl, sigma_lat)  # [A, PL]
-    lat *= (np.float32(1) / np.sqrt(np.mean(lat**2, axis=1, keepdims=True)))  # unit energy per row
+    scatterers = white * np.sqrt(echo)
+    # Lateral pass, per row padded by 3 of its PSF sigmas: rows whose PSF is wider than a third of the scan (a
+    # sector's first millimetres, where every beam line passes near the apex) get their own, longer FFT, so the
+    # other rows are not padded to their width (a sector's grid would otherwise be padded ~10x).
+    wide = np.ceil(3 * sigma_lat) > lines
+    lateral = np.empty((a, lines), np.complex64)
+    for rows in (~wide, wide) if wide.any() else (slice(None),):
+        sigma = sigma_lat[rows]
+        if not sigma.size:
+            continue
+        pl = scipy.fft.next_fast_len(lines + math.ceil(3 * float(sigma.max())))
+        lat = _gaussian_transfer(pl, sigma)  # [rows, PL]
+        lat *= (np.float32(1) / np.sqrt(np.mean(lat**2, axis=1, keepdims=True)))  # unit energy per row
+        # Zero padding by the FFTs' ``n``.
+        spectrum = scipy.fft.fft(scatterers[rows], n=pl, axis=1, overwrite_x=True)
+        spectrum *= lat
+        lateral[rows] = scipy.fft.ifft(spectrum, axis=1, overwrite_x=True)[:, :lines]
     ax = _gaussian_transfer(pa, sigma_ax)
     ax *= np.float32(1 / np.sqrt(np.mean(ax**2)))
-    # Zero padding by the FFTs' ``n``; the axial pass only on the beam lines kept (each column is independent).
-    spectrum = scipy.fft.fft(white * np.sqrt(echo), n=pl, axis=1, overwrite_x=True)
-    spectrum *= lat
-    lateral = scipy.fft.ifft(spectrum, axis=1, overwrite_x=True)[:, :lines]
     spectrum = scipy.fft.fft(lateral, n=pa, axis=0)
     spectrum *= ax[:, None]
     out = scipy.fft.ifft(spectrum, axis=0, overwrite_x=True)[:a]
