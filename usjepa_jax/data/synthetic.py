@@ -564,6 +564,8 @@ def _signed_distance(region: Region, px: np.ndarray, pz: np.ndarray, pd: np.ndar
     shape, g = region.shape, region.geom
     if shape == "below":
         depth, amp, wavelength, phase = g
+        if px.ndim == 2 and px.strides[0] == 0:  # x constant down the columns (linear probe): one row of sines
+            px = px[:1]
         return np.float32(depth) + np.float32(amp) * np.sin(np.float32(2 * np.pi / wavelength) * px
                                                             + np.float32(phase)) - pd
     if shape == "ellipse":
@@ -622,15 +624,13 @@ def phantom_maps(regions: tuple[Region, ...], x: np.ndarray, z: np.ndarray, d: n
         t = region.tissue
         np.copyto(seg[block], t.seg, where=inside)
         np.copyto(atten[block], np.float32(t.atten), where=inside)
-        if t.texture:
-            echo_db[block][inside] = np.float32(t.echo_db) + _texture_db(t.texture, px[inside], pz[inside])
-        else:
-            np.copyto(echo_db[block], np.float32(t.echo_db), where=inside)
+        level = np.float32(t.echo_db) + _texture_db(t.texture, px, pz) if t.texture else np.float32(t.echo_db)
+        np.copyto(echo_db[block], level, where=inside)
         wall = walls[block]
         np.copyto(wall, np.float32(0.0), where=inside)  # the interfaces of what it covers are gone
         if region.wall_db is not None:
             near = np.abs(dist) <= region.wall_mm / 2
-            wall[near] = np.maximum(wall[near], np.float32(10 ** (region.wall_db / 10)))
+            np.maximum(wall, np.float32(10 ** (region.wall_db / 10)), out=wall, where=near)
     echo = np.exp(echo_db * np.float32(np.log(10) / 10))
     echo += walls
     return seg, echo, atten
