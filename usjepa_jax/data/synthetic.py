@@ -369,8 +369,9 @@ def _box_rows(values: np.ndarray, width: np.ndarray) -> np.ndarray:
     padded = _edge_pad(values, pad, axis=1)
     cum = np.cumsum(padded, axis=1, dtype=np.float32)
     out = np.empty_like(values)
-    starts = np.flatnonzero(np.diff(m_all, prepend=-1))
-    for start, stop in zip(starts, list(starts[1:]) + [len(m_all)]):
+    starts = np.flatnonzero(m_all[1:] != m_all[:-1]) + 1
+    starts = [0, *starts.tolist()]
+    for start, stop in zip(starts, starts[1:] + [len(m_all)]):
         m, rows = int(m_all[start]), slice(start, stop)
         # Original sample k is padded[k + pad]: its window [k - m, k + m] sums to cum[k + pad + m] - cum[k + pad
         # - m - 1]; the fractional neighbours are padded[k + pad - m - 1] and padded[k + pad + m + 1].
