@@ -607,31 +607,39 @@ def _texture_db(texture: tuple, x: np.ndarray, z: np.ndarray) -> np.ndarray | fl
 def phantom_maps(regions: tuple[Region, ...], x: np.ndarray, z: np.ndarray, d: np.ndarray):
     """Segmentation (uint8), echogenicity (linear power, float32) and attenuation (dB/cm/MHz) on a 2-D grid of
     points ``[A, L]`` (x, z in body coordinates, d depth below the skin; mm). Regions are painted in order, each
-    evaluated only on the block of the grid that holds its bounding box."""
-    seg = np.zeros(x.shape, np.uint8)
-    echo_db = np.zeros(x.shape, np.float32)
-    atten = np.zeros(x.shape, np.float32)
+    evaluated only on the block of the grid that holds its bounding box: the painting records which region owns
+    each point (the last one containing it), and the tissue values (textures included) are then evaluated only
+    on the points each region keeps."""
+    owner = np.zeros(x.shape, np.uint8 if len(regions) < 255 else np.uint16)  # 0: none, i: regions[i - 1]
     walls = np.zeros(x.shape, np.float32)
     blocks = _Blocks(x, z)
     full = (slice(None), slice(None))
-    for region in regions:
+    kept = []  # (owner index, region, block) of the regions in view
+    for index, region in enumerate(regions, 1):
         bounds = _region_bounds(region)
         block = full if bounds is None else blocks.block(*bounds)
         if block is None:
             continue  # outside the field of view
-        px, pz, pd = x[block], z[block], d[block]
-        dist = _signed_distance(region, px, pz, pd)
+        dist = _signed_distance(region, x[block], z[block], d[block])
         inside = dist <= 0
-        t = region.tissue
-        np.copyto(seg[block], t.seg, where=inside)
-        np.copyto(atten[block], np.float32(t.atten), where=inside)
-        level = np.float32(t.echo_db) + _texture_db(t.texture, px, pz) if t.texture else np.float32(t.echo_db)
-        np.copyto(echo_db[block], level, where=inside)
+        np.copyto(owner[block], index, where=inside)
         wall = walls[block]
         np.copyto(wall, np.float32(0.0), where=inside)  # the interfaces of what it covers are gone
         if region.wall_db is not None:
             near = np.abs(dist) <= region.wall_mm / 2
             np.maximum(wall, np.float32(10 ** (region.wall_db / 10)), out=wall, where=near)
+        kept.append((index, region, block))
+    tissues = [Tissue(0, 0.0, 0.0)] + [region.tissue for region in regions]
+    seg = np.array([t.seg for t in tissues], np.uint8)[owner]
+    atten = np.array([t.atten for t in tissues], np.float32)[owner]
+    echo_db = np.array([t.echo_db for t in tissues], np.float32)[owner]
+    for index, region, block in kept:
+        texture = region.tissue.texture
+        if texture:
+            mine = owner[block] == index
+            if mine.any():
+                echo_db[block][mine] = np.float32(region.tissue.echo_db) + _texture_db(
+                    texture, x[block][mine], z[block][mine])
     echo = np.exp(echo_db * np.float32(np.log(10) / 10))
     echo += walls
     return seg, echo, atten
