@@ -56,8 +56,10 @@ centre frequency ``f`` is drawn below it, as a sonographer lowers the frequency 
   phase is part of that random phase, which is why the simulation runs at complex baseband (IQ), as scanners
   demodulate: the envelope ``|IQ|`` has the same statistics as the magnitude of the analytic RF signal.
 - IQ = scatterers convolved with the PSF: axially a Gaussian of the FWHM above, laterally a Gaussian of FWHM
-  ``W(z)`` per depth row (both exact in the Fourier domain of each axis, FFTs of the padded grid), normalised
-  so that 0 dB tissue has unit mean power at every depth.
+  ``W(z)`` per depth row (both exact in the Fourier domain of each axis, FFTs of the grid zero-padded by 3 PSF
+  sigmas; the few rows whose lateral PSF is wider than a third of the scan, a sector's first millimetres, are
+  padded apart so they do not set every row's FFT length), normalised so that 0 dB tissue has unit mean power
+  at every depth.
 - Attenuation, two-way, integrated along each beam: ``A(z) = 2 f int_0^z alpha(s) ds`` dB (``alpha`` in
   dB/cm/MHz per tissue: soft tissue ~0.5-0.7, fluid ~0.01-0.2, fat 0.6, muscle 1.0, bone and calcification
   ~20, air ~ total). TGC adds ``2 f alpha_tgc z`` dB, ``alpha_tgc`` a fraction (``tgc_compensation``) of
@@ -88,8 +90,10 @@ modern probes, and the penetration limit is conservative: both keep the acquisit
 finer than the lateral. Frequency-dependent attenuation does not shift the centre frequency. No reverberation
 other than the trachea's, no refraction, no harmonic imaging.
 
-Cost: ``benchmarks/data_throughput.py``: about 8-9 ms of CPU per image at any output size (the grid, ~34k
-samples on average, does not shrink with the output), measured on a shared, loaded 2-core machine. Determinism: every random draw comes from
+Cost: ``benchmarks/data_throughput.py``: about 6-7 ms of CPU per image at any output size on a shared, loaded
+2-core machine (the grid, ~34k samples on average, does not shrink with the output; 0.65-0.71x the CPU time of
+the first physical version, compared in one process). What remains, at 64 px: the phantom's region painting
+(~30%), the scatterers' normal draws and the PSF's FFTs (~30%), scan conversion (~15%), the scene draws (~10%). Determinism: every random draw comes from
 ``np.random.Generator(PCG64)`` seeded by ``derive_seed``; no global RNG, no threads (scipy.fft runs on one).
 
 CLI: ``python -m usjepa_jax.data.synthetic --out DIR --num N [--size 224] [--seed S] [--contact-sheet PNG]``
