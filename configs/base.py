@@ -27,8 +27,8 @@ def get_config(arg: str | None = None):
     c.model.depth = 4
     c.predictor = config_lib.predictor_config(width=96, depth=2, num_heads=4)
     c.optim.batch_size = 64
-    c.optim.total_steps = 300
-    c.optim.warmup_steps = 30
+    c.optim.total_steps = 250
+    c.optim.warmup_steps = 25
     c.optim.lr_start, c.optim.lr_peak, c.optim.lr_end = 1e-4, 1e-3, 1e-5
 
     c.teacher.model = config_lib.model_config("Ti/8")
@@ -39,8 +39,8 @@ def get_config(arg: str | None = None):
     # which made stage 2 trivial); raw pixels keep anatomy in the teacher (65% of variance across images).
     c.teacher.normalize_pixels = False
     c.teacher.optim = c.optim.copy_and_resolve_references()
-    c.teacher.optim.total_steps = 150
-    c.teacher.optim.warmup_steps = 15
+    c.teacher.optim.total_steps = 100
+    c.teacher.optim.warmup_steps = 10
 
     c.log_every = 20
     c.eval_every = 100

@@ -1,6 +1,6 @@
 """Does latent prediction against a frozen teacher buy speckle invariance? MAE vs I-JEPA vs US-JEPA at equal FLOPs.
 
-    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # full (~1 h on 2 CPU cores)
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # full (~1.5 h on 2 CPU cores)
     python experiments/speckle_claim.py --out=/tmp/speckle_claim_smoke --smoke   # the driver end to end, minutes
     python experiments/speckle_claim.py --out=/tmp/speckle_claim --replot       # redraw table + plot from results.json
 
@@ -39,11 +39,13 @@ _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw results.md and the plot from OUT/results.json.")
 _EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",
                                   "config.evals.evaluators for every encoder.")
+_EVAL_SIZES = flags.DEFINE_list("eval_sizes", None, "train,val,test images per task (default: the config's).")
 _TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the config's, every simulated task).")
 
 METHODS = ("pixel", "ijepa", "usjepa")
 LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "usjepa": "US-JEPA (frozen teacher)",
-          "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels"}
+          "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels",
+          "oracle": "oracle (phantom, not an encoder)"}
 
 
 def method_config(method: str, smoke: bool):
@@ -136,6 +138,19 @@ def raw_pixel_row(data: dict, config) -> dict:
     return row
 
 
+def oracle_row(data: dict, config) -> dict:
+    """The oracle (tasks.oracle_features: the phantom's tissue fractions, the label-defining parameters): the
+    probe's ceiling on each task."""
+    from usjepa_jax.evaluation.probe import ProbeConfig
+    from usjepa_jax.evaluation.tasks import oracle_features, probe_on
+
+    row = {}
+    for task, d in data.items():
+        m = probe_on(d, oracle_features, ProbeConfig.from_config(config.evals.probe), config.evals.seed)
+        row.update({f"{task}/linear_probe/{k}": v for k, v in m.items()})
+    return row
+
+
 def write_table(rows: dict, plan: dict, tasks: list[str], out: Path) -> Path:
     corr = ("blur", "contrast", "speckle")
     head = ("| encoder | train steps | train FLOPs | " + " | ".join(f"`{t}` probe macro-F1" for t in tasks)
@@ -155,7 +170,7 @@ def write_table(rows: dict, plan: dict, tasks: list[str], out: Path) -> Path:
                      f"{_num(m, 'speckle_invariance/ratio')} | "
                      f"{_num(m, 'speckle_invariance/retrieval', '{:.2f}')} | "
                      f"{_num(m, f'{tasks[0]}/collapse/rankme', '{:.1f}')} |")
-        if name != "raw_pixels":
+        if name not in ("raw_pixels", "oracle"):
             rob.append(f"| {LABELS[name]} | " + " | ".join(_pm(m, f"{t}/robustness/{c}/s3/macro_f1")
                                                          for t in tasks for c in corr) + " |")
     text = ("# Speckle claim: equal-FLOPs pretraining on the simulator\n\n"
@@ -199,7 +214,7 @@ def write_plot(rows: dict, tasks: list[str], chance: dict, out: Path) -> Path:
     ax.set_title("tasks (mean ± std over probe seeds)", fontsize=9)
     ax = fig.add_subplot(1, 3, 2)
     sev = (0, 1, 2, 3)
-    encoders = [n for n in names if n != "raw_pixels"]
+    encoders = [n for n in names if n not in ("raw_pixels", "oracle")]
     w = 0.8 / len(encoders)
     for i, name in enumerate(encoders):
         ax.bar(np.arange(len(sev)) + (i - (len(encoders) - 1) / 2) * w,
@@ -212,6 +227,7 @@ def write_plot(rows: dict, tasks: list[str], chance: dict, out: Path) -> Path:
     ax.set_title(f"`{tasks[0]}` probe under added speckle", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax = fig.add_subplot(1, 3, 3)
+    names = [n for n in names if n != "oracle"]  # the oracle has no embedding
     for j, (key, label) in enumerate((("anatomy_variance_fraction", "pooled embedding"),
                                       ("patch_anatomy_variance_fraction", "per patch token"))):
         ax.bar(np.arange(len(names)) + (j - 0.5) * 0.4, [rows[n].get(f"speckle_invariance/{key}", np.nan)
@@ -247,35 +263,46 @@ def main(argv) -> None:
     plan = equal_flops_plan(_SMOKE.value, _BUDGET_SCALE.value)
     logging.info("FLOPs/step %s; budget %.3g; steps %s", plan["flops_per_step"], plan["budget"], plan["steps"])
     cfgs = plan["configs"]
-    for m in METHODS:
-        t = time.perf_counter()
-        train.train_and_evaluate(cfgs[m], out / m)
-        logging.info("%s trained in %.0fs", m, time.perf_counter() - t)
-    train_seconds = time.perf_counter() - t0
-
     for cfg in cfgs.values():
         cfg.evals.evaluators = _EVALUATORS.value
+        cfg.evals.knn.every = 0  # no k-NN monitor during pretraining: the evaluation below measures the encoders
         if _TASKS.value:
             cfg.evals.tasks = _TASKS.value
+        if _EVAL_SIZES.value:
+            cfg.evals.num_train, cfg.evals.num_val, cfg.evals.num_test = (int(n) for n in _EVAL_SIZES.value)
     us = cfgs["usjepa"]
     data = render_tasks(us, logging.info)  # the same images for every encoder
-    rows = {}
-    for m in METHODS:
-        rows[m] = evaluate.evaluate_run(cfgs[m], out / m, "student", "latest", data=data)
-    rows["usjepa_teacher"] = evaluate.evaluate_run(us, out / "usjepa", "teacher", data=data)
-    rows["random"] = evaluate.evaluate_run(us, out / "usjepa", "random", data=data)
-    rows["raw_pixels"] = raw_pixel_row(data, us)
-
     tasks = list(data)
     chance = {t: 1.0 / d.num_classes for t, d in data.items()}
-    summary = {"flops_per_step": plan["flops_per_step"], "budget": plan["budget"], "spent": plan["spent"],
-               "steps": {k: str(v) for k, v in plan["steps"].items()}, "smoke": _SMOKE.value,
-               "budget_scale": _BUDGET_SCALE.value, "tasks": tasks, "chance": chance, "results": rows,
-               "train_seconds": train_seconds, "seconds": time.perf_counter() - t0}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    table, plot = write_table(rows, plan, tasks, out), write_plot(rows, tasks, chance, out)
-    print(table.read_text())
-    logging.info("Done in %.0fs: %s, %s", time.perf_counter() - t0, table, plot)
+    rows, seconds = {}, {}
+
+    def write(final: bool) -> None:
+        """Table, plot and results.json after every encoder: a run cut short still shows what it measured."""
+        summary = {"flops_per_step": plan["flops_per_step"], "budget": plan["budget"], "spent": plan["spent"],
+                   "steps": {k: str(v) for k, v in plan["steps"].items()}, "smoke": _SMOKE.value,
+                   "budget_scale": _BUDGET_SCALE.value, "tasks": tasks, "chance": chance, "results": rows,
+                   "eval_sizes": [us.evals.num_train, us.evals.num_val, us.evals.num_test],
+                   "train_seconds": seconds, "seconds": time.perf_counter() - t0, "complete": final}
+        (out / "results.json").write_text(json.dumps(summary, indent=2))
+        write_table(rows, plan, tasks, out), write_plot(rows, tasks, chance, out)
+
+    rows["oracle"] = oracle_row(data, us)
+    rows["raw_pixels"] = raw_pixel_row(data, us)
+    rows["random"] = evaluate.evaluate_run(us, out / "usjepa", "random", data=data)
+    write(False)
+    for m in ("usjepa", "pixel", "ijepa"):  # US-JEPA first: it is configs/base.py at --budget_scale=1
+        t = time.perf_counter()
+        train.train_and_evaluate(cfgs[m], out / m)
+        seconds[m] = time.perf_counter() - t
+        logging.info("%s trained in %.0fs", m, seconds[m])
+        rows[m] = evaluate.evaluate_run(cfgs[m], out / m, "student", "latest", data=data)
+        if m == "usjepa":
+            rows["usjepa_teacher"] = evaluate.evaluate_run(us, out / "usjepa", "teacher", data=data)
+        write(False)
+    rows = {name: rows[name] for name in (*METHODS, "usjepa_teacher", "random", "raw_pixels", "oracle")}
+    write(True)
+    print((out / "results.md").read_text())
+    logging.info("Done in %.0fs: %s, %s", time.perf_counter() - t0, out / "results.md", out / "speckle_claim.png")
 
 
 if __name__ == "__main__":
