@@ -114,6 +114,20 @@ def test_patch_fractions():
     np.testing.assert_allclose(f.sum(-1), 1)
 
 
+def test_oracle_features_choose_what_defines_the_label():
+    from usjepa_jax.evaluation.data import Split
+
+    seg = np.zeros((2, 16, 16), np.uint8)
+    seg[0, :8, :8] = 2
+    split = Split(np.zeros((2, 16, 16, 1), np.uint8), np.ones((2, 16, 16), bool), np.array([0, 1]), segmentation=seg)
+    x = tasks.oracle_features(split, num_codes=3)  # per 8x8 patch (4 x 3) and whole image (3)
+    assert x.shape == (2, 4 * 3 + 3)
+    np.testing.assert_allclose(x[0, -3:], [0.75, 0, 0.25])
+    params = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    split.label_parameters = params  # a task defined by simulator parameters: those alone
+    np.testing.assert_array_equal(tasks.oracle_features(split, num_codes=3), params)
+
+
 @pytest.mark.parametrize("value,match", [("lesoin", "lesoin"), ("", "at least one"),
                                          ("lesion,lesion", "twice")])
 def test_tasks_config_validation(value, match):
