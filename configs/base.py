@@ -1,4 +1,4 @@
-"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (two stages in ~15 CPU-minutes).
+"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (two stages in ~10-12 minutes).
 
 Run:    python -m usjepa_jax.main --config=configs/base.py --workdir=/tmp/usjepa_base
 Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds)
@@ -6,8 +6,8 @@ Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/
 Stage 1 trains a pixel-reconstruction teacher (SALT) into <workdir>/teacher, stage 2 the student against it,
 frozen. Reduced scale against the paper: 64x64 input, patch 8 (an 8x8 grid), a 4-layer Ti-width encoder and
 a 2-layer predictor; masks keep the paper's scales but `min_keep` is 4, since at 64 patches a target block of
-scale 0.075-0.125 holds 5-8 patches (the paper's 10 assumes 196). 100 + 250 steps of batch 64: the physical
-simulator costs 25-31 ms of one core per 64 px image, ~2 s of CPU per batch (measured; ~2.5 CPU-s per step in all).
+scale 0.075-0.125 holds 5-8 patches (the paper's 10 assumes 196). 150 + 300 steps of batch 64: the physical
+simulator's ~8.5 ms of CPU per 64 px image (README, Performance) adds ~0.5 CPU-s to each ~1 s train step.
 """
 
 from usjepa_jax import config as config_lib
@@ -28,8 +28,8 @@ def get_config(arg: str | None = None):
     c.model.depth = 4
     c.predictor = config_lib.predictor_config(width=96, depth=2, num_heads=4)
     c.optim.batch_size = 64
-    c.optim.total_steps = 250
-    c.optim.warmup_steps = 25
+    c.optim.total_steps = 300
+    c.optim.warmup_steps = 30
     c.optim.lr_start, c.optim.lr_peak, c.optim.lr_end = 1e-4, 1e-3, 1e-5
 
     c.teacher.model = config_lib.model_config("Ti/8")
@@ -40,8 +40,8 @@ def get_config(arg: str | None = None):
     # which made stage 2 trivial); raw pixels keep anatomy in the teacher (65% of variance across images).
     c.teacher.normalize_pixels = False
     c.teacher.optim = c.optim.copy_and_resolve_references()
-    c.teacher.optim.total_steps = 100
-    c.teacher.optim.warmup_steps = 10
+    c.teacher.optim.total_steps = 150
+    c.teacher.optim.warmup_steps = 15
 
     c.log_every = 20
     c.eval_every = 100
