@@ -7,7 +7,7 @@ Stage 1 trains a pixel-reconstruction teacher (SALT) into <workdir>/teacher, sta
 frozen. Reduced scale against the paper: 64x64 input, patch 8 (an 8x8 grid), a 4-layer Ti-width encoder and
 a 2-layer predictor; masks keep the paper's scales but `min_keep` is 4, since at 64 patches a target block of
 scale 0.075-0.125 holds 5-8 patches (the paper's 10 assumes 196). 150 + 300 steps of batch 64: the physical
-simulator's ~8.5 ms of CPU per 64 px image (README, Performance) adds ~0.5 CPU-s to each ~1 s train step.
+simulator's 5-7 ms of CPU per 64 px image (README, Performance) adds ~0.4 CPU-s to each ~1 s train step.
 """
 
 from usjepa_jax import config as config_lib
