@@ -188,9 +188,14 @@ def test_ultrabench_layout_labels_masks_and_splits(tmp_path):
     assert files["train"] | files["val"] == {f"sub/img{i:03d}.png" for i in range(12)}
     assert not files["train"] & files["val"] and files["val"]
     # Other JSON shapes: a plain list of names, and sub-split dicts.
-    assert src._json_records(["a.png", "b.png"], "x") == [("a.png", None), ("b.png", None)]
-    assert src._json_records({"train": [{"file": "a.png", "class": 1}], "val": ["b.png"]}, "x") == [
-        ("a.png", 1), ("b.png", None)]
+    def pairs(obj):
+        return [(r["path"], r["label"], r["split"]) for r in src.json_records(obj, "x")]
+
+    assert pairs(["a.png", "b.png"]) == [("a.png", None, None), ("b.png", None, None)]
+    assert pairs({"train": [{"file": "a.png", "class": 1}], "val": ["b.png"]}) == [
+        ("a.png", 1, "train"), ("b.png", None, "val")]
+    assert src.json_records([{"path": "c.avi", "label": "x", "split": "test", "patient": "p7"}], "x") == [
+        {"path": "c.avi", "label": "x", "split": "test", "group": "p7"}]
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -473,31 +473,36 @@ def checked_frames(path: str, kind: str, options: FrameOptions = DEFAULT_OPTIONS
     return n
 
 
-_PATH_KEYS = ("image", "file", "filename", "path", "image_path", "img")
-_LABEL_KEYS = ("label", "class", "y", "target")
+PATH_KEYS = ("image", "file", "filename", "path", "image_path", "img")
+LABEL_KEYS = ("label", "class", "y", "target")
+SPLIT_KEYS = ("split", "subset", "fold")
+GROUP_KEYS = ("group", "patient", "patient_id", "subject", "study", "video")
 _LIST_KEYS = ("images", "items", "data", "samples")
 
 
-def _json_records(obj: Any, where: str) -> list[tuple[str, Any]]:
-    """(relative image path, raw label or None) from the accepted UltraBench JSON shapes."""
+def json_records(obj: Any, where: str, split: str | None = None) -> list[dict[str, Any]]:
+    """``{"path", "label", "split", "group"}`` (None where absent) of each item of the accepted UltraBench JSON
+    shapes (module docstring); ``split`` is the record's own split key or the key of its sub-split list."""
     if isinstance(obj, dict):
         for key in _LIST_KEYS:
             if key in obj and isinstance(obj[key], list):
-                return _json_records(obj[key], where)
+                return json_records(obj[key], where, split)
         if obj and all(isinstance(v, list) for v in obj.values()):
-            return [r for v in obj.values() for r in _json_records(v, where)]
+            return [r for k, v in obj.items() for r in json_records(v, where, str(k))]
         raise ValueError(f"{where}: unrecognised JSON layout (keys {sorted(obj)[:8]})")
     if not isinstance(obj, list):
         raise TypeError(f"{where}: expected a list or a dict, got {type(obj).__name__}")
     out = []
     for item in obj:
         if isinstance(item, str):
-            out.append((item, None))
+            out.append({"path": item, "label": None, "split": split, "group": None})
         elif isinstance(item, dict):
-            path = next((item[k] for k in _PATH_KEYS if k in item), None)
+            path = next((item[k] for k in PATH_KEYS if k in item), None)
             if path is None:
                 raise ValueError(f"{where}: record without an image path: {item}")
-            out.append((str(path), next((item[k] for k in _LABEL_KEYS if k in item), None)))
+            first = lambda keys, default=None: next((item[k] for k in keys if k in item), default)  # noqa: E731
+            out.append({"path": str(path), "label": first(LABEL_KEYS), "split": first(SPLIT_KEYS, split),
+                        "group": first(GROUP_KEYS)})
         else:
             raise TypeError(f"{where}: unsupported item {item!r}")
     return out
@@ -525,8 +530,8 @@ def scan_ultrabench(root: str | os.PathLike, on_error: str = "skip",
     records = []
     for split, fname in (("train_val", "train_val.json"), ("test", "test.json")):
         if (root / fname).exists():
-            for rel, label in _json_records(json.loads((root / fname).read_text()), f"{root / fname}"):
-                records.append((split, rel, label))
+            for r in json_records(json.loads((root / fname).read_text()), f"{root / fname}"):
+                records.append((split, r["path"], r["label"]))
     names = sorted({str(lab) for _, _, lab in records if isinstance(lab, str)})
     label_index = {n: i for i, n in enumerate(names)}
     require_decoders({file_kind(root / "images" / rel) for _, rel, _ in records}, root)
