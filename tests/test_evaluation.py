@@ -46,6 +46,19 @@ def test_probe_separable_and_random():
     assert np.isnan(probe.val_loss[0, probe.epochs[0]:]).all() and np.isfinite(probe.val_loss[0, :probe.epochs[0]]).all()
 
 
+def test_probe_padding_changes_nothing():
+    """Sets are padded to shared static sizes (one compilation for many tasks / few-shot fractions); the padding
+    takes no part in any step: the same probe comes out at any padded size, and below the batch size too."""
+    rng = np.random.default_rng(1)
+    x, y = _blobs(200, 8, 3, rng, sep=2.0)
+    for n in (150, 20):  # more than one batch per epoch, and fewer examples than the batch size
+        a = train_probe(x[:n], y[:n], x[150:], y[150:], 3, FAST, pad_to=(n, 50))
+        b = train_probe(x[:n], y[:n], x[150:], y[150:], 3, FAST, pad_to=(512, 128))
+        np.testing.assert_allclose(a.params["w"], b.params["w"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(a.epochs, b.epochs)
+        np.testing.assert_allclose(a.val_loss, b.val_loss, rtol=1e-5)
+
+
 def test_few_shot_subsets_stratified_and_nested():
     labels = np.repeat(np.arange(5), [100, 200, 50, 300, 10])
     subsets = stratified_nested_subsets(labels, (0.01, 0.05, 0.1, 0.5, 1.0), seed=3)

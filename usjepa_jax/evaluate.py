@@ -1,4 +1,5 @@
-"""Evaluate a training run's frozen encoder: ``python -m usjepa_jax.evaluate --config=CONFIG --workdir=RUN``.
+"""Evaluate frozen encoders: one run's (``--workdir``, ``--encoder``), or several encoders on several tasks
+into one results table (``--encoders``, ``--tasks``).
 
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=teacher
@@ -16,6 +17,17 @@ speckle invariance once. Writes ``RUN/eval/results.json`` (one entry per evaluat
 ``teacher``, ``random``; entries of other encoders are kept; its ``metrics`` keyed by task, task-free metrics under
 ``all``) and figures in ``RUN/eval/<entry>/<task>/``: ``masks.png`` (inputs with a context/target sample),
 ``pca_features.png``, ``probe_curves.png``, ``few_shot.png``, ``robustness.png``.
+
+The table (``evaluation/suite.py`` says what the specs mean; ``evaluation/labelled.py`` the task layouts)::
+
+    python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base \
+        --encoders=student,teacher,random,timm=/ckpt/vit_small.safetensors@64 \
+        --tasks=lesion,busi=/data/busi_v1,/data/thyroid_folders,/data/echo.csv --out=/tmp/eval_table
+
+writes ``OUT/results.md`` (rows encoders, columns tasks: linear-probe macro-F1 mean +- std over the probe seeds;
+few-shot, k-NN and robustness as relative drop below), ``OUT/results.json`` and ``OUT/results.png``. Features
+are extracted once per (encoder, task split, corruption) into ``OUT/features`` and reused; real tasks are
+preprocessed once per input size into ``--cache_dir`` (default ``OUT/cache``).
 """
 
 from __future__ import annotations
@@ -37,6 +49,13 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number (student only).")
 _ENCODER = flags.DEFINE_enum("encoder", "student", ["student", "teacher", "random"], "Which encoder to evaluate.")
+_ENCODERS = flags.DEFINE_list("encoders", None, "Table mode: encoders, comma separated: [NAME=]student[:best|STEP]"
+                              ", teacher, random, or a path (exported encoder, run workdir, checkpoint file); "
+                              "@SIZE sets the input size.")
+_TASKS = flags.DEFINE_list("tasks", None, "Table mode: tasks, comma separated: a simulated task name, or "
+                           "[NAME=]PATH of a labelled task (UltraBench folder, class folders, CSV/JSON list).")
+_OUT = flags.DEFINE_string("out", None, "Table mode: output folder (default WORKDIR/eval/table).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Table mode: preprocessed real tasks (default OUT/cache).")
 
 
 def entry_name(encoder: str, checkpoint: str) -> str:
@@ -112,6 +131,10 @@ def main(argv: list[str]) -> None:
     if "evals" not in config:
         raise app.UsageError("The config has no `evals` section (usjepa_jax.evaluation.default_eval_config()).")
     validate_eval_config(config.evals)
+    if _ENCODERS.value or _TASKS.value:
+        return table_main(config)
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required (or table mode: --encoders / --tasks).")
     checkpoint = _CHECKPOINT.value
     if checkpoint not in ("latest", "best") and not checkpoint.isdigit():
         raise app.UsageError(f"--checkpoint={checkpoint!r}: expected latest, best or a step number.")
@@ -122,6 +145,22 @@ def main(argv: list[str]) -> None:
             print(f"{key:48s} {value:.4f}")
 
 
+def table_main(config: ml_collections.ConfigDict) -> None:
+    from usjepa_jax.evaluation.suite import evaluate_table
+    from usjepa_jax.evaluation.table import TABLE_MD
+
+    workdir = _WORKDIR.value
+    out = _OUT.value or (str(Path(workdir) / layout.EVAL_DIR / "table") if workdir else None)
+    if out is None:
+        raise app.UsageError("--out is required without --workdir.")
+    encoders = _ENCODERS.value or (["student"] if workdir else ["random"])
+    tasks = _TASKS.value or [t.strip() for t in str(config.evals.get("tasks", "lesion")).split(",") if t.strip()]
+    evaluate_table(config, encoders, tasks, out, workdir=workdir, cache_dir=_CACHE_DIR.value, log=logging.info,
+                   run_loader=run_encoder)
+    print((Path(out) / TABLE_MD).read_text())
+    print(f"Results table: {Path(out) / TABLE_MD} (+ .json, .png)")
+
+
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.mark_flags_as_required(["config"])
     app.run(main)

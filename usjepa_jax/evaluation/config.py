@@ -44,6 +44,17 @@ def default_eval_config() -> ml_collections.ConfigDict:
         # Speckle invariance: M anatomies x K speckle realisations each.
         "invariance": {"num_anatomies": 16, "num_speckles": 4},
         "figures": True, "num_figure_images": 4,
+        # Real labelled tasks (evaluation/labelled.py; `python -m usjepa_jax.evaluate --tasks=NAME=PATH`): the
+        # seeded stratified split of tasks without val / test splits (by recording: the frames of one file, or
+        # of one `group` of a list, stay in one split), and how frames come out of containers.
+        "labelled": {
+            "val_fraction": 0.15,  # of the train groups, per class, when the task has no val split
+            "test_fraction": 0.2,  # of all groups, per class, when the task has no test split
+            "split_seed": 0,
+            "video_stride": 1, "h5_key": "", "nifti_axis": -1,  # data/formats.py
+            "on_error": "skip",  # an unreadable file: reported (log, cache manifest) and skipped, or 'raise'
+            "workers": 0,  # decoder processes for the one-off preprocessing (0: in-process)
+        },
     })
 
 
@@ -100,6 +111,19 @@ def validate_eval_config(evals: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.evals.knn.every={evals.knn.every} must be 0 (off) or a number of steps.")
     if evals.invariance.num_anatomies < 2 or evals.invariance.num_speckles < 2:
         raise ValueError("config.evals.invariance: num_anatomies and num_speckles must be at least 2.")
+    if "labelled" in evals:
+        validate_labelled_config(evals.labelled)
+
+
+def validate_labelled_config(cfg: ml_collections.ConfigDict) -> None:
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 < cfg[key] < 1:
+            raise ValueError(f"config.evals.labelled.{key}={cfg[key]} must be in (0, 1).")
+    if cfg.on_error not in ("skip", "raise"):
+        raise ValueError(f"config.evals.labelled.on_error={cfg.on_error!r}: expected skip or raise.")
+    for key, low in (("video_stride", 1), ("workers", 0)):
+        if cfg[key] < low:
+            raise ValueError(f"config.evals.labelled.{key}={cfg[key]} must be at least {low}.")
 
 
 def shrink_for_smoke(evals: ml_collections.ConfigDict) -> None:

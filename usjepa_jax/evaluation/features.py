@@ -3,9 +3,18 @@
 ``FeatureExtractor(encoder, pooling)`` takes a ``FrozenEncoder`` (any exported/imported encoder, or a random init
 wrapped by ``random_encoder``) and maps uint8 images ``[N, H, W, 1]`` to pooled features ``[N, D]`` (float32 numpy),
 or to the patch tokens ``[N, T, D]`` with ``tokens``.
+
+``FeatureStore(directory, extractor)`` keeps pooled features on disk, one ``.npy`` per key (an encoder, a task
+split, a corruption): computed once, reused by every later evaluation, and written chunk by chunk (with images/s
+and an ETA logged) so that an interrupted extraction continues where it stopped.
 """
 
 from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -64,11 +73,69 @@ class FeatureExtractor:
             pad = b - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            out.append(np.asarray(fn(params, chunk))[:b - pad])
-        return np.concatenate(out)
+            out.append((fn(params, chunk), b - pad))  # dispatched asynchronously: the next batch overlaps
+        return np.concatenate([np.asarray(o)[:k] for o, k in out])
 
     def __call__(self, images: np.ndarray, params=None) -> np.ndarray:
         return self._run(self._pooled, images, params)
 
     def tokens(self, images: np.ndarray, params=None) -> np.ndarray:
         return self._run(self._tokens, images, params)
+
+
+class FeatureStore:
+    """Pooled features on disk, ``directory/<key>.npy``, extracted once and resumable (see the module docstring).
+
+    ``get(key, images)``: ``images`` is the array, or a function returning it (called only when the features are
+    not stored yet, e.g. to corrupt the test images only when needed). Partial results live in
+    ``<key>.partial.npy`` (a memory map) with the row count done in ``<key>.partial.json``, updated per chunk.
+    """
+
+    def __init__(self, directory: str | Path, extractor: FeatureExtractor, chunk: int = 2048,
+                 log: Callable[[str], None] | None = None):
+        self.directory, self.extractor, self.chunk = Path(directory), extractor, int(chunk)
+        self.log = log or (lambda msg: None)
+        self.seconds, self.images = 0.0, 0  # extraction work done by this store (for throughput reports)
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.npy"
+
+    def get(self, key: str, images: np.ndarray | Callable[[], np.ndarray]) -> np.ndarray:
+        final = self.path(key)
+        if final.exists():
+            return np.load(final)
+        images = np.asarray(images() if callable(images) else images)
+        n = len(images)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial, state = final.with_suffix(".partial.npy"), final.with_suffix(".partial.json")
+        done = json.loads(state.read_text())["done"] if state.exists() and partial.exists() else 0
+        out = None
+        if done:
+            out = np.load(partial, mmap_mode="r+")
+            if len(out) != n:
+                done, out = 0, None
+            else:
+                self.log(f"features {key}: resuming at {done}/{n}")
+        start_time = time.perf_counter()
+        last = start_time
+        for start in range(done, n, self.chunk):
+            feats = self.extractor(images[start:start + self.chunk])
+            if out is None:
+                out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(n,) + feats.shape[1:])
+            out[start:start + len(feats)] = feats
+            out.flush()
+            state.write_text(json.dumps({"done": start + len(feats), "total": n}))
+            now = time.perf_counter()
+            if now - last > 10 or start + len(feats) == n:
+                rate = (start + len(feats) - done) / max(now - start_time, 1e-9)
+                eta = (n - start - len(feats)) / max(rate, 1e-9)
+                self.log(f"features {key}: {start + len(feats)}/{n} images, {rate:.0f} images/s, ETA {eta:.0f}s")
+                last = now
+        self.seconds += time.perf_counter() - start_time
+        self.images += n - done
+        result = np.array(out) if out is not None else np.zeros((0, 0), np.float32)
+        del out
+        np.save(final, result)
+        partial.unlink(missing_ok=True)
+        state.unlink(missing_ok=True)
+        return result

@@ -57,6 +57,7 @@ import numpy as np
 from usjepa_jax.data import prepare as prepare_lib
 from usjepa_jax.data import preprocess as pp
 from usjepa_jax.data import sources as src
+from usjepa_jax.evaluation.config import default_eval_config, validate_labelled_config
 from usjepa_jax.evaluation.data import EvalData, Split
 
 log = logging.getLogger(__name__)
@@ -69,25 +70,8 @@ LIST_EXTS = (".csv", ".json")
 
 
 def default_labelled_config() -> ml_collections.ConfigDict:
-    """``config.evals.labelled``: how real labelled tasks are split and read."""
-    return ml_collections.ConfigDict({
-        "val_fraction": 0.15,  # of the train groups, per class, when the task has no val split
-        "test_fraction": 0.2,  # of all groups, per class, when the task has no test split
-        "split_seed": 0,
-        "video_stride": 1, "h5_key": "", "nifti_axis": -1,  # frames out of containers (data/formats.py)
-        "on_error": "skip",  # an unreadable file: reported and skipped, or 'raise'
-        "workers": 0,  # decoder processes for the one-off preparation (0: in-process)
-    })
-
-
-def validate_labelled_config(cfg: ml_collections.ConfigDict) -> None:
-    for key in ("val_fraction", "test_fraction"):
-        if not 0 < cfg[key] < 1:
-            raise ValueError(f"config.evals.labelled.{key}={cfg[key]} must be in (0, 1).")
-    if cfg.on_error not in src.ON_ERROR:
-        raise ValueError(f"config.evals.labelled.on_error={cfg.on_error!r}: expected one of {src.ON_ERROR}.")
-    if cfg.video_stride < 1 or cfg.workers < 0:
-        raise ValueError("config.evals.labelled: video_stride must be at least 1 and workers at least 0.")
+    """``config.evals.labelled`` (evaluation/config.py): how real labelled tasks are split and read."""
+    return default_eval_config().labelled
 
 
 class TaskError(ValueError):

@@ -5,6 +5,8 @@ early stopping on the validation cross-entropy with patience 15 (the parameters 
 kept), several seeds. One ``jax.jit`` holds the whole run: a ``lax.while_loop`` over epochs (it stops when the
 patience runs out) around a ``lax.scan`` over the minibatches of one epoch, ``vmap``-ed over the seeds (a seed
 draws the initial weights and the shuffling). Features are z-scored with the train split's statistics.
+Train and validation sets are zero-padded to ``padded_size`` with the real count passed as a traced value, so
+probes of different tasks and few-shot fractions reuse one compilation (the padding takes no part in any step).
 
 Metrics: macro-F1 (the paper's headline; averaged over the classes present in the labels or the predictions, as
 scikit-learn does), accuracy, balanced accuracy (mean per-class recall), each as mean and std over seeds.
@@ -64,14 +66,31 @@ def _loss(params, x, y, w=None):
     return (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
 
 
+def padded_size(n: int) -> int:
+    """The static size ``n`` examples are padded to, so that probes on sets of different sizes (tasks, few-shot
+    fractions) share one compilation: the next power of two up to 4096 (at least 64), then multiples of 1024."""
+    return max(64, 1 << (n - 1).bit_length()) if n <= 4096 else -(-n // 1024) * 1024
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes", "cfg"))
-def _train(keys, x_tr, y_tr, x_va, y_va, *, num_classes: int, cfg: ProbeConfig):
-    n, d = x_tr.shape
-    batch = min(cfg.batch_size, n)
-    steps = math.ceil(n / batch)
-    schedule = optax.cosine_decay_schedule(cfg.lr, cfg.max_epochs * steps)
+def _train(keys, x_tr, y_tr, n_tr, x_va, y_va, w_va, *, num_classes: int, cfg: ProbeConfig):
+    """``x_tr [N, D]`` holds ``n_tr`` real examples then padding (``N`` static, ``n_tr`` traced); ``w_va`` marks
+    the real validation examples. Every step the unpadded run would take is taken exactly (batch ``min(batch_size,
+    n)``, ``ceil(n / batch)`` steps per epoch, the cosine over ``max_epochs`` x steps); the scan runs the static
+    maximum of steps and the steps past ``ceil(n / batch)`` leave the state unchanged."""
+    big_n, d = x_tr.shape
+    width = min(cfg.batch_size, big_n)  # static batch slots; the first ``batch`` of them are used
+    max_steps = math.ceil(big_n / width)
+    batch = jnp.minimum(width, n_tr)
+    steps = (n_tr + batch - 1) // batch
+    total = (cfg.max_epochs * steps).astype(jnp.float32)
+
+    def schedule(count):  # optax.cosine_decay_schedule(lr, total) with a traced total
+        return cfg.lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, total) / total))
+
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     grad_fn = jax.value_and_grad(_loss)
+    slot_valid = (jnp.arange(width) < batch).astype(jnp.float32)
 
     def one_seed(key):
         init_key, key = jax.random.split(key)
@@ -85,23 +104,33 @@ def _train(keys, x_tr, y_tr, x_va, y_va, *, num_classes: int, cfg: ProbeConfig):
 
         def body(c):
             key, sub = jax.random.split(c["key"])
-            order = jax.random.permutation(sub, n)
-            idx = order[jnp.arange(steps * batch) % n].reshape(steps, batch)  # wrap around to full batches
+            # A random order of the real examples (padding sorts last), wrapped around to full batches; example i
+            # draws its sort key from fold_in(key, i), so the order does not depend on the amount of padding.
+            u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(sub, i)))(jnp.arange(big_n))
+            order = jnp.argsort(jnp.where(jnp.arange(big_n) < n_tr, u, 2.0))
+            slots = jnp.arange(max_steps)[:, None] * batch + jnp.arange(width)[None, :]
+            idx = order[slots % n_tr]
 
-            def step(state, b_idx):
+            def update(state, b_idx):
                 p, o = state
-                loss, g = grad_fn(p, x_tr[b_idx], y_tr[b_idx])
+                loss, g = grad_fn(p, x_tr[b_idx], y_tr[b_idx], slot_valid)
                 upd, o = tx.update(g, o, p)
                 return (optax.apply_updates(p, upd), o), loss
 
-            (params, opt), losses = jax.lax.scan(step, (c["params"], c["opt"]), idx)
-            val = _loss(params, x_va, y_va)
+            def step(state, inputs):
+                i, b_idx = inputs
+                # ``i < steps`` is the same for every seed, so under vmap this stays a real branch: the steps
+                # past the epoch's end cost nothing.
+                return jax.lax.cond(i < steps, update, lambda s, _: (s, jnp.float32(0.0)), state, b_idx)
+
+            (params, opt), losses = jax.lax.scan(step, (c["params"], c["opt"]), (jnp.arange(max_steps), idx))
+            val = _loss(params, x_va, y_va, w_va)
             better = val < c["best_val"]
             best = jax.tree.map(lambda a, b: jnp.where(better, a, b), params, c["best"])
             return {"params": params, "opt": opt, "best": best, "best_val": jnp.where(better, val, c["best_val"]),
                         "bad": jnp.where(better, 0, c["bad"] + 1), "epoch": c["epoch"] + 1,
                         "best_epoch": jnp.where(better, c["epoch"] + 1, c["best_epoch"]), "key": key,
-                        "train_hist": c["train_hist"].at[c["epoch"]].set(losses.mean()),
+                        "train_hist": c["train_hist"].at[c["epoch"]].set(losses.sum() / steps),
                         "val_hist": c["val_hist"].at[c["epoch"]].set(val)}
 
         out = jax.lax.while_loop(cond, body, carry)
@@ -109,6 +138,10 @@ def _train(keys, x_tr, y_tr, x_va, y_va, *, num_classes: int, cfg: ProbeConfig):
                     "best_val_loss": out["best_val"], "train_loss": out["train_hist"], "val_loss": out["val_hist"]}
 
     return jax.vmap(one_seed)(keys)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if size > len(x) else x
 
 
 @jax.jit
@@ -142,11 +175,17 @@ class TrainedProbe:
 
 
 def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int,
-                cfg: ProbeConfig = ProbeConfig(), seed: int = 0) -> TrainedProbe:
+                cfg: ProbeConfig = ProbeConfig(), seed: int = 0, pad_to: tuple[int, int] | None = None
+                ) -> TrainedProbe:
+    """``pad_to``: (train, val) sizes to pad to instead of ``padded_size`` (tests: the padding changes nothing)."""
     transform = standardizer(x_train) if cfg.standardize else (lambda x: np.asarray(x, np.float32))
     keys = jax.random.split(jax.random.key(seed), cfg.num_seeds)
-    out = _train(keys, jnp.asarray(transform(x_train)), jnp.asarray(y_train, jnp.int32),
-                 jnp.asarray(transform(x_val)), jnp.asarray(y_val, jnp.int32), num_classes=num_classes, cfg=cfg)
+    n, n_val = len(x_train), len(x_val)
+    size, size_val = pad_to or (padded_size(n), padded_size(n_val))
+    out = _train(keys, jnp.asarray(_pad(transform(x_train), size)), jnp.asarray(_pad(np.asarray(y_train, np.int32),
+                 size)), jnp.int32(n), jnp.asarray(_pad(transform(x_val), size_val)),
+                 jnp.asarray(_pad(np.asarray(y_val, np.int32), size_val)),
+                 jnp.asarray(np.arange(size_val) < n_val, jnp.float32), num_classes=num_classes, cfg=cfg)
     out = jax.device_get(out)
     return TrainedProbe(out["params"], transform, num_classes, np.asarray(out["epochs"]),
                         np.asarray(out["best_epoch"]), np.asarray(out["train_loss"]), np.asarray(out["val_loss"]))

@@ -12,13 +12,15 @@ Evaluators (``config.evals.evaluators``):
 - ``knn``: cosine k-NN (train -> test), accuracy / macro-F1 / balanced accuracy;
 - ``linear_probe``: paper protocol (probe.py), macro-F1 / accuracy / balanced accuracy mean and std over seeds;
 - ``few_shot``: the probe on stratified nested 1/5/10/50/100% subsets of the train split;
-- ``robustness``: the clean probe tested under blur / contrast / speckle at each severity (corruptions.py);
+- ``robustness``: the clean probe tested under blur / contrast / speckle at each severity (corruptions.py),
+  macro-F1 and its relative drop ``(clean - corrupted) / clean`` (0 at severity 0, where the images are clean);
 - ``speckle_invariance``: M anatomies x K speckle seeds under one acquisition: within- vs across-anatomy cosine
   similarity and the between-anatomy share of the variance, of pooled embeddings and per patch (metrics.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +33,7 @@ from usjepa_jax.evaluation import config as eval_config_lib
 from usjepa_jax.evaluation import corruptions, metrics, plots
 from usjepa_jax.evaluation import tasks as tasks_lib
 from usjepa_jax.evaluation.data import EvalData, render_invariance_set
-from usjepa_jax.evaluation.features import FeatureExtractor, pool
+from usjepa_jax.evaluation.features import FeatureExtractor, FeatureStore, pool
 from usjepa_jax.evaluation.probe import (
     ProbeConfig,
     TrainedProbe,
@@ -43,20 +45,49 @@ from usjepa_jax.encoders import FrozenEncoder
 
 
 class EvalContext:
+    """``store``: a ``FeatureStore`` (one per encoder and pooling, with its extractor) keeping the pooled features
+    on disk, keyed by the split and a fingerprint of its images (plus the corruption settings), so they are
+    extracted once across calls and tasks; without one they are kept in memory for this run only."""
+
     def __init__(self, encoder: FrozenEncoder, config: ml_collections.ConfigDict, data: EvalData,
-                 out_dir: str | Path | None = None, extractor: FeatureExtractor | None = None):
+                 out_dir: str | Path | None = None, extractor: FeatureExtractor | None = None,
+                 store: FeatureStore | None = None):
         self.encoder, self.config, self.evals, self.data = encoder, config, config.evals, data
-        self.extractor = extractor or FeatureExtractor(encoder, config.evals.pooling, config.evals.batch_size)
+        self.store = store
+        self.extractor = (store.extractor if store else extractor) or FeatureExtractor(
+            encoder, config.evals.pooling, config.evals.batch_size)
         self.probe_cfg = ProbeConfig.from_config(config.evals.probe)
         self.out_dir = storage.path(out_dir) if out_dir else None
         self.figures: dict[str, str] = {}
         self._features: dict[str, np.ndarray] = {}
         self._probe: TrainedProbe | None = None
 
+    def _extract(self, key: str, images, store_key: Callable[[], str]) -> np.ndarray:
+        if key not in self._features:
+            if self.store is not None:
+                self._features[key] = self.store.get(store_key(), images)
+            else:
+                self._features[key] = self.extractor(images() if callable(images) else images)
+        return self._features[key]
+
+    def _fingerprint(self, split: str) -> str:
+        s = getattr(self.data, split)
+        digest = hashlib.sha256(np.ascontiguousarray(s.image).tobytes())
+        digest.update(np.ascontiguousarray(s.scan_mask).tobytes())
+        return f"{split}-{len(s)}-{digest.hexdigest()[:16]}"
+
     def features(self, split: str) -> np.ndarray:
-        if split not in self._features:
-            self._features[split] = self.extractor(getattr(self.data, split).image)
-        return self._features[split]
+        return self._extract(split, getattr(self.data, split).image, lambda: self._fingerprint(split))
+
+    def corrupted_features(self, name: str, severity: int) -> np.ndarray:
+        """Features of the test images under corruption ``name`` at ``severity`` (0: the clean ones)."""
+        if severity == 0:
+            return self.features("test")
+        test, r = self.data.test, self.evals.robustness
+        settings = f"{name}-s{severity}-seed{self.evals.seed}-corr{r.speckle_correlation:g}"
+        return self._extract(f"test/{settings}", lambda: corruptions.corrupt_batch(
+            name, test.image, test.scan_mask, int(severity), self.evals.seed, r.speckle_correlation),
+            lambda: f"{self._fingerprint('test')}-{settings}")
 
     def probe(self) -> TrainedProbe:
         if self._probe is None:
@@ -116,15 +147,14 @@ def eval_robustness(ctx: EvalContext) -> dict[str, float]:
     r = ctx.evals.robustness
     probe, test = ctx.probe(), ctx.data.test
     out, bars = {}, {}
+    clean = probe.evaluate(ctx.features("test"), test.label)["macro_f1_mean"]
     for name in eval_config_lib.corruption_list(ctx.evals):
         bars[name] = {}
         for sev in r.severities:
-            images = test.image if sev == 0 else corruptions.corrupt_batch(
-                name, test.image, test.scan_mask, int(sev), ctx.evals.seed, r.speckle_correlation)
-            x = ctx.features("test") if sev == 0 else ctx.extractor(images)
-            m = probe.evaluate(x, test.label)
+            m = probe.evaluate(ctx.corrupted_features(name, int(sev)), test.label)
             out[f"{name}/s{sev}/macro_f1_mean"], out[f"{name}/s{sev}/macro_f1_std"] = (m["macro_f1_mean"],
                                                                                        m["macro_f1_std"])
+            out[f"{name}/s{sev}/relative_drop"] = (clean - m["macro_f1_mean"]) / clean if clean > 0 else 0.0
             bars[name][int(sev)] = (m["macro_f1_mean"], m["macro_f1_std"])
         worst = [v[0] for s, v in bars[name].items() if s > 0]
         if worst and 0 in bars[name]:
@@ -193,12 +223,15 @@ def render_tasks(config: ml_collections.ConfigDict, log: Callable[[str], None] |
 
 def run_evaluators(encoder: FrozenEncoder, config: ml_collections.ConfigDict,
                    data: dict[str, EvalData] | EvalData | None = None, out_dir: str | Path | None = None,
-                   log: Callable[[str], None] | None = None) -> tuple[dict[str, float], dict[str, str]]:
+                   log: Callable[[str], None] | None = None, store: FeatureStore | None = None
+                   ) -> tuple[dict[str, float], dict[str, str]]:
     """Run ``config.evals.evaluators`` on ``encoder`` and every task; returns (``{task/evaluator/metric: value}``
     plus the task-free ``{speckle_invariance/metric: value}``, figures written ``{task/figure: path}``).
 
     ``data``: pre-rendered tasks (``{task: EvalData}``, or one ``EvalData`` keyed by its ``name``), to share them
     between encoders; the tasks of ``config.evals.tasks`` are rendered if None.
+    ``store``: keep the features on disk (``FeatureStore``, with its extractor: one per encoder), reused by later
+    calls.
     """
     evals = config.evals
     eval_config_lib.validate_eval_config(evals)
@@ -208,7 +241,8 @@ def run_evaluators(encoder: FrozenEncoder, config: ml_collections.ConfigDict,
     elif isinstance(data, EvalData):
         data = {data.name: data}
     out_dir = storage.path(out_dir) if out_dir else None
-    extractor = FeatureExtractor(encoder, evals.pooling, evals.batch_size)  # one compilation for all tasks
+    # One compilation for all tasks.
+    extractor = store.extractor if store else FeatureExtractor(encoder, evals.pooling, evals.batch_size)
     names = eval_config_lib.evaluator_list(evals)
     results: dict[str, float] = {}
     figures: dict[str, str] = {}
@@ -223,7 +257,7 @@ def run_evaluators(encoder: FrozenEncoder, config: ml_collections.ConfigDict,
 
     ctx = None
     for task, task_data in data.items():
-        ctx = EvalContext(encoder, config, task_data, out_dir / task if out_dir else None, extractor)
+        ctx = EvalContext(encoder, config, task_data, out_dir / task if out_dir else None, extractor, store)
         for name in names:
             if name not in TASK_FREE:
                 run(name, ctx, f"{task}/")
@@ -231,7 +265,7 @@ def run_evaluators(encoder: FrozenEncoder, config: ml_collections.ConfigDict,
         figures.update({f"{task}/{k}": v for k, v in ctx.figures.items()})
     for name in names:
         if name in TASK_FREE:
-            ctx = EvalContext(encoder, config, next(iter(data.values())), out_dir, extractor)
+            ctx = EvalContext(encoder, config, next(iter(data.values())), out_dir, extractor, store)
             run(name, ctx, "")
             figures.update(ctx.figures)
     return results, figures
