@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from usjepa_jax.evaluation.probe import ProbeConfig, train_probe  # noqa: E402
+from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
 
 
 def clusters(n: int, centres: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,11 @@ from PIL import Image
 from configs import base
 from usjepa_jax.data.synthetic import SimulatorConfig, render
 from usjepa_jax.evaluation import labelled, suite, table
-from usjepa_jax.evaluation.features import FeatureExtractor, FeatureStore, random_encoder
+from usjepa_jax.evaluation.features import (
+    FeatureExtractor,
+    FeatureStore,
+    random_encoder,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -97,7 +101,7 @@ def test_cli_table_three_layouts_and_a_simulated_task_two_encoders(tmp_path):
     cmd = [sys.executable, "-m", "usjepa_jax.evaluate", "--config=configs/base.py:smoke", *overrides,
            f"--encoders=random,other={exported}", f"--tasks={ub},geo_folders={folders},{listing},lesion",
            f"--out={out}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (out / table.TABLE_MD).read_text()
     assert "| encoder | geometry_v1 | geo_folders | list | lesion |" in md

@@ -1,13 +1,13 @@
 """Frame containers beyond images / DICOM / NIfTI: cine video, HDF5, MetaImage. Each reader counts a file's
 frames cheaply, decodes one frame (random access), or iterates over all of them decoding the file once.
 
-* **video** (``.avi .mp4 .mov .mkv .m4v``) through PyAV (FFmpeg's libraries; the optional extra ``av`` in
-  requirements.txt): frames are decoded to RGB (coloured annotations are then inpainted like any RGB frame);
+* **video** (``.avi .mp4 .mov .mkv .m4v``) through PyAV (FFmpeg's libraries; the optional extra ``video``):
+  frames are decoded to RGB (coloured annotations are then inpainted like any RGB frame);
   ``video_stride`` keeps every k-th frame (0, k, 2k, ...). The count comes from the container's frame count
   (``stream.frames``), or from counting the video packets where the container does not record one.
-* **HDF5** (``.h5 .hdf5``) through h5py (optional extra): the dataset ``h5_key`` or, when that is empty, the
-  only numeric dataset of 2 or more dimensions in the file; with several, the first whose last path component is
-  one of ``H5_DEFAULT_NAMES``, otherwise an error that lists them. Layouts (C order, frames on the leading
+* **HDF5** (``.h5 .hdf5``) through h5py (the optional extra ``hdf5``): the dataset ``h5_key`` or, when that is
+  empty, the only numeric dataset of 2 or more dimensions in the file; with several, the first whose last path
+  component is one of ``H5_DEFAULT_NAMES``, otherwise an error that lists them. Layouts (C order, frames on the leading
   axes): ``[H, W]`` one frame; ``[H, W, C]`` with C in (3, 4) one colour frame; ``[N, H, W]`` N frames;
   ``[N, H, W, C]`` with C in (1, 3, 4) N frames; ``[T, Z, H, W]`` T * Z frames. Frames are read lazily.
 * **MetaImage** (``.mhd`` + ``.raw``/``.zraw``, or ``.mha`` with the data inline) by a small reader of the
@@ -64,9 +64,9 @@ class FormatError(RuntimeError):
     """A container that cannot be read as frames; the message says why."""
 
 
-def _missing(extra: str, exc: ImportError) -> FormatError:
-    return FormatError(f"reading this format needs the optional package {extra!r} (pip install {extra}; "
-                       f"pinned in requirements.txt): {exc}")
+def _missing(package: str, extra: str, exc: ImportError) -> FormatError:
+    return FormatError(f"reading this format needs the optional package {package!r}: pip install "
+                       f"'usjepa_jax[{extra}]' (or -r requirements.txt, which pins it): {exc}")
 
 
 # ------------------------------------------------------------------------------------------------ video
@@ -74,7 +74,7 @@ def _av():
     try:
         import av
     except ImportError as exc:
-        raise _missing("av", exc) from exc
+        raise _missing("av", "video", exc) from exc
     return av
 
 
@@ -121,7 +121,7 @@ def _h5py():
     try:
         import h5py
     except ImportError as exc:
-        raise _missing("h5py", exc) from exc
+        raise _missing("h5py", "hdf5", exc) from exc
     return h5py
 
 

@@ -13,10 +13,10 @@
    keep their first channel (the data is grey-scale ultrasound; the model takes one channel).
 4. **scan region** (``detect_scan_region``, only when no mask is given): the fan/rectangle of the image without the
    dark border and burned-in UI (inside ``region`` when the file gives a bound, e.g. DICOM ultrasound regions;
-   without detection the bound is the region): smooth (median 5x5 blurs speckle holes), threshold at ``region_threshold``,
-   binary opening with a disk of radius ~1.5% of the image (cuts thin text, rulers and lines touching the fan),
-   largest connected component, hole filling (anechoic structures inside the fan), and a final opening.
-   Without detection (and no mask) the whole frame is the region.
+   without detection the bound is the region): smooth (median 5x5 blurs speckle holes), threshold at
+   ``region_threshold``, binary opening with a disk of radius ~1.5% of the image (cuts thin text, rulers and lines
+   touching the fan), largest connected component, hole filling (anechoic structures inside the fan), and a final
+   opening. Without detection (and no mask) the whole frame is the region.
 5. **percentile rescaling** (``rescale_percentiles``): the ``p_lo``..``p_hi`` percentiles (2-98) inside the scan
    region are mapped to 0..255 (clipped); outside the region is set to 0.
 6. **crop** (``crop_to_scan_region``): to the region's bounding box, padded with zeros to a square (centred), so

@@ -480,6 +480,10 @@ GROUP_KEYS = ("group", "patient", "patient_id", "subject", "study", "video")
 _LIST_KEYS = ("images", "items", "data", "samples")
 
 
+def _first(item: dict, keys: Sequence[str], default: Any = None) -> Any:
+    return next((item[k] for k in keys if k in item), default)
+
+
 def json_records(obj: Any, where: str, split: str | None = None) -> list[dict[str, Any]]:
     """``{"path", "label", "split", "group"}`` (None where absent) of each item of the accepted UltraBench JSON
     shapes (module docstring); ``split`` is the record's own split key or the key of its sub-split list."""
@@ -500,9 +504,8 @@ def json_records(obj: Any, where: str, split: str | None = None) -> list[dict[st
             path = next((item[k] for k in PATH_KEYS if k in item), None)
             if path is None:
                 raise ValueError(f"{where}: record without an image path: {item}")
-            first = lambda keys, default=None: next((item[k] for k in keys if k in item), default)  # noqa: E731
-            out.append({"path": str(path), "label": first(LABEL_KEYS), "split": first(SPLIT_KEYS, split),
-                        "group": first(GROUP_KEYS)})
+            out.append({"path": str(path), "label": _first(item, LABEL_KEYS), "split": _first(item, SPLIT_KEYS, split),
+                        "group": _first(item, GROUP_KEYS)})
         else:
             raise TypeError(f"{where}: unsupported item {item!r}")
     return out

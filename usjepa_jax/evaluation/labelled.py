@@ -237,7 +237,7 @@ def _carve(groups_of_class: dict[int, list[str]], fraction: float, seed: int, sa
     for c in sorted(groups_of_class):
         groups = sorted(groups_of_class[c])
         n = len(groups)
-        k = min(max(int(round(fraction * n)), 1), n - 1) if n >= 2 else 0
+        k = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
         order = np.random.default_rng([seed, salt, c]).permutation(n)
         chosen.update(groups[i] for i in order[:k])
     return chosen

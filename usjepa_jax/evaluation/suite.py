@@ -137,8 +137,8 @@ def evaluate_table(config: ml_collections.ConfigDict, encoders: Sequence[str | E
     enc_info: dict[str, dict[str, Any]] = {}
     task_info: dict[str, dict[str, Any]] = {}
     task_cache: dict[tuple[str, int], EvalData] = {}
-    notes = [f"evaluators: {config.evals.evaluators}; probe seeds: {config.evals.probe.num_seeds}; pooling: "
-             f"{config.evals.pooling}"]
+    notes = [f"evaluators: {config.evals.evaluators}; probe seeds: {config.evals.probe.num_seeds}; "
+             + f"pooling: {config.evals.pooling}"]
 
     def task_data(ref: TaskRef, size: int) -> EvalData:
         if (ref.name, size) not in task_cache:

@@ -76,7 +76,9 @@ def corruption_columns(metrics: dict[str, float]) -> list[tuple[str, int]]:
 
 def markdown(results: dict[str, dict[str, dict[str, float]]], encoders: Sequence[str], tasks: Sequence[str],
              notes: Sequence[str] = ()) -> str:
-    get = lambda e, t: results.get(e, {}).get(t)  # noqa: E731
+    def get(e: str, t: str) -> dict[str, float] | None:
+        return results.get(e, {}).get(t)
+
     lines = ["# Frozen-encoder evaluation", "",
              "Linear probe (paper protocol), macro-F1 mean ± std over seeds; rows encoders, columns tasks.", ""]
     lines += _table(encoders, tasks, lambda e, t: _cell(get(e, t), PROBE))
