@@ -131,9 +131,9 @@ def plot(results: dict[str, dict[str, dict[str, float]]], encoders: Sequence[str
     ax2.set_xlabel("corruption severity")
     ax2.set_ylabel("relative macro-F1 drop")
     ax2.set_title("robustness (mean over corruptions, tasks)")
-    ax2.axhline(0, color="grey", lw=0.5)
     if ax2.lines:
         ax2.legend(fontsize=7)
+    ax2.axhline(0, color="grey", lw=0.5)
     return _save(fig, path)
 
 
