@@ -41,7 +41,11 @@ USrc (``min_valid_in_target = tau`` and a scan mask given): a patch is valid whe
 scan region (:func:`patch_valid_from_scan_mask`); each target block is redrawn until it holds at least ``tau``
 valid patches (and, as always, has at least ``min_keep`` patches); only valid patches are listed in the target
 and context arrays (invalid ones are left out, i.e. they end up in padding with ``valid = False``), and the
-context must keep at least ``min_keep`` valid patches. Without a scan mask every patch counts as valid.
+context must keep at least ``max(min_keep, tau)`` valid patches. Without a scan mask every patch counts as valid.
+
+``min_keep`` is met with ``>=`` (a block of exactly ``min_keep`` patches is kept); the official collator keeps a
+mask only with ``>`` ``min_keep`` patches. A documented deviation (docs/method.md): the configs' ``min_keep``
+means "at least", as the papers state it.
 """
 
 from __future__ import annotations
@@ -274,9 +278,10 @@ class MultiBlockMaskSampler:
     def __call__(self, rng: np.random.Generator, scan_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """One sample: ``context_idx int32 [C]``, ``context_valid bool [C]``, ``target_idx int32 [M, T]``,
         ``target_valid bool [M, T]`` (valid entries first, sorted ascending; padding is index 0, invalid)."""
-        valid = None
+        valid, need = None, self.min_keep
         if self.min_valid_in_target is not None and scan_mask is not None:
             valid = patch_valid_from_scan_mask(scan_mask, self.grid_size).reshape(self.grid_size)
+            need = max(self.min_keep, self.min_valid_in_target)  # the context keeps tau valid patches too
         for _ in range(self.max_tries):
             targets = [self._draw_target(rng, valid) for _ in range(self.num_targets)]
             top, left, h, w = self._draw_block(rng, self.context_scale, self.context_aspect)
@@ -286,12 +291,13 @@ class MultiBlockMaskSampler:
                 ctx &= ~t
             if valid is not None:
                 ctx &= valid
-            if np.count_nonzero(ctx) >= self.min_keep:
+            if np.count_nonzero(ctx) >= need:
                 break
         else:
             raise RuntimeError(
-                f"MultiBlockMaskSampler: no context with >= min_keep={self.min_keep} patches"
-                + (" (valid ones, USrc)" if valid is not None else "")
+                f"MultiBlockMaskSampler: no context with >= {need} patches (min_keep={self.min_keep}"
+                + (f", min_valid_in_target={self.min_valid_in_target}: valid ones, USrc)" if valid is not None
+                   else ")")
                 + f" after max_tries={self.max_tries} samples; grid_size={self.grid_size}, "
                 f"context_scale={self.context_scale}, num_targets={self.num_targets}")
 
