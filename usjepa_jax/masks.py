@@ -44,7 +44,7 @@ and context arrays (invalid ones are left out, i.e. they end up in padding with 
 context must keep at least ``max(min_keep, tau)`` valid patches. Without a scan mask every patch counts as valid.
 
 ``min_keep`` is met with ``>=`` (a block of exactly ``min_keep`` patches is kept); the official collator keeps a
-mask only with ``>`` ``min_keep`` patches. A documented deviation (docs/method.md): the configs' ``min_keep``
+mask only with ``>`` ``min_keep`` patches. A documented deviation: the configs' ``min_keep``
 means "at least", as the papers state it.
 """
 
