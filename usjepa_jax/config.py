@@ -52,7 +52,11 @@ def model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
         num_heads=ml_collections.FieldReference(None, field_type=int),
         posemb="sincos2d",  # fixed 2-D sin-cos (I-JEPA) or "learn"
         remat=False,  # activation rematerialisation of each block (trades compute for memory)
-        dtype="float32",  # compute dtype; parameters are always float32
+        remat_policy="",  # with remat: what a block keeps, models/vit.py REMAT_POLICIES ("" = nothing)
+        dtype="float32",  # compute dtype; parameters are always float32 (bfloat16: the accelerator setting)
+        # attention implementation, models/vit.py attention(): auto (einsum on CPU, jax.nn.dot_product_attention
+        # elsewhere, cuDNN's fused kernel where it applies), einsum, xla, cudnn. The model is the same for all.
+        attention="auto",
     ))
 
 
@@ -128,7 +132,8 @@ def encoder_kwargs(model_cfg: ml_collections.ConfigDict) -> dict:
     for key in ("width", "depth", "mlp_dim", "num_heads"):
         if model_cfg[key] is not None:
             kwargs[key] = model_cfg[key]
-    kwargs.update(posemb=model_cfg.posemb, remat=model_cfg.remat)
+    kwargs.update(posemb=model_cfg.posemb, remat=model_cfg.remat, remat_policy=model_cfg.remat_policy,
+                  attention=model_cfg.attention)
     return kwargs
 
 
@@ -144,6 +149,10 @@ def _validate_model(prefix: str, model_cfg: ml_collections.ConfigDict, image_siz
         raise ValueError(f"config.{prefix}.variant: {e}") from None
     _check(model_cfg.posemb in ("sincos2d", "learn"), f"{prefix}.posemb", model_cfg.posemb, "sincos2d or learn")
     _check(model_cfg.dtype in DTYPES, f"{prefix}.dtype", model_cfg.dtype, f"one of {DTYPES}")
+    _check(model_cfg.attention in vit.ATTENTION_IMPLS, f"{prefix}.attention", model_cfg.attention,
+           f"one of {vit.ATTENTION_IMPLS}")
+    _check(model_cfg.remat_policy in vit.REMAT_POLICIES, f"{prefix}.remat_policy", model_cfg.remat_policy,
+           f"one of {vit.REMAT_POLICIES}")
     _check(kwargs["width"] % kwargs["num_heads"] == 0, f"{prefix}.width", kwargs["width"],
            f"divisible by num_heads={kwargs['num_heads']}")
     _check(image_size % kwargs["patch_size"] == 0, "data.image_size", image_size,

@@ -137,7 +137,8 @@ def build_encoder(model_cfg: ml_collections.ConfigDict) -> VisionTransformer:
 def build_predictor(config: ml_collections.ConfigDict, grid_size: tuple[int, int], out_dim: int) -> Predictor:
     p = config.predictor
     return Predictor(grid_size=grid_size, out_dim=out_dim, width=p.width, depth=p.depth, num_heads=p.num_heads,
-                     mlp_ratio=p.mlp_ratio, remat=config.model.remat, dtype=jnp.dtype(config.model.dtype))
+                     mlp_ratio=p.mlp_ratio, remat=config.model.remat, remat_policy=config.model.remat_policy,
+                     attention=config.model.attention, dtype=jnp.dtype(config.model.dtype))
 
 
 def make_loss_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,

@@ -38,6 +38,8 @@ class Predictor(nn.Module):
     mlp_ratio: int = 4
     remat: bool = False
     dtype: Any = jnp.float32
+    attention: str = "auto"  # attention implementation (models/vit.py attention())
+    remat_policy: str = ""
 
     @nn.compact
     def __call__(self, context: jax.Array, context_idx: jax.Array, context_valid: jax.Array,
@@ -60,7 +62,7 @@ class Predictor(nn.Module):
         valid = jnp.concatenate([ctx_valid, target_valid.reshape(batch * num_blocks, block_len)], axis=1)
 
         x = Transformer(self.depth, self.num_heads, self.width * self.mlp_ratio, self.remat, self.dtype,
-                        name="predictor")(x, key_padding_mask(valid))
+                        self.attention, self.remat_policy, name="predictor")(x, key_padding_mask(valid))
         x = x[:, -block_len:]
         out = dense(self.out_dim, "predictor_proj", dtype=self.dtype)(x)
         return out.reshape(batch, num_blocks, block_len, self.out_dim)
