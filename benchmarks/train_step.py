@@ -1,14 +1,26 @@
-"""Train-step throughput and MFU, one JSON line per case.
+"""Train-step throughput, FLOPs (XLA's and useful) and MFU, one JSON line per case.
 
     python benchmarks/train_step.py                      # ViT-S/16 @224 batch 16, and the base config
     python benchmarks/train_step.py --cases=base --steps=10
     python benchmarks/train_step.py --compare-cache      # each case with the teacher forward and with cached
                                                          # targets (encoders/cache.py), and the speed-up ratio
+    python benchmarks/train_step.py --breakdown          # + the step's pieces timed as separate jitted functions
+    python benchmarks/train_step.py --dtype=bfloat16     # bf16 compute, f32 master weights (+ its loss vs f32)
 
-MFU = (XLA's FLOP count of one compiled step / measured step time) / matmul peak, where the peak is measured in
-the same process with a large float32 matmul on the same devices: a ratio of two measurements on one machine,
-comparable across machines. The step runs on synthetic batches already on device (the input pipeline is measured
-separately by benchmarks/data_throughput.py) and with a random-init frozen teacher of the configured size.
+Every timed step gets a new batch from the mask sampler (so the per-batch padding buckets of masks.py vary as in
+training); each distinct step shape is compiled once before timing, and the number of shapes is reported
+(``compiled_shapes``, bounded by ``sampler.max_batch_shapes``).
+
+FLOPs and MFU (MFU = FLOP/s over a matmul peak measured in the same process with a large float32 matmul on the
+same devices, so a ratio of two measurements on one machine):
+- ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches;
+- ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
+  (:func:`useful_flops`: matmuls and attention; backward = 2x forward for the trained student and predictor, the
+  frozen teacher forward only). ``mfu`` is the useful one (what the README quotes), ``mfu_xla`` XLA's.
+- ``analytic_vs_xla``: the analytic count at the padded shapes over XLA's count, a check of the formula
+  (XLA also counts element-wise ops, so slightly below 1).
+The step runs on synthetic batches already on device (the input pipeline is measured separately by
+benchmarks/data_throughput.py) and with a random-init frozen teacher of the configured size.
 """
 
 from __future__ import annotations
@@ -27,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import base  # noqa: E402
 from usjepa_jax import config as config_lib  # noqa: E402
-from usjepa_jax import train  # noqa: E402
-from usjepa_jax.encoders import FrozenEncoder  # noqa: E402
+from usjepa_jax import masks, objectives, train  # noqa: E402
+from usjepa_jax.encoders import FrozenEncoder, normalize_images  # noqa: E402
 from usjepa_jax.encoders.cache import TeacherCache  # noqa: E402
 
 
@@ -86,33 +98,158 @@ def masked_batch(trainer: train.Trainer, rng: np.random.Generator) -> dict[str, 
     return batch
 
 
-def run_case(name: str, steps: int, peak: float, cached: bool = False) -> dict:
+# ------------------------------------------------------------------------------------------------ FLOPs
+def _transformer_flops(lengths: np.ndarray, width: int, depth: int, mlp_dim: int) -> float:
+    """Forward FLOPs of ``depth`` pre-norm blocks over sequences of the given lengths: the qkv, proj and MLP
+    matmuls (``2 L (4 d^2 + 2 d m)``) and the two attention matmuls (``4 L^2 d``)."""
+    lengths = np.asarray(lengths, np.float64)
+    return float(depth * (2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * lengths**2 * width).sum())
+
+
+def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarray, cached: bool) -> float:
+    """FLOPs of one step counted on the given tokens: ``context [B]`` patches per context, ``targets [B, M]``
+    patches per target block (the valid counts for the useful FLOPs, the padded lengths for the check).
+
+    Student: patch embedding of every patch, blocks over its context. Predictor: the input projection per
+    context token, blocks over ``context + block`` per (image, block) sequence, the output projection per target
+    patch. Both trained: x3 (forward + backward). Frozen teacher (unless cached): one forward over all patches.
+    """
+    enc, pred, config = trainer.encoder, trainer.predictor, trainer.config
+    n_patches = (config.data.image_size // enc.patch_size) ** 2
+    batch = len(context)
+    embed = 2.0 * n_patches * enc.patch_size**2 * enc.width * batch  # 1 input channel
+    student = embed + _transformer_flops(context, enc.width, enc.depth, enc.mlp_dim)
+    predictor = (2.0 * context.sum() * enc.width * pred.width
+                 + _transformer_flops((context[:, None] + targets).ravel(), pred.width, pred.depth,
+                                      pred.width * pred.mlp_ratio)
+                 + 2.0 * targets.sum() * pred.width * pred.out_dim)
+    total = 3 * (student + predictor)
+    if config.method == "usjepa" and not cached:
+        t = trainer.config.teacher.model
+        kw = config_lib.encoder_kwargs(t)
+        total += embed / enc.width * kw["width"] + _transformer_flops(np.full(batch, n_patches), kw["width"],
+                                                                       kw["depth"], kw["mlp_dim"])
+    return total
+
+
+def xla_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
+# ------------------------------------------------------------------------------------------------ breakdown
+def _best_time(fn, *args, repeats: int = 3) -> float:
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def step_breakdown(trainer: train.Trainer, teacher, state, batch: dict) -> dict[str, float]:
+    """Milliseconds of the step's pieces, each its own jitted function on the same batch (they overlap less
+    than inside the one compiled step, so the sum is an upper bound of the step)."""
+    config, enc, pred = trainer.config, trainer.encoder, trainer.predictor
+    params = state.params
+    images = normalize_images(batch["image"], config.data.mean, config.data.std, enc.dtype)
+    ci, cv, ti, tv = (batch[k] for k in ("context_idx", "context_valid", "target_idx", "target_valid"))
+
+    def student(p, images):
+        return enc.apply({"params": p}, images, ci, cv)[0]
+
+    def predictor(p, ctx):
+        return pred.apply({"params": p}, ctx, ci, cv, ti, tv)
+
+    ctx = jax.jit(student)(params["encoder"], images)
+    out = jax.jit(predictor)(params["predictor"], ctx)
+    ms = {}
+    if isinstance(teacher, FrozenEncoder):
+        embed = jax.jit(teacher.embed)
+        full = embed(trainer.teacher_params, batch["image"])
+        ms["teacher_forward"] = _best_time(embed, trainer.teacher_params, batch["image"])
+    else:
+        full = batch.get(train.CACHED_TARGETS_KEY)
+    ms["student_forward"] = _best_time(jax.jit(student), params["encoder"], images)
+    ms["student_forward_backward"] = _best_time(
+        jax.jit(lambda p, im, g: jax.vjp(student, p, im)[1](g)[0]), params["encoder"], images, ctx)
+    ms["predictor_forward"] = _best_time(jax.jit(predictor), params["predictor"], ctx)
+    ms["predictor_forward_backward"] = _best_time(
+        jax.jit(lambda p, c, g: jax.vjp(predictor, p, c)[1](g)), params["predictor"], ctx, out)
+    if full is not None:
+        def loss(pred_out, full):
+            b, m, t = ti.shape
+            targets = jnp.take_along_axis(full, ti.reshape(b, m * t, 1), axis=1).reshape(b, m, t, -1)
+            return objectives.latent_prediction_loss(pred_out, targets, tv, kind=config.loss.kind,
+                                                     normalize_targets=config.loss.normalize_targets)
+        ms["loss_forward_backward"] = _best_time(jax.jit(jax.value_and_grad(loss)), out, full)
+    tx = train.make_optimizer(config.optim)
+    grads = jax.tree.map(jnp.ones_like, params)
+    ms["optimizer_update"] = _best_time(jax.jit(lambda g, s, p: tx.update(g, s, p)), grads, state.opt_state,
+                                        params)
+    return {k: round(v * 1e3, 1) for k, v in ms.items()}
+
+
+# ------------------------------------------------------------------------------------------------ a case
+def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: str | None = None,
+             breakdown: bool = False) -> dict:
     config = CASES[name]()
+    if dtype:
+        config.model.dtype = dtype
     config_lib.validate(config)
     teacher = None
     if config.method == "usjepa":
         teacher = cached_teacher(config) if cached else random_teacher(config)
     trainer = train.build_trainer(config, teacher)
     rng = np.random.default_rng(0)
-    batches = [trainer.place_batch(masked_batch(trainer, rng)) for _ in range(4)]
+    host_batches = [masked_batch(trainer, rng) for _ in range(steps)]
+    batches = [trainer.place_batch(b) for b in host_batches]
     state = trainer.init(jax.random.key(0))
-    compiled = trainer.step.lower(state, trainer.teacher_params, batches[0]).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost["flops"])
-    state, metrics = compiled(state, trainer.teacher_params, batches[0])  # warm-up
+
+    # One compilation per distinct shape, outside the timing (what the training loop's jit cache does).
+    compiled, compile_s = {}, 0.0
+    for b in batches:
+        shape = (b["context_idx"].shape[1], b["target_idx"].shape[2])
+        if shape not in compiled:
+            start = time.perf_counter()
+            compiled[shape] = trainer.step.lower(state, trainer.teacher_params, b).compile()
+            compile_s += time.perf_counter() - start
+    flops_of = {shape: xla_flops(c) for shape, c in compiled.items()}
+    first = batches[0]
+    state, metrics = compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])](
+        state, trainer.teacher_params, first)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
-    for i in range(steps):
-        state, metrics = compiled(state, trainer.teacher_params, batches[i % len(batches)])
+    for b in batches:
+        state, metrics = compiled[(b["context_idx"].shape[1], b["target_idx"].shape[2])](
+            state, trainer.teacher_params, b)
     jax.block_until_ready((state, metrics))
     step_time = (time.perf_counter() - start) / steps
-    return dict(case=name, cached_targets=cached, variant=config.model.variant, teacher=config.teacher.model.variant,
-                image_size=config.data.image_size, batch=config.optim.batch_size, devices=jax.device_count(),
-                backend=jax.default_backend(), step_time_ms=round(step_time * 1e3, 2),
-                images_per_s=round(config.optim.batch_size / step_time, 1), gflops_per_step=round(flops / 1e9, 2),
-                achieved_gflops=round(flops / step_time / 1e9, 1), peak_matmul_gflops=round(peak / 1e9, 1),
-                mfu=round(flops / step_time / peak, 3))
+
+    shapes = [(b["context_idx"].shape[1], b["target_idx"].shape[2]) for b in batches]
+    xla = float(np.mean([flops_of[s] for s in shapes]))
+    useful = float(np.mean([useful_flops(trainer, h["context_valid"].sum(-1), h["target_valid"].sum(-1), cached)
+                            for h in host_batches]))
+    padded = float(np.mean([useful_flops(trainer, np.full(config.optim.batch_size, s[0]),
+                                         np.full((config.optim.batch_size, trainer.sampler.num_targets), s[1]),
+                                         cached) for s in shapes]))
+    out = dict(case=name, cached_targets=cached, variant=config.model.variant, teacher=config.teacher.model.variant,
+               dtype=config.model.dtype, attention=config.model.attention,
+               image_size=config.data.image_size, batch=config.optim.batch_size, devices=jax.device_count(),
+               backend=jax.default_backend(), step_time_ms=round(step_time * 1e3, 2),
+               images_per_s=round(config.optim.batch_size / step_time, 2),
+               compiled_shapes=len(compiled), max_shapes=trainer.sampler.max_batch_shapes,
+               compile_s=round(compile_s, 1), context_lens=sorted({s[0] for s in shapes}),
+               target_lens=sorted({s[1] for s in shapes}), context_bound=trainer.sampler.context_len,
+               xla_gflops=round(xla / 1e9, 2), useful_gflops=round(useful / 1e9, 2),
+               useful_fraction=round(useful / xla, 3), analytic_vs_xla=round(padded / xla, 3),
+               peak_matmul_gflops=round(peak / 1e9, 1), mfu=round(useful / step_time / peak, 3),
+               mfu_xla=round(xla / step_time / peak, 3), loss=round(float(metrics["loss"]), 5))
+    if breakdown:
+        out["breakdown_ms"] = step_breakdown(trainer, teacher, state, batches[0])
+    return out
 
 
 def main() -> None:
@@ -121,18 +258,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compare-cache", action="store_true",
                         help="run each case with the teacher forward and with cached targets; print the ratio")
+    parser.add_argument("--breakdown", action="store_true", help="also time the step's pieces separately")
+    parser.add_argument("--dtype", default=None, choices=config_lib.DTYPES,
+                        help="compute dtype (default: the case's, float32)")
     args = parser.parse_args()
     peak = matmul_peak_flops()
     for name in args.cases.split(","):
-        with_teacher = run_case(name, args.steps, peak)
+        with_teacher = run_case(name, args.steps, peak, dtype=args.dtype, breakdown=args.breakdown)
         print(json.dumps(with_teacher), flush=True)
         if args.compare_cache:
-            cached = run_case(name, args.steps, peak, cached=True)
+            cached = run_case(name, args.steps, peak, cached=True, dtype=args.dtype, breakdown=args.breakdown)
             print(json.dumps(cached), flush=True)
             print(json.dumps({"case": name, "cached_speedup": round(with_teacher["step_time_ms"]
                                                                     / cached["step_time_ms"], 2),
-                              "gflops_ratio": round(with_teacher["gflops_per_step"]
-                                                    / cached["gflops_per_step"], 2)}), flush=True)
+                              "xla_gflops_ratio": round(with_teacher["xla_gflops"] / cached["xla_gflops"], 2)}),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,20 @@ and take
 Outputs are flat row-major patch indices, sorted ascending within the valid (leading) part; padded slots hold
 index 0 (a valid index, so gathers never go out of range) with ``valid = False``.
 
+Per-batch padding buckets (compute on real tokens only, a handful of static shapes). ``C`` and ``T`` are bounds
+that few masks reach (at 224/16 with the US-JEPA scales ``C = 184`` while contexts average ~119 patches, and the
+predictor repeats the padded context for each target block). Before a batch enters the step, its context and
+target arrays are cut to the smallest rung of a fixed ladder that holds the batch's largest mask
+(:meth:`MultiBlockMaskSampler.batch_lengths`, :func:`fit_batch`): the rungs are ``C, C - pad_step, ...``
+(``pad_buckets`` of them, at least 1 each) and likewise for ``T``. Only padding is cut (valid entries lead every
+row), so the computation is the same as at full padding (tested: loss and gradients to float tolerance), and at
+most ``pad_buckets`` x ``pad_buckets`` shapes are ever compiled (in practice 3-5: batch maxima concentrate). The
+rung depends on the *global* batch only (the trainer takes the maximum over processes), so batches and results
+do not depend on the process count, and a resumed run sees the same shapes. ``pad_buckets = 1`` restores the
+fixed ``C``/``T`` padding. ``truncate_to_batch_min = True`` is the official I-JEPA collator's rule, a documented
+compatibility switch that *drops* patches: every row is cut to the batch's smallest mask (context and targets),
+rounded down to a rung (so that the shapes stay bounded; below the lowest rung, the minimum itself).
+
 USrc (``min_valid_in_target = tau`` and a scan mask given): a patch is valid when any of its pixels touches the
 scan region (:func:`patch_valid_from_scan_mask`); each target block is redrawn until it holds at least ``tau``
 valid patches (and, as always, has at least ``min_keep`` patches); only valid patches are listed in the target
@@ -176,6 +190,9 @@ class MultiBlockMaskSampler:
     max_context: int | None = None
     min_valid_in_target: int | None = None  # USrc tau
     max_tries: int = 200
+    pad_buckets: int = 6  # rungs of the per-batch padding ladder (1 = always pad to context_len/target_len)
+    pad_step: int = 8  # distance between rungs (patches)
+    truncate_to_batch_min: bool = False  # the official collator's rule: drops patches (compatibility only)
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)
@@ -194,6 +211,11 @@ class MultiBlockMaskSampler:
         set_("context_aspect", _as_range("context_aspect", self.context_aspect, None))
         set_("min_keep", _as_int("min_keep", self.min_keep, 1))
         set_("max_tries", _as_int("max_tries", self.max_tries, 1))
+        set_("pad_buckets", _as_int("pad_buckets", self.pad_buckets, 1))
+        set_("pad_step", _as_int("pad_step", self.pad_step, 1))
+        if not isinstance(self.truncate_to_batch_min, (bool, np.bool_)):
+            raise TypeError(f"truncate_to_batch_min must be True or False, got {self.truncate_to_batch_min!r}")
+        set_("truncate_to_batch_min", bool(self.truncate_to_batch_min))
         if self.max_context is not None:
             set_("max_context", _as_int("max_context", self.max_context, self.min_keep))
         if self.min_valid_in_target is not None:
@@ -247,6 +269,35 @@ class MultiBlockMaskSampler:
         if self.max_context is None:
             return self._context_bound
         return min(self.max_context, self._context_bound)
+
+    # ---- per-batch padding buckets (module docstring)
+    def _ladder(self, full: int) -> tuple[int, ...]:
+        return tuple(sorted({max(full - i * self.pad_step, 1) for i in range(self.pad_buckets)}))
+
+    @property
+    def context_buckets(self) -> tuple[int, ...]:
+        """The static context lengths a batch can be cut to, ascending (the last is ``context_len``)."""
+        return self._ladder(self.context_len)
+
+    @property
+    def target_buckets(self) -> tuple[int, ...]:
+        return self._ladder(self.target_len)
+
+    @property
+    def max_batch_shapes(self) -> int:
+        """The documented bound on the number of distinct step shapes (compilations) over any run."""
+        return len(self.context_buckets) * len(self.target_buckets)
+
+    def batch_lengths(self, context_counts: tuple[int, int], target_counts: tuple[int, int]) -> tuple[int, int]:
+        """``(C_b, T_b)`` of a batch from the ``(min, max)`` valid patches per context row and per target row
+        (over the *global* batch). Padding: the smallest rung >= the max. ``truncate_to_batch_min``: the largest
+        rung <= the min (the min itself below the lowest rung)."""
+        def rung(ladder: tuple[int, ...], counts: tuple[int, int]) -> int:
+            low, high = counts
+            if self.truncate_to_batch_min:
+                return max([r for r in ladder if r <= low], default=max(low, 1))
+            return min(r for r in ladder if r >= high)
+        return rung(self.context_buckets, context_counts), rung(self.target_buckets, target_counts)
 
     # ---- sampling
     def _draw_block(self, rng: np.random.Generator, scale, aspect) -> tuple[int, int, int, int]:
@@ -351,6 +402,28 @@ def default_mask_config() -> ml_collections.ConfigDict:
     d["max_context"] = ml_collections.FieldReference(None, field_type=int)
     d["min_valid_in_target"] = ml_collections.FieldReference(None, field_type=int)
     return ml_collections.ConfigDict(d)
+
+
+def valid_counts(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """``(min, max)`` valid patches per row of the context and of the target arrays of a (local) batch."""
+    ctx = np.asarray(batch["context_valid"]).sum(axis=-1)
+    tgt = np.asarray(batch["target_valid"]).sum(axis=-1)
+    return {"context": (int(ctx.min()), int(ctx.max())), "target": (int(tgt.min()), int(tgt.max()))}
+
+
+def fit_batch(batch: dict[str, np.ndarray], context_len: int, target_len: int) -> dict[str, np.ndarray]:
+    """The batch with its context arrays cut to ``context_len`` and its target arrays to ``target_len`` slots.
+
+    Valid entries lead every row, so a cut at or above each row's valid count only removes padding; below it
+    (``truncate_to_batch_min``) each row keeps its first ``context_len`` patches (the official I-JEPA rule).
+    Other keys pass through unchanged.
+    """
+    out = dict(batch)
+    for key in ("context_idx", "context_valid"):
+        out[key] = batch[key][..., :context_len]
+    for key in ("target_idx", "target_valid"):
+        out[key] = batch[key][..., :target_len]
+    return out
 
 
 def _pad(idx: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from usjepa_jax import checkpointing, objectives, sharding, storage
+from usjepa_jax import checkpointing, masks, objectives, sharding, storage
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.data.sources import EmptySplitError
@@ -334,8 +334,24 @@ class Trainer:
         return sum(x.size for x in jax.tree.leaves(self.abstract_state.params))
 
     def place_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """The model's keys on device, the mask arrays cut to the batch's padding bucket (masks.py: only padding
+        goes, the rung is decided on the global batch, at most ``sampler.max_batch_shapes`` step shapes)."""
         keys = MODEL_KEYS + ((CACHED_TARGETS_KEY,) if self.teacher_cache is not None else ())
-        return sharding.global_batch({k: local_batch[k] for k in keys}, self.mesh)
+        batch = {k: local_batch[k] for k in keys}
+        counts = global_valid_counts(batch)
+        batch = masks.fit_batch(batch, *self.sampler.batch_lengths(counts["context"], counts["target"]))
+        return sharding.global_batch(batch, self.mesh)
+
+
+def global_valid_counts(local_batch: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
+    """``masks.valid_counts`` over the global batch: every process gets the same (min, max), hence the same
+    padding bucket, whatever the number of processes."""
+    counts = masks.valid_counts(local_batch)
+    if jax.process_count() == 1:
+        return counts
+    mins_maxs = multihost_utils.process_allgather(np.array([counts["context"], counts["target"]]))  # [P, 2, 2]
+    low, high = mins_maxs[..., 0].min(axis=0), mins_maxs[..., 1].max(axis=0)
+    return {"context": (int(low[0]), int(high[0])), "target": (int(low[1]), int(high[1]))}
 
 
 def build_trainer(config: ml_collections.ConfigDict,
