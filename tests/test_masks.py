@@ -294,3 +294,59 @@ def test_overlay_and_figure(tmp_path):
         assert (rgb[r * 16, c * 16] == 100).all()
     path = visualize.save_mask_figure([image] * 3, samples, 16, tmp_path / "figs" / "masks.png")
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- per-batch padding buckets
+def stack(samples):
+    return {k: np.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def test_bucket_ladders_end_at_the_bounds():
+    s = MultiBlockMaskSampler(GRID, pad_buckets=6, pad_step=8)
+    assert s.context_buckets == tuple(range(s.context_len - 40, s.context_len + 1, 8))
+    assert s.target_buckets[-1] == s.target_len and min(s.target_buckets) >= 1
+    assert s.max_batch_shapes == len(s.context_buckets) * len(s.target_buckets)
+    full = MultiBlockMaskSampler(GRID, pad_buckets=1)
+    assert (full.context_buckets, full.target_buckets) == ((full.context_len,), (full.target_len,))
+
+
+def test_fit_batch_cuts_only_padding_and_shapes_stay_bounded():
+    """Over many batches of 16: the cut keeps every valid entry, and few distinct shapes occur (<= the bound)."""
+    s = MultiBlockMaskSampler(GRID)
+    rng = np.random.default_rng(0)
+    shapes = set()
+    for _ in range(150):
+        batch = stack([s(rng) for _ in range(16)])
+        counts = masks.valid_counts(batch)
+        c_len, t_len = s.batch_lengths(counts["context"], counts["target"])
+        fitted = masks.fit_batch(batch, c_len, t_len)
+        shapes.add((c_len, t_len))
+        assert c_len >= counts["context"][1] and t_len >= counts["target"][1]
+        for key in ("context", "target"):  # nothing valid is lost, and the kept part is unchanged
+            assert fitted[f"{key}_valid"].sum() == batch[f"{key}_valid"].sum()
+            n = fitted[f"{key}_idx"].shape[-1]
+            np.testing.assert_array_equal(fitted[f"{key}_idx"], batch[f"{key}_idx"][..., :n])
+        np.testing.assert_array_equal(fitted["target_valid"], batch["target_valid"][..., :t_len])
+    assert 1 <= len(shapes) <= s.max_batch_shapes
+    assert max(c for c, _ in shapes) < s.context_len  # the buckets do cut real padding at 224/16
+
+
+def test_truncate_to_batch_min_is_the_official_rule_rounded_down_to_a_rung():
+    s = MultiBlockMaskSampler(GRID, truncate_to_batch_min=True)
+    rng = np.random.default_rng(1)
+    batch = stack([s(rng) for _ in range(16)])
+    counts = masks.valid_counts(batch)
+    c_len, t_len = s.batch_lengths(counts["context"], counts["target"])
+    assert c_len <= counts["context"][0] and t_len <= counts["target"][0]
+    fitted = masks.fit_batch(batch, c_len, t_len)
+    assert fitted["context_valid"].all() and fitted["target_valid"].all()  # every row cut to the same count
+    np.testing.assert_array_equal(fitted["context_idx"], batch["context_idx"][:, :c_len])  # first patches kept
+    # below the lowest rung, the minimum itself
+    assert s.batch_lengths((3, 150), (2, 25)) == (3, 1)  # targets: rungs 1, 9, 17, 25
+
+
+@pytest.mark.parametrize("kwargs,field", [(dict(pad_buckets=0), "pad_buckets"), (dict(pad_step=0), "pad_step"),
+                                          (dict(truncate_to_batch_min="yes"), "truncate_to_batch_min")])
+def test_bucket_arguments_name_the_field(kwargs, field):
+    with pytest.raises((TypeError, ValueError), match=field):
+        MultiBlockMaskSampler(GRID, **kwargs)

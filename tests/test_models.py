@@ -109,3 +109,38 @@ def test_predictor_shapes_and_block_independence():
     out3 = pred.apply({"params": params}, ctx_noise, ctx_idx, ctx_valid.at[:, 4].set(False), tgt_idx, tgt_valid)
     out4 = pred.apply({"params": params}, ctx, ctx_idx, ctx_valid.at[:, 4].set(False), tgt_idx, tgt_valid)
     np.testing.assert_allclose(out3, out4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 2e-5), (jnp.bfloat16, 3e-2)])
+def test_einsum_attention_equals_jax_dot_product_attention(dtype, tol):
+    """The CPU attention (models/vit.py einsum_attention) is jax.nn.dot_product_attention: values and gradients,
+    with a key-padding mask."""
+    from usjepa_jax.models.vit import attention, key_padding_mask
+    q, k, v = (jax.random.normal(jax.random.key(i), (3, 11, 2, 8)).astype(dtype) for i in range(3))
+    mask = key_padding_mask(jnp.arange(11)[None] < jnp.array([[11], [4], [1]]))
+
+    def loss(impl, q, k, v):
+        return (attention(q, k, v, mask, impl).astype(jnp.float32) ** 2).sum()
+
+    ref, ours = attention(q, k, v, mask, "xla"), attention(q, k, v, mask, "einsum")
+    assert ours.dtype == dtype
+    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol)
+    for g_ref, g_ours in zip(jax.grad(loss, (1, 2, 3))("xla", q, k, v), jax.grad(loss, (1, 2, 3))("einsum", q, k, v)):
+        np.testing.assert_allclose(np.asarray(g_ours, np.float32), np.asarray(g_ref, np.float32), atol=10 * tol,
+                                   rtol=10 * tol)
+    with pytest.raises(ValueError, match="flash"):
+        attention(q, k, v, mask, "flash")
+
+
+@pytest.mark.parametrize("policy", ["", "dots_saveable"])
+def test_remat_policies_change_memory_not_results(policy):
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+    plain, remat = tiny_vit(), tiny_vit(remat=True, remat_policy=policy)
+    params = plain.init(jax.random.key(0), images)["params"]
+
+    def grads(model):
+        return jax.grad(lambda p: (model.apply({"params": p}, images)[0] ** 2).sum())(params)
+
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), grads(plain), grads(remat))
+    with pytest.raises(ValueError, match="remat policy"):
+        tiny_vit(remat=True, remat_policy="everything").init(jax.random.key(0), images)

@@ -243,3 +243,87 @@ def test_live_loss_plot_collects_and_draws_outside_a_notebook():
         plot("/runs/student", {"step": step, "loss": 2.0 / step, "knn_accuracy": 0.2 * step})
     assert plot.series["/runs/student"]["knn_accuracy"] == {1: 0.2, 2: 0.4, 3: pytest.approx(0.6)}
     assert len(plot.figure().axes) == 3  # two runs, the student's with a k-NN axis
+
+
+def test_bucketed_step_equals_the_unpadded_computation():
+    """The loss and gradients of a batch at full padding, cut to its padding bucket (masks.fit_batch), and computed
+    without any padding (each (image, target block) sequence on its own, exact lengths) agree."""
+    from usjepa_jax import masks
+    from usjepa_jax.encoders import FrozenEncoder
+
+    config = smoke_config(**{"masks.num_targets": 2, "masks.pad_step": 1, "masks.pad_buckets": 50})
+    module = train.build_encoder(config.teacher.model)
+    s = config.data.image_size
+    teacher = FrozenEncoder(module, module.init(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"], 1,
+                            config.data.mean, config.data.std, "<random>", "random")
+    trainer = train.build_trainer(config, teacher)
+    loss_fn = train.make_loss_fn(config, trainer.encoder, trainer.predictor, teacher.embed)
+    rng = np.random.default_rng(0)
+    samples = [trainer.sampler(rng) for _ in range(2)]
+    full = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
+    full["image"] = rng.integers(0, 256, (2, s, s, 1), dtype=np.uint8)
+    counts = masks.valid_counts(full)
+    lengths = trainer.sampler.batch_lengths(counts["context"], counts["target"])
+    assert lengths[0] < trainer.sampler.context_len  # the bucket really cuts padding
+    fitted = masks.fit_batch(full, *lengths)
+    params = trainer.init(jax.random.key(0)).params
+    grad_fn = jax.value_and_grad(lambda p, b: loss_fn(p, teacher.params, b)[0])
+
+    references = []  # one sequence per (image, block), no padding anywhere
+    for b in range(2):
+        c = int(full["context_valid"][b].sum())
+        for m in range(2):
+            t = int(full["target_valid"][b, m].sum())
+            one = dict(image=full["image"][b:b + 1], context_idx=full["context_idx"][b:b + 1, :c],
+                       context_valid=full["context_valid"][b:b + 1, :c],
+                       target_idx=full["target_idx"][b:b + 1, m:m + 1, :t],
+                       target_valid=full["target_valid"][b:b + 1, m:m + 1, :t])
+            references.append(grad_fn(params, one))
+    ref_loss = np.mean([r[0] for r in references])
+    ref_grads = jax.tree.map(lambda *g: np.mean(g, axis=0), *[r[1] for r in references])
+    for batch in (full, fitted):
+        loss, grads = grad_fn(params, batch)
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+
+def test_resume_is_exact_with_fine_padding_buckets(teacher_dir, tmp_path, monkeypatch):
+    """Exact resume with many buckets in play (each step's shape decided by its batch): same losses, same params."""
+    config = smoke_config(**{"teacher.checkpoint": teacher_dir, "log_every": 1, "checkpoint.every": 2,
+                             "optim.total_steps": 4, "masks.pad_step": 1, "masks.pad_buckets": 50})
+    shapes = []
+    real_fit = train.masks.fit_batch
+
+    def recording_fit(batch, context_len, target_len):
+        shapes.append((context_len, target_len))
+        return real_fit(batch, context_len, target_len)
+
+    monkeypatch.setattr(train.masks, "fit_batch", recording_fit)
+    train.train_and_evaluate(config, tmp_path / "straight")
+    assert len(set(shapes)) > 1  # several step shapes in one short run
+
+    real_global_batch, calls = train.sharding.global_batch, []
+
+    def dies_at_step_3(batch, mesh):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill at step 3")
+        return real_global_batch(batch, mesh)
+
+    monkeypatch.setattr(train.sharding, "global_batch", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, tmp_path / "resumed")
+    monkeypatch.setattr(train.sharding, "global_batch", real_global_batch)
+    train.train_and_evaluate(config, tmp_path / "resumed")
+    straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+    for step in (1, 2, 3, 4):
+        assert resumed[step]["loss"] == straight[step]["loss"], step
+    jax.tree.map(np.testing.assert_array_equal, encoder_params(tmp_path / "straight"),
+                 encoder_params(tmp_path / "resumed"))
+
+
+def test_profile_flag_writes_a_trace_of_the_first_steps(tmp_path):
+    config = smoke_config(**{"method": "pixel", "optim.total_steps": 3, "profile_steps": 2, "evals.knn.every": 0})
+    train.train_and_evaluate(config, tmp_path)
+    traces = list((tmp_path / train.PROFILE_DIR).rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

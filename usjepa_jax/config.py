@@ -120,6 +120,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     c.sharding = ml_collections.ConfigDict(dict(strategy="replicate"))  # replicate (data parallel) | fsdp
     c.log_every = 50
+    c.profile_steps = 0  # > 0: a jax.profiler trace of the first N steps of this run in <workdir>/profile
     c.eval_every = 1000  # validation loss on data.num_val held-out images; the best encoder -> encoder_best/
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, keep_period=0, async_save=True))
     c.evals = default_eval_config()  # frozen-encoder evaluation (python -m usjepa_jax.evaluate, evaluation/)
@@ -181,6 +182,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.sharding.strategy in ("replicate", "fsdp"), "sharding.strategy", config.sharding.strategy,
            "replicate or fsdp")
     _check(config.log_every >= 1, "log_every", config.log_every, "at least 1")
+    _check(config.profile_steps >= 0, "profile_steps", config.profile_steps, "0 (off) or a number of steps")
     _check(config.eval_every >= 0, "eval_every", config.eval_every, "0 (off) or a number of steps")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, "at least 1")
     _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")

@@ -10,6 +10,7 @@ tests read them)::
       encoder_best/        the student at the lowest validation loss (only with a validation loss)
       teacher/             the stage-1 pixel teacher's own run folder (this same layout), US-JEPA only
       eval/                evaluation results and figures (``python -m usjepa_jax.evaluate``)
+      profile/             a jax.profiler trace of the first steps (``--profile=N``), when asked for
 """
 
 CONFIG_FILE = "config.json"
@@ -20,6 +21,7 @@ ENCODER_DIR = "encoder"
 BEST_ENCODER_DIR = "encoder_best"  # the encoder at the lowest validation loss (the one to use downstream)
 TEACHER_DIR = "teacher"
 EVAL_DIR = "eval"
+PROFILE_DIR = "profile"  # config.profile_steps / main --profile: the jax.profiler trace (TensorBoard, Perfetto)
 
 # Inside an exported encoder directory.
 MODEL_FILE = "model.json"

@@ -22,6 +22,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id (with --coordinator_address).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", None, "Force (True) or forbid (False) jax.distributed "
                                  "initialisation; by default it happens when a multi-process launcher is detected.")
+_PROFILE = flags.DEFINE_integer("profile", 0, "Write a jax.profiler trace of the first N steps to <workdir>/profile "
+                                "(the same as --config.profile_steps=N).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -83,6 +85,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
+    if _PROFILE.value:
+        config.profile_steps = _PROFILE.value
     config_lib.validate(config)  # before jax touches a device
     # a gs:// path without its backend fails here, naming what to install, before anything is written
     storage.check_backends([_WORKDIR.value, config.teacher.checkpoint])

@@ -47,6 +47,7 @@ from usjepa_jax.layout import (
     LOSS_CURVE_FILE,
     METRICS_FILE,
     MODEL_FILE,
+    PROFILE_DIR,
     TEACHER_DIR,
 )
 from usjepa_jax.masks import MultiBlockMaskSampler
@@ -514,10 +515,19 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenEnco
     window_start, window_steps = time.perf_counter(), 0
     run_start, run_start_step = window_start, start_step
     preemption = PreemptionWatcher()
+    tracing = False
     try:
         for step in range(start_step + 1, o.total_steps + 1):
+            if config.profile_steps and step == start_step + 1:  # compilation included: it is part of the run
+                jax.profiler.start_trace(str(workdir / PROFILE_DIR))
+                tracing = True
             batch = trainer.place_batch(next(data_iter))
             state, metrics = trainer.step(state, trainer.teacher_params, batch)
+            if tracing and step == start_step + config.profile_steps:
+                jax.block_until_ready(metrics)
+                jax.profiler.stop_trace()
+                tracing = False
+                logging.info("Profile of steps %d-%d in %s", start_step + 1, step, workdir / PROFILE_DIR)
             window_steps += 1
             is_log = step % config.log_every == 0 or step == o.total_steps
             is_ckpt = step % config.checkpoint.every == 0 or step == o.total_steps
@@ -567,6 +577,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, teacher: FrozenEnco
                 raise Preempted(f"Preempted at step {step}: checkpoint saved in {workdir / CHECKPOINTS_DIR}; "
                                 "rerun the same command to resume.")
     finally:
+        if tracing:
+            jax.profiler.stop_trace()
         preemption.close()
         manager.wait_until_finished()
         manager.close()
