@@ -325,5 +325,5 @@ def test_resume_is_exact_with_fine_padding_buckets(teacher_dir, tmp_path, monkey
 def test_profile_flag_writes_a_trace_of_the_first_steps(tmp_path):
     config = smoke_config(**{"method": "pixel", "optim.total_steps": 3, "profile_steps": 2, "evals.knn.every": 0})
     train.train_and_evaluate(config, tmp_path)
-    traces = list((tmp_path / train.PROFILE_DIR).rglob("*.xplane.pb"))
+    traces = list((tmp_path / layout.PROFILE_DIR).rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
