@@ -62,7 +62,7 @@ class Predictor(nn.Module):
         valid = jnp.concatenate([ctx_valid, target_valid.reshape(batch * num_blocks, block_len)], axis=1)
 
         x = Transformer(self.depth, self.num_heads, self.width * self.mlp_ratio, self.remat, self.dtype,
-                        self.attention, self.remat_policy, name="predictor")(x, key_padding_mask(valid))
+                        attention=self.attention, remat_policy=self.remat_policy, name="predictor")(x, key_padding_mask(valid))
         x = x[:, -block_len:]
         out = dense(self.out_dim, "predictor_proj", dtype=self.dtype)(x)
         return out.reshape(batch, num_blocks, block_len, self.out_dim)
