@@ -183,7 +183,8 @@ def step_breakdown(trainer: train.Trainer, teacher, state, batch: dict) -> dict[
             b, m, t = ti.shape
             targets = jnp.take_along_axis(full, ti.reshape(b, m * t, 1), axis=1).reshape(b, m, t, -1)
             return objectives.latent_prediction_loss(pred_out, targets, tv, kind=config.loss.kind,
-                                                     normalize_targets=config.loss.normalize_targets)
+                                                     normalize_targets=config.loss.normalize_targets,
+                                                     standardize_targets=config.loss.standardize_targets)
         ms["loss_forward_backward"] = _best_time(jax.jit(jax.value_and_grad(loss)), out, full)
     tx = train.make_optimizer(config.optim)
     grads = jax.tree.map(jnp.ones_like, params)

@@ -11,7 +11,8 @@ Feature sets (all on the same images of ``simulated_task_data``, at ``config.dat
   is not well defined and is not kept;
 - ``raw pixels``: the model-input image, flattened;
 - ``random init``: a random ``config.model`` encoder, mean-pooled patch tokens;
-- ``student``: the exported encoder of a training run (``--student=RUN``, ``RUN/encoder``).
+- ``student``: the exported encoder of a training run (``--student=RUN``, ``RUN/encoder``); more encoders as
+  ``--student=NAME=PATH`` (repeatable: e.g. ``--student=teacher=RUN/teacher``), one column each.
 
 Writes ``OUT/task_suite.md`` (table, mean ± std over probe seeds), ``OUT/task_suite.json``,
 ``OUT/task_suite.png`` (bars) and ``OUT/contact_<task>.png`` (one row per class: is the label visible?).
@@ -31,15 +32,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config: data, model, evals (tasks, sizes).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
-_STUDENT = flags.DEFINE_string("student", None, "A training run's workdir: its exported encoder is probed too.")
+_STUDENT = flags.DEFINE_multi_string(
+    "student", [], "A training run's workdir (its exported final encoder is probed too), or NAME=PATH with any "
+    "encoder load_encoder reads (a run, RUN/teacher, an exported or imported checkpoint); repeat for several.")
 
 KEEP_THRESHOLD = 0.9  # an oracle macro-F1 below this: the task is not kept
-COLUMNS = ("oracle", "raw_pixels", "random_init", "student")
-LABELS = {"oracle": "oracle (phantom)", "raw_pixels": "raw pixels", "random_init": "random init",
-          "student": "student"}
+BASE_COLUMNS = ("oracle", "raw_pixels", "random_init")
+LABELS = {"oracle": "oracle (phantom)", "raw_pixels": "raw pixels", "random_init": "random init"}
 
 
-def task_rows(config, student_dir: str | None, out: Path) -> dict:
+def named_encoders(specs: list[str]) -> dict[str, str]:
+    """``--student`` values -> ``{column: path}``: ``RUN`` is the column ``student``, ``NAME=PATH`` the column NAME."""
+    named = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        name, path = (name, path) if sep else ("student", spec)
+        if not name or not path or name in named or name in BASE_COLUMNS:
+            raise app.UsageError(f"--student={spec!r}: expected RUN or NAME=PATH with a new NAME (not one of "
+                                 f"{BASE_COLUMNS + tuple(named)}).")
+        named[name] = path
+    return named
+
+
+def columns(rows: dict) -> list[str]:
+    """The table's columns in the order they were probed (the oracle, pixels, random init, then the encoders)."""
+    return [c for c, value in next(iter(rows.values())).items() if isinstance(value, dict)]
+
+
+def task_rows(config, students: dict[str, str], out: Path) -> dict:
     """``{task: {column: {macro_f1_mean, macro_f1_std}, ...}}`` and a contact sheet per task."""
     import jax.numpy as jnp
 
@@ -51,9 +71,8 @@ def task_rows(config, student_dir: str | None, out: Path) -> dict:
     cfg, seed = ProbeConfig.from_config(config.evals.probe), config.evals.seed
     encoders = {"random_init": random_encoder(config.model, config.data.image_size, mean=config.data.mean,
                                               std=config.data.std, seed=config.seed)}
-    if student_dir:  # a run's workdir loads as its final encoder (RUN/encoder)
-        encoders["student"] = load_encoder(student_dir, image_size=config.data.image_size,
-                                           dtype=jnp.dtype(config.model.dtype))
+    for name, path in students.items():  # a run's workdir loads as its final encoder (RUN/encoder)
+        encoders[name] = load_encoder(path, image_size=config.data.image_size, dtype=jnp.dtype(config.model.dtype))
     extractors = {name: FeatureExtractor(e, config.evals.pooling, config.evals.batch_size)
                   for name, e in encoders.items()}
     rows = {}
@@ -78,8 +97,8 @@ def task_rows(config, student_dir: str | None, out: Path) -> dict:
 
 
 def write_table(rows: dict, out: Path, note: str = "") -> Path:
-    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
-    head = "| task | classes | chance | " + " | ".join(LABELS[c] for c in cols) + " | kept (oracle >= 0.9) |"
+    cols = columns(rows)
+    head = "| task | classes | chance | " + " | ".join(LABELS.get(c, c) for c in cols) + " | kept (oracle >= 0.9) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for task, r in rows.items():
         cells = [f"{r[c]['macro_f1_mean']:.3f} ± {r[c]['macro_f1_std']:.3f}" if c in r else "-" for c in cols]
@@ -100,12 +119,12 @@ def write_plot(rows: dict, out: Path) -> Path:
     fig = Figure(figsize=(2.2 * len(rows) + 2, 3.6))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    cols = [c for c in COLUMNS if any(c in r for r in rows.values())]
+    cols = columns(rows)
     width = 0.8 / len(cols)
     x = np.arange(len(rows))
     for i, c in enumerate(cols):
         ax.bar(x + (i - (len(cols) - 1) / 2) * width, [r.get(c, {}).get("macro_f1_mean", np.nan) for r in rows.values()],
-               width, yerr=[r.get(c, {}).get("macro_f1_std", 0) for r in rows.values()], capsize=2, label=LABELS[c])
+               width, yerr=[r.get(c, {}).get("macro_f1_std", 0) for r in rows.values()], capsize=2, label=LABELS.get(c, c))
     for j, r in enumerate(rows.values()):
         ax.hlines(r["chance"], j - 0.45, j + 0.45, color="k", lw=0.8, ls="--", label="chance" if j == 0 else None)
     ax.set_xticks(x, list(rows))
@@ -126,15 +145,16 @@ def main(argv) -> None:
     out = Path(_OUT.value)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = task_rows(config, _STUDENT.value, out)
-    summary = {"rows": rows, "student": _STUDENT.value, "image_size": config.data.image_size,
+    students = named_encoders(_STUDENT.value)
+    rows = task_rows(config, students, out)
+    summary = {"rows": rows, "encoders": students, "image_size": config.data.image_size,
                "num_train": config.evals.num_train, "num_val": config.evals.num_val,
                "num_test": config.evals.num_test, "probe_seeds": config.evals.probe.num_seeds,
                "seconds": time.perf_counter() - t0}
     (out / "task_suite.json").write_text(json.dumps(summary, indent=2))
     note = (f"{config.data.image_size} px, {config.evals.num_train}/{config.evals.num_val}/{config.evals.num_test} "
             f"train/val/test images per task, {config.evals.probe.num_seeds} probe seeds"
-            + (f"; student: `{_STUDENT.value}`" if _STUDENT.value else ""))
+            + "".join(f"; {name}: `{path}`" for name, path in students.items()))
     print(write_table(rows, out, note).read_text())
     logging.info("Done in %.0fs: %s", time.perf_counter() - t0, write_plot(rows, out))
 

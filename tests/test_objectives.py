@@ -33,6 +33,30 @@ def test_padded_patches_and_block_averaging():
     np.testing.assert_allclose(loss, 2.0)
 
 
+def test_standardized_targets_remove_a_shared_direction_and_ignore_padding():
+    # Tokens = one large direction every token shares + small per-token signal: the layer norm keeps the shared
+    # direction (it works per token), the batch standardisation removes it and leaves each feature at unit spread.
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=16) * 30.0
+    signal = rng.normal(size=(2, 3, 5, 16))
+    target = jnp.asarray(shared + signal)
+    valid = np.ones((2, 3, 5), bool)
+    valid[1, 2, 3:] = False
+    padded = np.where(valid[..., None], target, 1e4)  # padding holds garbage: it must not enter the statistics
+    out = np.asarray(objectives.standardize_features(jnp.asarray(padded), jnp.asarray(valid)))[valid]
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=0), 1.0, atol=1e-3)
+    layer_normed = np.asarray(objectives.layer_norm_no_affine(target))[valid]
+    assert layer_normed.std(axis=0).mean() < 0.1  # the shared direction dominates after the layer norm alone
+    # the loss with the switch is the loss against the standardised targets, padding ignored
+    pred = jnp.asarray(rng.normal(size=(2, 3, 5, 16)))
+    expected = objectives.latent_prediction_loss(
+        pred, objectives.standardize_features(objectives.layer_norm_no_affine(jnp.asarray(padded)),
+                                              jnp.asarray(valid)), jnp.asarray(valid), normalize_targets=False)
+    got = objectives.latent_prediction_loss(pred, jnp.asarray(padded), jnp.asarray(valid), standardize_targets=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
 def test_no_gradient_flows_into_targets():
     target = jax.random.normal(jax.random.key(0), (1, 1, 4, 8))
     valid = jnp.ones((1, 1, 4), bool)

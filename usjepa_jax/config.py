@@ -97,6 +97,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(
         kind="smooth_l1",  # latent loss: smooth_l1 (beta 1) | l1 (SALT stage 2) | l2
         normalize_targets=True,  # layer-norm teacher targets over features (I-JEPA); US-JEPA is silent
+        # then each feature standardised over the batch's target patches (objectives.standardize_features): for
+        # briefly trained teachers whose tokens share one dominant direction (configs/base.py); not in the papers
+        standardize_targets=False,
         normalize_pixels=True,  # pixel method: per-patch normalised targets (MAE)
     ))
     c.optim = optim_config()

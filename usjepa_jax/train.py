@@ -174,7 +174,8 @@ def make_loss_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, 
             loss = objectives.latent_prediction_loss(pred, targets.reshape(b, m, t, -1), batch["target_valid"],
                                                      kind=config.loss.kind,
                                                      normalize_targets=config.loss.normalize_targets
-                                                     and not targets_normalized)
+                                                     and not targets_normalized,
+                                                     standardize_targets=config.loss.standardize_targets)
         return loss, {}
 
     return loss_fn
