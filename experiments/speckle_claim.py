@@ -33,14 +33,21 @@ from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
 
-_OUT = flags.DEFINE_string("out", None, "Output directory (runs are resumed / reused when already there).")
+# usjepa_jax.evaluate (evaluate_run, below) defines CLI flags of its own, among them --out and --tasks. Imported
+# first, so that this script's --out and --tasks replace them (allow_override): the values parsed are this
+# script's; evaluate's flags are only read by its own main().
+from usjepa_jax import evaluate  # noqa: E402
+
+_OUT = flags.DEFINE_string("out", None, "Output directory (runs are resumed / reused when already there).",
+                           allow_override=True)
 _SMOKE = flags.DEFINE_bool("smoke", False, "Smoke configs and tiny evaluation: checks the driver in minutes.")
 _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step counts (and so of the budget).")
 _REPLOT = flags.DEFINE_bool("replot", False, "Only redraw results.md and the plot from OUT/results.json.")
 _EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",
                                   "config.evals.evaluators for every encoder.")
 _EVAL_SIZES = flags.DEFINE_list("eval_sizes", None, "train,val,test images per task (default: the config's).")
-_TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the config's, every simulated task).")
+_TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the config's, every simulated task).",
+                             allow_override=True)
 
 METHODS = ("pixel", "ijepa", "usjepa")
 LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "usjepa": "US-JEPA (frozen teacher)",
@@ -249,7 +256,7 @@ def write_plot(rows: dict, tasks: list[str], chance: dict, out: Path) -> Path:
 
 def main(argv) -> None:
     del argv
-    from usjepa_jax import evaluate, train
+    from usjepa_jax import train
     from usjepa_jax.evaluation.runner import render_tasks
 
     out = Path(_OUT.value)

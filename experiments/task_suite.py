@@ -116,7 +116,7 @@ def write_plot(rows: dict, out: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(2.2 * len(rows) + 2, 3.6))
+    fig = Figure(figsize=(2.2 * len(rows) + 4, 4.4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     cols = columns(rows)
@@ -130,7 +130,7 @@ def write_plot(rows: dict, out: Path) -> Path:
     ax.set_xticks(x, list(rows))
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("linear-probe macro-F1 (test)")
-    ax.legend(fontsize=7, ncols=len(cols) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.legend(fontsize=7, ncols=min(len(cols) + 1, 3), loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = out / "task_suite.png"
