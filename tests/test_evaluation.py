@@ -152,6 +152,7 @@ def test_end_to_end_smoke(tmp_path):
     encoder as a `teacher`, a random init, and the encoder restored from the step-2 train checkpoint."""
     from configs import mae
     from usjepa_jax import evaluate, train
+    from usjepa_jax.evaluation.runner import render_tasks
 
     cfg = mae.get_config("smoke")
     cfg.mesh.data = 1
@@ -163,12 +164,14 @@ def test_end_to_end_smoke(tmp_path):
         assert np.isfinite(results[key]), key
     for name in ("masks", "pca_features", "probe_curves", "robustness", "few_shot"):
         assert (tmp_path / "eval" / "student_latest" / "lesion" / f"{name}.png").is_file(), name
-    cfg.evals.evaluators = "knn,collapse"  # the other encoders: the cheap monitors only
+    # The other encoders: the cheap monitors only, on one task rendered once for the three of them.
+    cfg.evals.evaluators, cfg.evals.tasks = "knn,collapse", "lesion"
     cfg.teacher.checkpoint = str(tmp_path / "encoder")
-    teacher = evaluate.evaluate_run(cfg, tmp_path, encoder="teacher")
+    lesion = render_tasks(cfg)
+    teacher = evaluate.evaluate_run(cfg, tmp_path, encoder="teacher", data=lesion)
     assert teacher["lesion/knn/accuracy"] == results["lesion/knn/accuracy"]  # the same encoder, loaded as a teacher
-    evaluate.evaluate_run(cfg, tmp_path, encoder="random")
-    evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="2")
+    evaluate.evaluate_run(cfg, tmp_path, encoder="random", data=lesion)
+    evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="2", data=lesion)
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(saved) == {"student:latest", "teacher", "random", "student:step_2"}
     assert saved["student:step_2"]["content_hash"] != saved["student:latest"]["content_hash"]

@@ -21,7 +21,9 @@ PIXEL = {"method": "pixel", "optim.total_steps": 3, "log_every": 1, "checkpoint.
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     port = portpicker.pick_unused_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    # Two fake devices per process (the helper sets them); no shared compilation cache (tests/conftest.py): the two
+    # processes would write the same entries at the same time.
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/distributed_worker.py"), str(i), "2",
                                str(port), str(tmp_path / "multi"), json.dumps(PIXEL)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -38,20 +40,28 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
                  encoder_params(tmp_path / "multi"), encoder_params(tmp_path / "single"))
 
 
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    """A 3-step run on 4 devices (2 data x 2 fsdp), trained once for the restores below."""
+    workdir = tmp_path_factory.mktemp("fsdp_4_devices")
+    train.train_and_evaluate(smoke_config(**PIXEL, **{"mesh.data": 2, "mesh.fsdp": 2, "sharding.strategy": "fsdp"}),
+                             workdir)
+    return workdir
+
+
 @pytest.mark.parametrize("devices", [1, 8])
-def test_checkpoint_from_4_devices_restores_on_other_device_counts(tmp_path, devices):
-    config = smoke_config(**PIXEL, **{"mesh.data": 2, "mesh.fsdp": 2, "sharding.strategy": "fsdp"})
-    train.train_and_evaluate(config, tmp_path)
+def test_checkpoint_from_4_devices_restores_on_other_device_counts(fsdp_run, devices):
     target = smoke_config(**PIXEL, **{"mesh.data": devices})
     trainer = train.build_trainer(target, None)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             trainer.abstract_state, trainer.state_shardings)
-    manager = checkpointing.make_manager(tmp_path / "checkpoints")
+    manager = checkpointing.make_manager(fsdp_run / "checkpoints")
     state, data_state, meta = checkpointing.restore(manager, 3, abstract)
+    manager.close()
     assert int(state.step) == 3 and meta["method"] == "pixel" and data_state
     leaf = jax.tree.leaves(state.params)[0]
     assert len(leaf.sharding.device_set) == devices
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["encoder"]), encoder_params(tmp_path))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["encoder"]), encoder_params(fsdp_run))
 
 
 def test_sigterm_saves_and_the_rerun_resumes_exactly(tmp_path, monkeypatch):
