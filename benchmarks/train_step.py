@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configs import base  # noqa: E402
 from usjepa_jax import config as config_lib  # noqa: E402
-from usjepa_jax import masks, objectives, train  # noqa: E402
+from usjepa_jax import objectives, optim, targets, train  # noqa: E402
 from usjepa_jax.encoders import FrozenEncoder, normalize_images  # noqa: E402
-from usjepa_jax.encoders.cache import TeacherCache  # noqa: E402
+from usjepa_jax.encoders.cache import KEY, TeacherCache  # noqa: E402
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -71,18 +71,21 @@ def vit_s16_config():
 CASES = {"vit_s16_224": vit_s16_config, "base": base.get_config}
 
 
-def random_teacher(config) -> FrozenEncoder:
+def random_teacher(config) -> targets.FrozenTeacher:
+    """A random-init frozen teacher of the configured size: it runs every step."""
     module = train.build_encoder(config.teacher.model)
     s = config.data.image_size
     params = jax.jit(module.init)(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"]
-    return FrozenEncoder(module, params, 1, config.data.mean, config.data.std, "<random>", "random")
+    return targets.FrozenTeacher(FrozenEncoder(module, params, 1, config.data.mean, config.data.std, "<random>",
+                                               "random"), config.loss)
 
 
-def cached_teacher(config) -> TeacherCache:
+def cached_teacher(config) -> targets.CachedTeacher:
     """Stands in for a teacher cache of the configured teacher's size: the batches carry its targets."""
     module = train.build_encoder(config.teacher.model)
     grid = config.data.image_size // module.patch_size
-    return TeacherCache("<benchmark>", "<random>", "random", module.width, grid * grid, module.patch_size, False)
+    cache = TeacherCache("<benchmark>", "<random>", "random", module.width, grid * grid, module.patch_size, False)
+    return targets.CachedTeacher(cache, config.loss)
 
 
 def masked_batch(trainer: train.Trainer, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -91,10 +94,9 @@ def masked_batch(trainer: train.Trainer, rng: np.random.Generator) -> dict[str, 
     samples = [trainer.sampler(rng) for _ in range(n)]
     batch = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
     batch["image"] = rng.integers(0, 256, (n, s, s, 1), dtype=np.uint8)
-    if trainer.teacher_cache is not None:  # what the pipeline attaches from the cache: bf16 [B, N, D]
-        cache = trainer.teacher_cache
-        batch[train.CACHED_TARGETS_KEY] = rng.standard_normal((n, cache.tokens, cache.width), np.float32).astype(
-            jnp.bfloat16)
+    if isinstance(trainer.source, targets.CachedTeacher):  # what the pipeline attaches from the cache: bf16
+        cache = trainer.source.cache
+        batch[KEY] = rng.standard_normal((n, cache.tokens, cache.width), np.float32).astype(jnp.bfloat16)
     return batch
 
 
@@ -149,7 +151,7 @@ def _best_time(fn, *args, repeats: int = 3) -> float:
     return best
 
 
-def step_breakdown(trainer: train.Trainer, teacher, state, batch: dict) -> dict[str, float]:
+def step_breakdown(trainer: train.Trainer, state, batch: dict) -> dict[str, float]:
     """Milliseconds of the step's pieces, each its own jitted function on the same batch (they overlap less
     than inside the one compiled step, so the sum is an upper bound of the step)."""
     config, enc, pred = trainer.config, trainer.encoder, trainer.predictor
@@ -166,27 +168,22 @@ def step_breakdown(trainer: train.Trainer, teacher, state, batch: dict) -> dict[
     ctx = jax.jit(student)(params["encoder"], images)
     out = jax.jit(predictor)(params["predictor"], ctx)
     ms = {}
-    if isinstance(teacher, FrozenEncoder):
-        embed = jax.jit(teacher.embed)
-        full = embed(trainer.teacher_params, batch["image"])
-        ms["teacher_forward"] = _best_time(embed, trainer.teacher_params, batch["image"])
-    else:
-        full = batch.get(train.CACHED_TARGETS_KEY)
+    source, frozen = trainer.source, trainer.frozen_params
+    full_targets = jax.jit(source.targets)
+    full = full_targets(state.targets, frozen, batch)
+    if isinstance(source, targets.FrozenTeacher):
+        ms["teacher_forward"] = _best_time(full_targets, state.targets, frozen, batch)
     ms["student_forward"] = _best_time(jax.jit(student), params["encoder"], images)
     ms["student_forward_backward"] = _best_time(
         jax.jit(lambda p, im, g: jax.vjp(student, p, im)[1](g)[0]), params["encoder"], images, ctx)
     ms["predictor_forward"] = _best_time(jax.jit(predictor), params["predictor"], ctx)
     ms["predictor_forward_backward"] = _best_time(
         jax.jit(lambda p, c, g: jax.vjp(predictor, p, c)[1](g)), params["predictor"], ctx, out)
-    if full is not None:
-        def loss(pred_out, full):
-            b, m, t = ti.shape
-            targets = jnp.take_along_axis(full, ti.reshape(b, m * t, 1), axis=1).reshape(b, m, t, -1)
-            return objectives.latent_prediction_loss(pred_out, targets, tv, kind=config.loss.kind,
-                                                     normalize_targets=config.loss.normalize_targets,
-                                                     standardize_targets=config.loss.standardize_targets)
-        ms["loss_forward_backward"] = _best_time(jax.jit(jax.value_and_grad(loss)), out, full)
-    tx = train.make_optimizer(config.optim)
+    def loss(pred_out, full):
+        return source.loss(pred_out, objectives.gather_patches(full, ti), tv)
+
+    ms["loss_forward_backward"] = _best_time(jax.jit(jax.value_and_grad(loss)), out, full)
+    tx = optim.make_optimizer(config.optim)
     grads = jax.tree.map(jnp.ones_like, params)
     ms["optimizer_update"] = _best_time(jax.jit(lambda g, s, p: tx.update(g, s, p)), grads, state.opt_state,
                                         params)
@@ -200,10 +197,10 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
     if dtype:
         config.model.dtype = dtype
     config_lib.validate(config)
-    teacher = None
+    source = None  # ijepa / pixel: from the config
     if config.method == "usjepa":
-        teacher = cached_teacher(config) if cached else random_teacher(config)
-    trainer = train.build_trainer(config, teacher)
+        source = cached_teacher(config) if cached else random_teacher(config)
+    trainer = train.build_trainer(config, source)
     rng = np.random.default_rng(0)
     host_batches = [masked_batch(trainer, rng) for _ in range(steps)]
     batches = [trainer.place_batch(b) for b in host_batches]
@@ -215,17 +212,17 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
         shape = (b["context_idx"].shape[1], b["target_idx"].shape[2])
         if shape not in compiled:
             start = time.perf_counter()
-            compiled[shape] = trainer.step.lower(state, trainer.teacher_params, b).compile()
+            compiled[shape] = trainer.step.lower(state, trainer.frozen_params, b).compile()
             compile_s += time.perf_counter() - start
     flops_of = {shape: xla_flops(c) for shape, c in compiled.items()}
     first = batches[0]
     state, metrics = compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])](
-        state, trainer.teacher_params, first)  # warm-up
+        state, trainer.frozen_params, first)  # warm-up
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for b in batches:
         state, metrics = compiled[(b["context_idx"].shape[1], b["target_idx"].shape[2])](
-            state, trainer.teacher_params, b)
+            state, trainer.frozen_params, b)
     jax.block_until_ready((state, metrics))
     step_time = (time.perf_counter() - start) / steps
 
@@ -249,7 +246,7 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
                peak_matmul_gflops=round(peak / 1e9, 1), mfu=round(useful / step_time / peak, 3),
                mfu_xla=round(xla / step_time / peak, 3), loss=round(float(metrics["loss"]), 5))
     if breakdown:
-        out["breakdown_ms"] = step_breakdown(trainer, teacher, state, batches[0])
+        out["breakdown_ms"] = step_breakdown(trainer, state, batches[0])
     return out
 
 

@@ -68,11 +68,11 @@ def step_flops(config, teacher=None) -> float:
     """FLOPs of one compiled train step (global batch) by XLA's cost analysis."""
     import jax
 
-    from usjepa_jax import train
+    from usjepa_jax import targets, train
 
-    trainer = train.build_trainer(config, teacher)
+    trainer = train.build_trainer(config, teacher and targets.FrozenTeacher(teacher, config.loss))
     batch = train.example_batch(config, trainer.sampler, config.optim.batch_size)
-    compiled = trainer.step.lower(trainer.abstract_state, trainer.teacher_params, batch).compile()
+    compiled = trainer.step.lower(trainer.abstract_state, trainer.frozen_params, batch).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float(cost.get("flops", 0.0))

@@ -74,8 +74,10 @@ def test_patchify_and_pixel_loss():
     idx = jnp.array([[[1, 3]], [[0, 2]]])
     valid = jnp.ones((2, 1, 2), bool)
     perfect = jnp.take_along_axis(normed, idx.reshape(2, 2, 1), axis=1).reshape(2, 1, 2, 4)
-    assert float(objectives.pixel_reconstruction_loss(perfect, images, idx, valid, 2)) < 1e-8
-    assert float(objectives.pixel_reconstruction_loss(perfect + 1.0, images, idx, valid, 2)) == pytest.approx(1.0)
+    target = objectives.gather_patches(objectives.pixel_targets(images, 2), idx)
+    np.testing.assert_array_equal(target, perfect)
+    assert float(objectives.reconstruction_loss(perfect, target, valid)) < 1e-8
+    assert float(objectives.reconstruction_loss(perfect + 1.0, target, valid)) == pytest.approx(1.0)
 
 
 def test_ema_momentum_schedule_and_update():

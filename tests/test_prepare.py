@@ -113,10 +113,8 @@ def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys
     c.val_fraction = 0.0
     with pytest.raises(src.EmptySplitError, match="no frames in split 'val'"):
         pipeline.make_source(c, "val", 0)
-    from types import SimpleNamespace
-
     import ml_collections
 
     from usjepa_jax import train
     config = ml_collections.ConfigDict({"data": c, "eval_every": 1, "seed": 0, "optim": {"batch_size": 2}})
-    assert train.validation_batches(SimpleNamespace(config=config, sampler=sampler, teacher_cache=None)) == []
+    assert train.validation_batches(config, sampler) == []

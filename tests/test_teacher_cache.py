@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_train import read_metrics
 from tests.test_train import smoke_config as train_smoke_config
-from usjepa_jax import checkpointing, train
+from usjepa_jax import checkpointing, targets, train
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.encoders import FrozenEncoder, export_encoder, load_encoder
 from usjepa_jax.encoders import cache as teacher_cache
@@ -76,20 +76,20 @@ def test_cli_writes_the_teachers_embeddings_of_the_pipeline_images(cache_dir, te
     images = next(iter(build_dataset(config.data, global_batch_size=64, split="train", seed=config.seed,
                                      num_epochs=1, shuffle=False)))
     expected = np.asarray(teacher.embed(teacher.params, images["image"]))
-    targets = teacher_cache.TeacherTargets(cache_dir, "train")
-    targets = pickle.loads(pickle.dumps(targets))  # grain workers receive it pickled
+    attach = teacher_cache.TeacherTargets(cache_dir, "train")
+    attach = pickle.loads(pickle.dumps(attach))  # grain workers receive it pickled
     for i in (0, 39, 40, 63):  # both shards, their edges
-        got = targets[i]
+        got = attach[i]
         assert got.dtype == jnp.bfloat16 and got.shape == (36, teacher.width)
         np.testing.assert_allclose(got.astype(np.float32), expected[i], rtol=1e-2, atol=1e-2)
-    assert targets.map({"index": np.int32(5)})["teacher_targets"].shape == (36, teacher.width)
+    assert attach.map({"index": np.int32(5)})["teacher_targets"].shape == (36, teacher.width)
 
 
 def test_training_from_the_cache_equals_training_with_the_teacher(cache_dir, teacher_run, tmp_path, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("the teacher must not be loaded or run when training from the cache")
 
-    monkeypatch.setattr(train, "load_encoder", forbidden)
+    monkeypatch.setattr(targets, "load_encoder", forbidden)
     monkeypatch.setattr(FrozenEncoder, "embed", forbidden)
     workdir = tmp_path / "cached"
     train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir}), workdir)
@@ -129,9 +129,12 @@ def test_normalized_cache_gives_the_same_loss(teacher_dir, cache_dir, tmp_path):
     params = {"encoder": encoder.init(jax.random.key(0), jnp.zeros(batch["image"].shape))["params"],
               "predictor": predictor.init(jax.random.key(1), ctx, batch["context_idx"], batch["context_valid"],
                                           batch["target_idx"], batch["target_valid"])["params"]}
-    loss_raw = train.make_loss_fn(config, encoder, predictor, None)(params, None, dict(batch, teacher_targets=raw))
-    loss_norm = train.make_loss_fn(config, encoder, predictor, None, targets_normalized=True)(
-        params, None, dict(batch, teacher_targets=normed))
+    raw_source = targets.CachedTeacher(teacher_cache.TeacherCache.open(cache_dir), config.loss)
+    norm_source = targets.CachedTeacher(teacher_cache.TeacherCache.open(tmp_path / "norm"), config.loss)
+    loss_raw = train.make_loss_fn(config, encoder, predictor, raw_source)(params, None, None,
+                                                                          dict(batch, teacher_targets=raw))
+    loss_norm = train.make_loss_fn(config, encoder, predictor, norm_source)(params, None, None,
+                                                                            dict(batch, teacher_targets=normed))
     assert float(loss_norm[0]) == pytest.approx(float(loss_raw[0]), rel=1e-2)
 
 

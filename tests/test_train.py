@@ -12,7 +12,7 @@ import pytest
 
 from configs import base
 from usjepa_jax import config as config_lib
-from usjepa_jax import layout, train
+from usjepa_jax import layout, targets, train
 from usjepa_jax.encoders import load_encoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,8 +68,8 @@ def test_teacher_is_frozen_and_gets_no_gradient(teacher_dir, tmp_path):
     params = {"encoder": encoder.init(jax.random.key(0), jnp.zeros(batch["image"].shape))["params"],
               "predictor": predictor.init(jax.random.key(1), ctx, batch["context_idx"], batch["context_valid"],
                                           batch["target_idx"], batch["target_valid"])["params"]}
-    loss_fn = train.make_loss_fn(config, encoder, predictor, before.embed)
-    teacher_grad = jax.grad(lambda t: loss_fn(params, t, batch)[0])(before.params)
+    loss_fn = train.make_loss_fn(config, encoder, predictor, targets.FrozenTeacher(before, config.loss))
+    teacher_grad = jax.grad(lambda t: loss_fn(params, None, t, batch)[0])(before.params)
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grad))
 
 
@@ -269,8 +269,9 @@ def test_bucketed_step_equals_the_unpadded_computation():
     s = config.data.image_size
     teacher = FrozenEncoder(module, module.init(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"], 1,
                             config.data.mean, config.data.std, "<random>", "random")
-    trainer = train.build_trainer(config, teacher)
-    loss_fn = train.make_loss_fn(config, trainer.encoder, trainer.predictor, teacher.embed)
+    source = targets.FrozenTeacher(teacher, config.loss)
+    trainer = train.build_trainer(config, source)
+    loss_fn = train.make_loss_fn(config, trainer.encoder, trainer.predictor, source)
     rng = np.random.default_rng(0)
     samples = [trainer.sampler(rng) for _ in range(2)]
     full = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
@@ -280,7 +281,7 @@ def test_bucketed_step_equals_the_unpadded_computation():
     assert lengths[0] < trainer.sampler.context_len  # the bucket really cuts padding
     fitted = masks.fit_batch(full, *lengths)
     params = trainer.init(jax.random.key(0)).params
-    grad_fn = jax.value_and_grad(lambda p, b: loss_fn(p, teacher.params, b)[0])
+    grad_fn = jax.value_and_grad(lambda p, b: loss_fn(p, None, teacher.params, b)[0])
 
     references = []  # one sequence per (image, block), no padding anywhere
     for b in range(2):

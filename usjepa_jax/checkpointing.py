@@ -8,19 +8,24 @@ Items of a checkpoint step:
 - ``meta``: JSON with the teacher's path and content hash and the config; resuming against a different teacher
   is refused.
 
-The frozen teacher is never written here: it is recorded by path and hash.
+The frozen teacher is never written here: it is recorded by path and hash. ``PreemptionWatcher`` tells the
+trainer when SIGTERM asks for a last checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from usjepa_jax import storage
 
@@ -98,3 +103,35 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, *, w
 
 def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint of a SIGTERM'd run is written; rerunning the same command resumes it."""
+
+
+class PreemptionWatcher:
+    """Notices SIGTERM (what Cloud TPU and SLURM send before preemption) and makes all processes agree on the
+    step at which to stop.
+
+    One process: our own SIGTERM handler sets a flag. Several: JAX's coordination service already listens for
+    SIGTERM on every process, and ``reached_preemption_sync_point`` returns True on all of them at the same step.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._previous = None
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint at the end of this step, then exiting.")
+        self._flag = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self._flag
+        return multihost_utils.reached_preemption_sync_point(step)
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

@@ -14,13 +14,12 @@ from types import ModuleType
 
 import ml_collections
 
-from usjepa_jax import objectives
+from usjepa_jax import objectives, targets
 from usjepa_jax.data.pipeline import default_data_config
 from usjepa_jax.evaluation.config import default_eval_config, validate_eval_config
 from usjepa_jax.masks import default_mask_config
 from usjepa_jax.models import vit
 
-METHODS = ("usjepa", "ijepa", "pixel")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -177,7 +176,7 @@ def _validate_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the key for any invalid value. Cheap: runs before any device work."""
-    _check(config.method in METHODS, "method", config.method, f"one of {METHODS}")
+    _check(config.method in targets.METHODS, "method", config.method, f"one of {tuple(targets.METHODS)}")
     _check(config.loss.kind in objectives.LOSS_KINDS, "loss.kind", config.loss.kind,
            f"one of {objectives.LOSS_KINDS}")
     _validate_model("model", config.model, config.data.image_size)

@@ -5,12 +5,13 @@
   feature dim without affine (I-JEPA does it; US-JEPA does not say: a switch, default on), and optionally
   standardised per feature over the batch's valid target patches (``standardize_targets``, off by default; our
   addition for briefly trained teachers whose tokens share one dominant direction, see ``standardize_features``).
-- ``pixel_reconstruction_loss``: SALT stage 1 / MAE-style. Per-patch normalised pixels at the target patches, MSE.
+- ``pixel_targets`` + ``reconstruction_loss``: SALT stage 1 / MAE-style. Per-patch normalised pixels at the
+  target patches, MSE.
 - ``ema_update`` / ``ema_momentum``: the I-JEPA EMA teacher (momentum linear 0.996 -> 1.0 over training).
 
 Static-shape note: target blocks arrive padded to a fixed length with a validity mask (see ``masks.py``). The
 loss is the mean over the valid patches of each block, then the mean over blocks and images, i.e. "averaged over
-the target blocks" as in DESIGN.md; with unpadded equal-size blocks this equals I-JEPA's plain mean.
+the target blocks" (docs/method.md); with unpadded equal-size blocks this equals I-JEPA's plain mean.
 """
 
 from __future__ import annotations
@@ -99,20 +100,23 @@ def normalized_patch_targets(patches: jax.Array, eps: float = 1e-6) -> jax.Array
     return (patches - mean) / jnp.sqrt(var + eps)
 
 
-def pixel_reconstruction_loss(pred: jax.Array, images: jax.Array, target_idx: jax.Array, target_valid: jax.Array,
-                              patch_size: int, *, normalize_pixels: bool = True) -> jax.Array:
-    """MSE between ``pred [B, M, T, p*p*C]`` and the (per-patch normalised) pixels of the target patches.
-
-    images: ``[B, H, W, C]`` float; target_idx/target_valid: ``[B, M, T]``.
-    """
-    batch, num_blocks, block_len = target_idx.shape
+def pixel_targets(images: jax.Array, patch_size: int, *, normalize_pixels: bool = True) -> jax.Array:
+    """``[B, H, W, C]`` float images -> ``[B, N, p*p*C]`` float32 pixel targets of every patch, per-patch
+    normalised (MAE) when ``normalize_pixels``."""
     patches = patchify(images.astype(jnp.float32), patch_size)
-    if normalize_pixels:
-        patches = normalized_patch_targets(patches)
-    target = jnp.take_along_axis(patches, target_idx.reshape(batch, -1, 1), axis=1)
-    target = target.reshape(batch, num_blocks, block_len, -1)
-    per_patch = elementwise_loss(pred.astype(jnp.float32), target, "l2").mean(axis=-1)
-    return masked_block_mean(per_patch, target_valid)
+    return normalized_patch_targets(patches) if normalize_pixels else patches
+
+
+def reconstruction_loss(pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+    """MSE between ``pred`` and ``target`` ``[B, M, T, D]`` at the valid patches ``[B, M, T]`` (the pixel loss)."""
+    per_patch = elementwise_loss(pred.astype(jnp.float32), target.astype(jnp.float32), "l2").mean(axis=-1)
+    return masked_block_mean(per_patch, valid)
+
+
+def gather_patches(tokens: jax.Array, idx: jax.Array) -> jax.Array:
+    """``tokens [B, N, D]`` at the patch indices ``idx [B, M, T]`` -> ``[B, M, T, D]`` (the target blocks)."""
+    b, m, t = idx.shape
+    return jnp.take_along_axis(tokens, idx.reshape(b, m * t, 1), axis=1).reshape(b, m, t, tokens.shape[-1])
 
 
 def ema_momentum(step: jax.Array, total_steps: int, start: float = 0.996, end: float = 1.0) -> jax.Array:

@@ -46,9 +46,6 @@ class KnnMonitor:
         self.extractor = FeatureExtractor(_Student(encoder, config.data.mean, config.data.std), evals.pooling,
                                           evals.batch_size, mesh=mesh)
 
-    def due(self, step: int, total_steps: int) -> bool:
-        return self.knn.every > 0 and (step % self.knn.every == 0 or step == total_steps)
-
     def __call__(self, encoder_params) -> dict[str, float]:
         """``encoder_params``: the student's current parameters (as sharded in the train state)."""
         x_train = self.extractor(self.train.image, encoder_params)
