@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from usjepa_jax.models.vit import INIT_STD, Transformer, dense, gather_tokens, key_padding_mask, sincos_posemb_2d
+from usjepa_jax.models.vit import Transformer, dense, gather_tokens, key_padding_mask, sincos_posemb_2d, trunc_normal
 
 
 class Predictor(nn.Module):
@@ -51,7 +51,7 @@ class Predictor(nn.Module):
         ctx = dense(self.width, "predictor_embed", dtype=self.dtype)(context)
         ctx = ctx + gather_tokens(pos, context_idx).astype(ctx.dtype)  # [B, C, W]
 
-        mask_token = self.param("mask_token", nn.initializers.truncated_normal(INIT_STD), (1, 1, 1, self.width))
+        mask_token = self.param("mask_token", trunc_normal(), (1, 1, 1, self.width))
         tgt_pos = gather_tokens(pos, target_idx.reshape(batch, -1)).reshape(batch, num_blocks, block_len, -1)
         tgt = (mask_token + tgt_pos).astype(ctx.dtype)  # [B, M, T, W]
 

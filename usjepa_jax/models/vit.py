@@ -37,6 +37,16 @@ VARIANTS: dict[str, tuple[int, int, int, int]] = {
 PATCH_SIZES = (8, 14, 16)
 POSEMBS = ("sincos2d", "learn", "none")
 INIT_STD = 0.02  # I-JEPA: trunc-normal std 0.02 for every Linear/Conv kernel.
+# linen's truncated_normal(s) is s * N(0, 1) truncated to [-2, 2], whose std is 0.88 s; PyTorch's
+# trunc_normal_(std=0.02) (I-JEPA, timm) truncates at +-2 *absolute*, i.e. is N(0, 0.02^2) in effect. Dividing by
+# the truncated std makes the measured std 0.02 (tails cut at 2.27 std; docs/method.md, deviations).
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def trunc_normal(std: float = INIT_STD) -> nn.initializers.Initializer:
+    """A truncated-normal initializer whose samples have standard deviation ``std``."""
+    return nn.initializers.truncated_normal(std / TRUNCATED_NORMAL_STD)
+
 LN_EPS = 1e-6
 
 
@@ -115,7 +125,7 @@ def key_padding_mask(valid: jax.Array | None) -> jax.Array | None:
 def dense(features: int, name: str, scale: float = 1.0, dtype: Any = jnp.float32) -> nn.Dense:
     """Linear layer with the I-JEPA init (trunc-normal std 0.02, divided by ``scale``; zero bias)."""
     return nn.Dense(features, name=name, dtype=dtype,
-                    kernel_init=nn.initializers.truncated_normal(INIT_STD / scale),
+                    kernel_init=trunc_normal(INIT_STD / scale),
                     bias_init=nn.initializers.zeros)
 
 
@@ -304,14 +314,14 @@ class VisionTransformer(nn.Module):
         if images.shape[1] % p or images.shape[2] % p:
             raise ValueError(f"Image size {images.shape[1:3]} is not divisible by the patch size {p}.")
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", name="patch_embed", dtype=self.dtype,
-                    kernel_init=nn.initializers.truncated_normal(INIT_STD), bias_init=nn.initializers.zeros)(
+                    kernel_init=trunc_normal(), bias_init=nn.initializers.zeros)(
                         images.astype(self.dtype))
         batch, gh, gw, _ = x.shape
         x = x.reshape(batch, gh * gw, self.width)
         if self.posemb == "sincos2d":
             pos = jnp.asarray(sincos_posemb_2d((gh, gw), self.width))[None]
         elif self.posemb == "learn":
-            pos = self.param("pos_embed", nn.initializers.truncated_normal(INIT_STD), (1, gh * gw, self.width))
+            pos = self.param("pos_embed", trunc_normal(), (1, gh * gw, self.width))
         elif self.posemb == "none":
             pos = jnp.zeros((1, 1, self.width))
         else:
@@ -325,7 +335,7 @@ class VisionTransformer(nn.Module):
         if self.class_token:
             cls = self.param("cls_token", nn.initializers.truncated_normal(1e-6), (1, 1, self.width))
             if self.posemb == "learn":
-                cls = cls + self.param("cls_pos_embed", nn.initializers.truncated_normal(INIT_STD),
+                cls = cls + self.param("cls_pos_embed", trunc_normal(),
                                        (1, 1, self.width))
             x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], axis=1)
             if token_valid is not None:
