@@ -1,7 +1,8 @@
 """US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (two stages in ~16 minutes).
 
 Run:    python -m usjepa_jax.main --config=configs/base.py --workdir=/tmp/usjepa_base
-Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds)
+Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds;
+        every config takes :smoke and :runlocal, usjepa_jax/config.py apply_variants)
 
 Stage 1 trains a pixel-reconstruction teacher (SALT) into <workdir>/teacher, stage 2 the student against it,
 frozen. Reduced scale against the paper: 64x64 input, patch 8 (an 8x8 grid), a 4-layer Ti-width encoder and
@@ -17,10 +18,10 @@ step 80 and its probe stayed at the random init's (organ 0.586 vs 0.580); with i
 """
 
 from usjepa_jax import config as config_lib
-from usjepa_jax.evaluation.config import shrink_for_smoke
 
 
 def get_config(arg: str | None = None):
+    variants, _ = config_lib.parse_arg(arg, __file__)
     c = config_lib.default_config()
     c.method = "usjepa"
 
@@ -54,29 +55,4 @@ def get_config(arg: str | None = None):
     c.eval_every = 100
     c.evals.knn.every = 100  # k-NN monitor during pretraining (labelled simulator images, evaluation/monitor.py)
     c.checkpoint.every = 200
-    if arg:
-        apply_variants(c, arg)
-    return c
-
-
-def apply_variants(c, arg: str) -> None:
-    """``:smoke`` shrinks everything to run in seconds (tests use it)."""
-    for variant in arg.split(","):
-        if variant == "smoke":
-            c.data.image_size = 48
-            c.data.num_train, c.data.num_val = 64, 16
-            c.data.synthetic.image_size = 64
-            for m in (c.model, c.teacher.model):
-                m.variant, m.depth = "mu/8", None
-            c.predictor = config_lib.predictor_config(width=32, depth=1, num_heads=2)
-            c.teacher.decoder = config_lib.predictor_config(width=32, depth=1, num_heads=2)
-            c.masks.min_keep = 1
-            c.masks.target_scale = (0.15, 0.2)
-            for o in (c.optim, c.teacher.optim):
-                o.batch_size, o.total_steps, o.warmup_steps = 8, 4, 1
-            c.log_every = 2
-            c.checkpoint.every = 2
-            shrink_for_smoke(c.evals)
-            c.evals.knn.every = 4
-        else:
-            raise ValueError(f"Unknown config variant {variant!r} in configs/base.py (known: smoke).")
+    return config_lib.apply_variants(c, variants)

@@ -5,6 +5,8 @@ Run (frozen teacher you bring, e.g. URFM converted by `python -m usjepa_jax.enco
     python -m usjepa_jax.main --config=configs/paper_vitb16.py --workdir=gs://BUCKET/usjepa_b16 \
         --config.teacher.checkpoint=/path/to/urfm_converted
 Without a teacher checkpoint, SALT stage 1 first trains a ViT-B/16 pixel teacher (same schedule).
+Check on a CPU before launching (the same models and masks, 4 steps of 8 images; seconds to minutes):
+    python -m usjepa_jax.main --config=configs/paper_vitb16.py:runlocal --workdir=/tmp/b16_runlocal
 
 Epochs are converted to steps at `data.num_train` images per epoch (the paper's ~5.1M frames). Mixed precision
 (bfloat16 compute, float32 parameters) is on. The paper's augmentations (random resized crop [0.6, 1],
@@ -17,6 +19,7 @@ EPOCHS, WARMUP_EPOCHS, BATCH = 100, 10, 128
 
 
 def get_config(arg: str | None = None):
+    variants, _ = config_lib.parse_arg(arg, __file__)
     c = config_lib.default_config()
     c.method = "usjepa"
     c.expect_accelerator = True
@@ -34,6 +37,4 @@ def get_config(arg: str | None = None):
     c.log_every = 100
     c.checkpoint.every = 5000
     c.checkpoint.keep_period = 50_000
-    if arg:
-        raise ValueError(f"configs/paper_vitb16.py takes no variant, got {arg!r}.")
-    return c
+    return config_lib.apply_variants(c, variants)

@@ -5,9 +5,10 @@ Run (prepare the data once, then train; teacher as in configs/paper_vitb16.py):
     python -m usjepa_jax.data.prepare --input /data/ds1 --input /data/ds2 --output /data/prepared --size 224
     python -m usjepa_jax.main --config=configs/usrc_vitb16.py --workdir=gs://BUCKET/usrc_b16 \
         --config.data.paths="['/data/prepared']" --config.teacher.checkpoint=/path/to/urfm_converted
-Variant ``:synthetic`` keeps the built-in simulator (its scan masks are exact) instead of prepared data.
+Variant ``:synthetic`` keeps the built-in simulator (its scan masks are exact) instead of prepared data;
+``:smoke`` and ``:runlocal`` as in every config (``:synthetic,runlocal`` runs on a CPU without data).
 
-USrc (DESIGN.md A): a patch is valid when it touches the scan region (the per-frame ``scan_mask``: UltraBench
+USrc (docs/method.md): a patch is valid when it touches the scan region (the per-frame ``scan_mask``: UltraBench
 ``masks/scan``, or the detected fan/rectangle, carried through prepare.py into every batch); each target block is
 redrawn until it holds at least tau valid patches; targets, context and the loss use valid patches only.
 
@@ -30,17 +31,16 @@ paper_vitb16 = config_lib.sibling_config(__file__, "paper_vitb16")
 
 
 def get_config(arg: str | None = None):
+    variants, _ = config_lib.parse_arg(arg, __file__, extra=("synthetic",))
     c = paper_vitb16.get_config(None)
     c.method = "usjepa"
     c.masks.min_valid_in_target = 10  # tau (see the module docstring)
-    c.data.source = "prepared"
+    c.data.source = "synthetic" if "synthetic" in variants else "prepared"
     c.data.cap_per_dataset = 50_000
     c.data.mixture_epochs = 100
     c.data.val_fraction = 0.05
     c.data.worker_count = 8
-    for variant in (arg or "").split(","):
-        if variant == "synthetic":
-            c.data.source = "synthetic"
-        elif variant:
-            raise ValueError(f"Unknown config variant {variant!r} in configs/usrc_vitb16.py (known: synthetic).")
+    c = config_lib.apply_variants(c, variants)
+    if "smoke" in variants:
+        c.masks.min_valid_in_target = 1  # the smoke grid's target blocks hold 5-7 patches
     return c

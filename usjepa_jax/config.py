@@ -41,6 +41,55 @@ def sibling_config(config_file: str, name: str) -> ModuleType:
     return sys.modules[module_name]
 
 
+VARIANTS = ("smoke", "runlocal")  # every config takes these after a colon: configs/x.py:smoke
+
+
+def parse_arg(arg: str | None, config_file: str, extra: tuple[str, ...] = (), positional: bool = False
+              ) -> tuple[set[str], list[str]]:
+    """A config's ``arg`` (``configs/x.py:ARG``, comma-separated) -> (variant names, the other words).
+
+    The variants are ``VARIANTS`` plus the config's own ``extra`` ones; other words are an error naming the config
+    file unless the config takes ``positional`` words (``configs/folder.py:/data/a,/data/b,smoke``)."""
+    words = [w for w in (arg or "").split(",") if w]
+    known = (*VARIANTS, *extra)
+    rest = [w for w in words if w not in known]
+    if rest and not positional:
+        raise ValueError(f"Unknown config variant {rest[0]!r} in {Path(config_file).name} (known: "
+                         f"{', '.join(known)}).")
+    return {w for w in words if w in known}, rest
+
+
+def apply_variants(c: ml_collections.ConfigDict, variants: set[str]) -> ml_collections.ConfigDict:
+    """``smoke``: everything tiny (a mu/8 model at 48 px, 4 steps of 8 images): seconds on a CPU, what tests run.
+    ``runlocal``: the config's own models and masks, but a run that fits a laptop (8 images a step, 4 steps,
+    float32, no accelerator expected): a CPU check of an accelerator config before it is launched."""
+    from usjepa_jax.evaluation.config import shrink_for_smoke
+
+    if "smoke" in variants:
+        c.data.image_size = 48
+        c.data.synthetic.image_size = 64
+        for m in (c.model, c.teacher.model):
+            m.variant, m.depth = "mu/8", None
+        c.predictor = predictor_config(width=32, depth=1, num_heads=2)
+        c.teacher.decoder = predictor_config(width=32, depth=1, num_heads=2)
+        c.masks.min_keep = 1
+        c.masks.target_scale = (0.15, 0.2)
+        c.evals.knn.every = 4
+    if variants & {"smoke", "runlocal"}:
+        c.expect_accelerator = False
+        c.data.num_train, c.data.num_val = 64, 16
+        c.data.worker_count = 0
+        for m in (c.model, c.teacher.model):
+            m.dtype = "float32"
+        for o in (c.optim, c.teacher.optim):
+            o.batch_size, o.total_steps, o.warmup_steps = 8, 4, 1
+        c.log_every = 2
+        c.checkpoint.every = 2
+        c.checkpoint.keep_period = 0
+        shrink_for_smoke(c.evals)
+    return c
+
+
 def model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
     """An encoder: a variant of the table (``'B/16'``), optional size overrides (None = from the variant)."""
     return ml_collections.ConfigDict(dict(
