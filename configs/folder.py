@@ -5,8 +5,8 @@ Run:
     python -m usjepa_jax.data.prepare --input /data/busi_v1 --input /data/dicoms --output /data/prepared --size 64
     python -m usjepa_jax.main --config=configs/folder.py:/data/prepared --workdir=/tmp/usjepa_folder
 Several prepared directories: ``--config=configs/folder.py:/data/a,/data/b`` (or
-``--config.data.paths="['/data/a','/data/b']"``). Variants ``smoke`` and ``runlocal`` (``configs/folder.py:/data/prepared,smoke``)
-as in every config (usjepa_jax/config.py apply_variants).
+``--config.data.paths="['/data/a','/data/b']"``). Variants ``smoke`` and ``runlocal``
+(``configs/folder.py:/data/prepared,smoke``) as in every config (usjepa_jax/config.py apply_variants).
 
 Prepare at the training size (``--size 64`` here) so that no resize is left for training. Datasets are balanced
 with the per-dataset cap N_t (``data.cap_per_dataset``, 50,000) and 5% of the files are held out for the

@@ -90,8 +90,8 @@ def test_run_files_go_straight_to_the_bucket(bucket, tmp_path):
     import json
 
     import numpy as np
-
     from test_teacher import random_encoder
+
     from usjepa_jax import train
     from usjepa_jax.encoders import __main__ as cli
     from usjepa_jax.encoders import export_encoder, load_encoder

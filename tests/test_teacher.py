@@ -17,8 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from usjepa_jax.models import vit
-from usjepa_jax.models.vit import VisionTransformer
 from usjepa_jax.encoders import (
     FrozenEncoder,
     convert,
@@ -30,6 +28,8 @@ from usjepa_jax.encoders import (
     params_hash,
 )
 from usjepa_jax.encoders import __main__ as cli
+from usjepa_jax.models import vit
+from usjepa_jax.models.vit import VisionTransformer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOL = 1e-4  # float32 max abs error against timm

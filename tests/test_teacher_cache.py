@@ -110,7 +110,7 @@ def test_normalized_cache_gives_the_same_loss(teacher_dir, cache_dir, tmp_path):
     """``--normalize`` stores layer-normalised targets; the loss then skips its own normalisation."""
     config = smoke_config(**{"teacher.checkpoint": teacher_dir})
     manifest = teacher_cache.write_cache(config, tmp_path / "norm", splits=("train",), batch_size=32,
-                                         normalize=True, progress=print)
+                                         normalize=True, progress=False)
     assert manifest["normalized"] and teacher_cache.TeacherCache.open(tmp_path / "norm").normalized
     raw = np.stack([teacher_cache.TeacherTargets(cache_dir, "train")[i] for i in range(8)])
     normed = np.stack([teacher_cache.TeacherTargets(tmp_path / "norm", "train")[i] for i in range(8)])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from tests.test_run_log import tensorboard_scalars
 from usjepa_jax import config as config_lib
 from usjepa_jax import layout, targets, train
 from usjepa_jax.encoders import load_encoder
@@ -156,6 +157,12 @@ def test_main_smoke_runs_both_stages(tmp_path):
     assert (tmp_path / "teacher" / "encoder" / "model.json").exists()
     assert (tmp_path / "encoder" / "model.json").exists()
     assert "Stage 2" in result.stderr
+    # The resolved config of each stage is saved (evaluate reads it); TensorBoard shows both runs' curves.
+    assert config_lib.run_config(tmp_path).teacher.checkpoint == str(tmp_path / "teacher" / "encoder")
+    assert config_lib.run_config(tmp_path / "teacher").method == "pixel"
+    for run in (tmp_path, tmp_path / "teacher"):
+        logged = {step: record["loss"] for step, record in read_metrics(run).items() if "loss" in record}
+        assert len(logged) >= 2 and tensorboard_scalars(run)["loss"] == pytest.approx(logged)
     assert "k-NN monitor: accuracy" in result.stderr  # configs/base.py:smoke runs it at its last step
     # ... and the evaluation CLI on the finished run.
     result = subprocess.run([sys.executable, "-m", "usjepa_jax.evaluate", "--config=configs/base.py:smoke",
@@ -208,6 +215,7 @@ def test_validation_loss_keeps_the_best_encoder(tmp_path):
     best = json.loads((tmp_path / layout.BEST_ENCODER_DIR / "model.json").read_text())["source"]
     assert best["step"] == best_step and best["val_loss"] == pytest.approx(val[best_step])
     assert train.best_val_loss(tmp_path) == pytest.approx(min(val.values()))
+    assert config_lib.run_config(tmp_path).to_dict() == json.loads(config.to_json_best_effort())  # config.json
     # One load_encoder for all of a run's encoders: the workdir (its encoder/), a train checkpoint's student.
     final = load_encoder(tmp_path)
     assert final.path == str(tmp_path / layout.ENCODER_DIR)

@@ -8,13 +8,14 @@ unknown keys are already refused by ``ConfigDict`` itself (CLI overrides of a mi
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import ml_collections
 
-from usjepa_jax import objectives, targets
+from usjepa_jax import layout, objectives, targets
 from usjepa_jax.data.pipeline import default_data_config
 from usjepa_jax.evaluation.config import default_eval_config, validate_eval_config
 from usjepa_jax.masks import default_mask_config
@@ -264,3 +265,12 @@ def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     stage1.optim = config.teacher.optim
     stage1.loss.normalize_pixels = config.teacher.normalize_pixels
     return stage1
+
+
+def run_config(workdir: str | Path) -> ml_collections.ConfigDict:
+    """The resolved config a training run saved (``WORKDIR/config.json``); tuples come back as lists."""
+    path = Path(workdir) / layout.CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (not a training run, or one older than config.json): "
+                                "pass --config=configs/NAME.py as it was trained.")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -1,6 +1,7 @@
 """Evaluate frozen encoders: one run's (``--workdir``, ``--encoder``), or several encoders on several tasks
 into one results table (``--encoders``, ``--tasks``).
 
+    python -m usjepa_jax.evaluate --workdir=/tmp/usjepa_base        # the config the run saved (RUN/config.json)
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=teacher
     python -m usjepa_jax.evaluate --config=configs/base.py --workdir=/tmp/usjepa_base --encoder=random
@@ -40,12 +41,14 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from usjepa_jax import layout, storage
+from usjepa_jax import config as config_lib
+from usjepa_jax import layout, run_log, storage
 
 RESULTS_FILE = "results.json"
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:arg]); default with --workdir: the run's own "
+    "RUN/config.json (--config.KEY=VALUE overrides need --config).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number (student only).")
 _ENCODER = flags.DEFINE_enum("encoder", "student", ["student", "teacher", "random"], "Which encoder to evaluate.")
@@ -118,6 +121,8 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder
                        "content_hash": model.content_hash, "evals": config.evals.to_dict(), "seconds": time.perf_counter() - t}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(saved, indent=2, default=float))
+    step = int(checkpoint) if checkpoint.isdigit() else config.optim.total_steps if encoder == "student" else 0
+    run_log.write_scalars(out_dir, step, results)  # tensorboard --logdir RUN shows them as the run eval/<entry>
     logging.info("Results in %s", path)
     return results
 
@@ -125,7 +130,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
+    config = _CONFIG.value or (config_lib.run_config(_WORKDIR.value) if _WORKDIR.value else None)
+    if config is None:  # without --config: the config the run saved (RUN/config.json)
+        raise app.UsageError("--config is required without --workdir.")
     from usjepa_jax.evaluation import validate_eval_config
 
     if "evals" not in config:
@@ -162,5 +169,4 @@ def table_main(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
     app.run(main)

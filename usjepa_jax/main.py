@@ -94,9 +94,9 @@ def main(argv: list[str]) -> None:
     for path in config.data.paths:
         storage.require_local(path, "config.data.paths")
     initialize_distributed()
-    from usjepa_jax import train  # deferred so that flag/config errors come first and fast
-
     import jax
+
+    from usjepa_jax import train  # deferred so that flag/config errors come first and fast
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # one process logs progress

@@ -1,19 +1,21 @@
-"""What a run writes about itself while it trains: one metrics writer, the progress figures, the loss curve.
+"""What a run writes about itself: one metrics writer, one progress reporter, the loss curve.
 
 ``MetricsWriter.write(step, values)`` appends one JSON record to ``WORKDIR/metrics.jsonl`` and the same scalars to
-TensorBoard event files in ``WORKDIR`` (``tensorboard --logdir WORKDIR``; a US-JEPA run's stage-1 teacher shows
-up as the ``teacher`` run next to it), and hands the record to an optional callback (a notebook's live plot).
-Only process 0 writes. ``Throughput`` turns step counts into steps/s, images/s and an ETA.
+TensorBoard event files in ``WORKDIR`` (``tensorboard --logdir WORKDIR``: a US-JEPA run's stage-1 teacher shows
+up as the ``teacher`` run next to it, evaluation results as ``eval/...``), and hands the record to an optional
+callback (a notebook's live plot). Only process 0 writes. ``Throughput`` turns step counts into steps/s, images/s
+and an ETA for the trainer's log line; ``progress`` is the progress bar (tqdm) of the command-line tools
+(``encoders cache``, ``data.prepare``, feature extraction).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tensorboard.summary import Writer as TensorBoardWriter  # numpy-only event writer (no TensorFlow)
 from tqdm import tqdm
 
 from usjepa_jax import storage
@@ -29,7 +31,7 @@ class MetricsWriter:
     def __init__(self, workdir: str | Path, on_log: OnLog | None = None, enabled: bool = True):
         self.workdir, self.on_log, self.enabled = str(workdir), on_log, enabled
         self._jsonl = storage.LineLog(storage.path(workdir) / METRICS_FILE) if enabled else None
-        self._tb = TensorBoardWriter(self.workdir) if enabled else None
+        self._tb = tensorboard_writer(workdir) if enabled else None
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -47,6 +49,28 @@ class MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def tensorboard_writer(logdir: str | Path):
+    """TensorBoard's own event-file writer (numpy only, no TensorFlow): ``add_scalar(tag, value, step)``."""
+    from tensorboard.summary import Writer  # imported here: the command-line tools that only report progress
+
+    return Writer(str(logdir))
+
+
+def write_scalars(logdir: str | Path, step: int, values: dict[str, float]) -> None:
+    """One set of scalars as TensorBoard events in ``logdir`` (e.g. evaluation results)."""
+    writer = tensorboard_writer(logdir)
+    for name, value in values.items():
+        writer.add_scalar(name, float(value), step=int(step))
+    writer.close()
+
+
+def progress(total: int, desc: str, unit: str, enabled: bool = True) -> tqdm:
+    """The progress bar of every long job on the command line: rate, elapsed and ETA, on stderr."""
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1.0, disable=not enabled,
+                bar_format="{desc} {n_fmt}/{total_fmt} {unit} ({percentage:.0f}%) | {rate_fmt} | ETA {remaining}"
+                           "{postfix}")
 
 
 class Throughput:

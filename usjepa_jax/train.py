@@ -30,8 +30,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from usjepa_jax import checkpointing, masks, objectives, sharding, storage, targets
-from usjepa_jax.checkpointing import Preempted, PreemptionWatcher
 from usjepa_jax import config as config_lib
+from usjepa_jax.checkpointing import Preempted, PreemptionWatcher
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.data.sources import EmptySplitError
 from usjepa_jax.encoders import export_encoder, is_exported_encoder, normalize_images

@@ -38,6 +38,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from usjepa_jax import run_log
 from usjepa_jax.data import preprocess as pp
 from usjepa_jax.data import sources as src
 
@@ -58,34 +59,6 @@ def _process(task: tuple) -> tuple[int, list | None, str | None]:
         return tid, frames, None
     except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
         return tid, None, f"{type(exc).__name__}: {exc}"
-
-
-class _Progress:
-    def __init__(self, total_files: int, total_frames: int, enabled: bool = True):
-        self.total_files, self.total_frames, self.enabled = total_files, total_frames, enabled
-        self.files = self.frames = 0
-        self.start = self.last = time.perf_counter()
-
-    def update(self, files: int, frames: int, force: bool = False) -> None:
-        self.files += files
-        self.frames += frames
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.5 and not force):
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = self.frames / elapsed if elapsed > 0 else 0.0
-        left = max(self.total_frames - self.frames, 0)
-        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "--:--:--"
-        pct = 100.0 * self.frames / max(self.total_frames, 1)
-        sys.stderr.write(f"\r[prepare] {self.files}/{self.total_files} files, {self.frames}/{self.total_frames} "
-                         f"frames ({pct:5.1f}%), {rate:7.1f} frames/s, ETA {eta}   ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.update(0, 0, force=True)
-            sys.stderr.write("\n")
 
 
 class _ShardWriter:
@@ -193,7 +166,14 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
                        and (e.split != "test" or include_test))
 
     # ---- decode in parallel, write shards in the main process.
-    meter = _Progress(len(tasks), total_frames, progress)
+    meter = run_log.progress(total_frames, "[prepare]", "frames", enabled=progress)
+    start, files_done = time.perf_counter(), 0
+
+    def count(frames: int) -> None:
+        nonlocal files_done
+        files_done += 1
+        meter.set_postfix_str(f"{files_done}/{len(tasks)} files", refresh=False)
+        meter.update(frames)
     with open(out / PROGRESS, "a") as pf:
         if config_rec is None:
             _append(pf, {"type": "config", "settings": settings})
@@ -214,13 +194,13 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
                     src.log.warning("skipping %s/%s: %s", row["dataset"], row["file"], error)
                     _append(pf, {"type": "skipped", "dataset": row["dataset"], "file": row["file"], "reason": error})
                     failed[(row["dataset"], row["file"])] = error
-                    meter.update(1, 0)
+                    count(0)
                     continue
                 if shard is None:
                     shard = _ShardWriter(out, next_shard, options, pf)
                     next_shard += 1
                 shard.add_file(row, frames, zlib.crc32(f"{row['dataset']}/{row['file']}".encode()))
-                meter.update(1, len(frames))
+                count(len(frames))
                 if shard.records >= shard_size:
                     shard.close()
                     shard = None
@@ -239,10 +219,10 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
                 pool.close()
                 pool.join()
     meter.close()
-    seconds = time.perf_counter() - meter.start
+    seconds = time.perf_counter() - start
     manifest = write_manifest(out, scans, settings)
-    manifest["throughput"] = {"seconds": round(seconds, 3), "frames": meter.frames,
-                              "frames_per_second": round(meter.frames / seconds, 2) if seconds > 0 else None}
+    manifest["throughput"] = {"seconds": round(seconds, 3), "frames": meter.n,
+                              "frames_per_second": round(meter.n / seconds, 2) if seconds > 0 else None}
     return manifest
 
 

@@ -37,6 +37,7 @@ from usjepa_jax import storage
 from usjepa_jax.encoders import convert, formats
 from usjepa_jax.layout import CHECKPOINTS_DIR, ENCODER_DIR, MODEL_FILE, PARAMS_DIR
 from usjepa_jax.models.vit import VisionTransformer
+
 # Input normalisation of imported checkpoints when neither the caller nor a sidecar JSON says (timm's ImageNet
 # default, which I-JEPA and MAE use; timm's augreg ViTs use 0.5/0.5: pass --mean/--std for those).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -43,19 +43,18 @@ from typing import Any
 
 import numpy as np
 
+from usjepa_jax import storage
 from usjepa_jax.encoders import (
     IMAGENET_MEAN,
     export_encoder,
     formats,
     is_exported_encoder,
-    read_encoder,
     params_hash,
+    read_encoder,
     read_exported_encoder,
 )
-from usjepa_jax import storage
 from usjepa_jax.encoders import convert as convert_lib
 from usjepa_jax.layout import ENCODER_DIR, TEACHER_DIR
-
 
 
 def _stat_arg(values: list[float] | None) -> Any:

@@ -24,9 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +34,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from usjepa_jax import objectives, sharding
+from usjepa_jax import objectives, run_log, sharding
 from usjepa_jax.data.pipeline import SPLITS, build_dataset
+from usjepa_jax.encoders import load_encoder, params_hash, read_encoder
 from usjepa_jax.models import vit
-from usjepa_jax.encoders import read_encoder, load_encoder, params_hash
 
 MANIFEST = "cache.json"
 FORMAT_VERSION = 1
@@ -213,21 +211,9 @@ def open_for_training(config: ml_collections.ConfigDict) -> TeacherCache:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _print_progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teacher_path: str | None = None,
                 splits: Sequence[str] = ("train", "val"), batch_size: int = 64, normalize: bool = False,
-                images_per_shard: int = DEFAULT_IMAGES_PER_SHARD, progress: Callable[[str], None] = _print_progress,
-                progress_every_s: float = 5.0) -> dict[str, Any]:
+                images_per_shard: int = DEFAULT_IMAGES_PER_SHARD, progress: bool = True) -> dict[str, Any]:
     """Run the frozen teacher once over every image of ``splits`` and write the cache; returns the manifest.
 
     The teacher is ``teacher_path`` or ``config.teacher.checkpoint``, loaded as training loads it (compute dtype
@@ -289,7 +275,7 @@ def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teache
                                 num_epochs=1, drop_remainder=False, shuffle=False, process_index=0,
                                 process_count=1)
         writer, shard, written = None, -1, 0
-        start = last_report = time.perf_counter()
+        bar = run_log.progress(num, f"[{split}]", "img", enabled=progress)
 
         def write(out: jax.Array, indices: np.ndarray, names: list[str] = names) -> None:
             nonlocal writer, shard, written
@@ -304,6 +290,7 @@ def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teache
                     writer = array_record_module.ArrayRecordWriter(str(output / names[shard]), "group_size:1")
                 writer.write(np.ascontiguousarray(row).tobytes())
                 written += 1
+            bar.update(len(indices))
 
         pending = None
         for batch in dataset:
@@ -315,22 +302,13 @@ def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teache
             if pending is not None:
                 write(*pending)  # the previous batch, while this one computes
             pending = (out, indices)
-            now = time.perf_counter()
-            if now - last_report >= progress_every_s:
-                done = written + len(indices)
-                rate = done / (now - start)
-                progress(f"[{split}] {done}/{num} images | {rate:.1f} img/s | ETA "
-                         f"{_format_duration((num - done) / max(rate, 1e-9))}")
-                last_report = now
         if pending is not None:
             write(*pending)
         if writer is not None:
             writer.close()
+        bar.close()
         if written != num:
             raise RuntimeError(f"[{split}] wrote {written} images, expected {num}")
-        elapsed = time.perf_counter() - start
-        progress(f"[{split}] {num}/{num} images | {num / max(elapsed, 1e-9):.1f} img/s | done in "
-                 f"{_format_duration(elapsed)} -> {output} ({num_shards} shard(s))")
         manifest["splits"][split] = {"num_images": num, "images_per_shard": images_per_shard, "shards": names,
                                      "bytes_per_image": tokens * teacher.width * 2}
     tmp = output / (MANIFEST + ".tmp")

@@ -22,8 +22,8 @@ import ml_collections
 import numpy as np
 
 from usjepa_jax import config as config_lib
-from usjepa_jax.models.vit import VisionTransformer
 from usjepa_jax.encoders import FrozenEncoder, params_hash
+from usjepa_jax.models.vit import VisionTransformer
 
 
 def pool(tokens: jax.Array, pooling: str) -> jax.Array:

@@ -14,11 +14,11 @@ import dataclasses
 import jax
 import ml_collections
 
+from usjepa_jax.encoders import normalize_images
 from usjepa_jax.evaluation import tasks
 from usjepa_jax.evaluation.features import FeatureExtractor
 from usjepa_jax.evaluation.metrics import knn_metrics
 from usjepa_jax.models import VisionTransformer
-from usjepa_jax.encoders import normalize_images
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from usjepa_jax import storage
+from usjepa_jax.encoders import FrozenEncoder
 from usjepa_jax.evaluation import config as eval_config_lib
 from usjepa_jax.evaluation import corruptions, metrics, plots
 from usjepa_jax.evaluation import tasks as tasks_lib
@@ -41,7 +42,6 @@ from usjepa_jax.evaluation.probe import (
     train_probe,
 )
 from usjepa_jax.masks import patch_valid_from_scan_mask
-from usjepa_jax.encoders import FrozenEncoder
 
 
 class EvalContext:
