@@ -1,5 +1,5 @@
-"""Evaluation of frozen encoders (DESIGN.md part D): linear probe, few-shot, k-NN, corruption robustness, speckle
-invariance, collapse monitors, and figures. ``run_evaluators(encoder, config)`` runs those named in
+"""Evaluation of frozen encoders (protocols: docs/method.md): linear probe, few-shot, k-NN, corruption robustness,
+speckle invariance, collapse monitors, and figures. ``run_evaluators(encoder, config)`` runs those named in
 ``config.evals`` (``default_eval_config()``); ``python -m usjepa_jax.evaluate`` runs them on a training run."""
 
 from usjepa_jax.evaluation.config import (

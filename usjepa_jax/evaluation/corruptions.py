@@ -1,4 +1,4 @@
-"""Test-time corruptions of the robustness evaluation (DESIGN.md part D), on model-resolution uint8 images.
+"""Test-time corruptions of the robustness evaluation (docs/method.md), on model-resolution uint8 images.
 
 Severity ``e`` in {0, 1, 2, 3}; ``e = 0`` returns the image unchanged (the clean reference).
 
