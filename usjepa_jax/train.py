@@ -402,6 +402,8 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
                                                                       trainer.place_batch(b)) for b in val_batches])))
                 logging.info("step %d | val_loss %.4f (best %.4f)", step, val, min(val, best))
                 writer.write(step, dict(val_loss=val))
+                # The best encoder is exported, not kept as a checkpoint: orbax's best_fn would choose which train
+                # checkpoints to keep, but resuming needs the latest ones.
                 if val < best:
                     best = val
                     export_encoder(workdir / BEST_ENCODER_DIR, trainer.encoder, state.params["encoder"],
