@@ -1,9 +1,9 @@
 """The pretraining loop: ``train_and_evaluate(config, workdir)``.
 
 Reads in execution order. ``train_and_evaluate`` runs SALT stage 1 first when a US-JEPA config names no teacher
-(``train_stage1``: the pixel teacher in ``<workdir>/teacher``), then ``train``: run folder -> trainer
-(``build_trainer``: mesh, models and targets, optimizer, shardings, the jitted init and step) -> data -> restore
--> loop (step, log, validation loss and best encoder, k-NN monitor, checkpoint, preemption) -> export.
+(``train_stage1``: the pixel teacher in ``<workdir>/teacher``), then ``train``: trainer (``build_trainer``: mesh,
+models and targets, optimizer, shardings, the jitted init and step) -> run folder -> data -> restore -> loop
+(step, log, validation loss and best encoder, k-NN monitor, checkpoint, preemption) -> export.
 
 The method is data for the trainer, not a branch in it: ``config.method`` picks a target source
 (``targets.py``: a frozen teacher or its cache for ``usjepa``, an EMA of the student for ``ijepa``, the pixels
@@ -326,14 +326,15 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
     """One training run in ``workdir`` (no stages): see the module docstring for the order."""
     o, is_main = config.optim, jax.process_index() == 0
 
+    # ---- trainer: mesh, models and targets (a missing teacher or a bad cache fails here, before any write),
+    # optimizer, shardings, the jitted init and step.
+    trainer = build_trainer(config)
+    source = trainer.source
+
     # ---- run folder: the resolved config (``evaluate`` reads it).
     workdir.mkdir(parents=True, exist_ok=True)
     if is_main:
         (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
-
-    # ---- trainer: mesh, models and targets, optimizer, shardings, the jitted init and step.
-    trainer = build_trainer(config)
-    source = trainer.source
 
     # ---- data (mask sampling happens per example, in numpy, inside the pipeline).
     data_iter = iter(build_dataset(config.data, global_batch_size=o.batch_size, split="train", seed=config.seed,
