@@ -4,8 +4,9 @@
 TensorBoard event files in ``WORKDIR`` (``tensorboard --logdir WORKDIR``: a US-JEPA run's stage-1 teacher shows
 up as the ``teacher`` run next to it, evaluation results as ``eval/...``), and hands the record to an optional
 callback (a notebook's live plot). Only process 0 writes. ``Throughput`` turns step counts into steps/s, images/s
-and an ETA for the trainer's log line; ``progress`` is the progress bar (tqdm) of the command-line tools
-(``encoders cache``, ``data.prepare``, feature extraction).
+and an ETA for the trainer's log line; ``StepTrace`` is the profiler trace of a run's first steps (``--profile``);
+``progress`` is the progress bar (tqdm) of the command-line tools (``encoders cache``, ``data.prepare``, feature
+extraction).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from absl import logging
 from tqdm import tqdm
 
 from usjepa_jax import storage
@@ -88,6 +90,36 @@ class Throughput:
         self.window_start, self.window_step = now, step
         return dict(steps_per_s=steps_per_s, images_per_s=steps_per_s * self.batch,
                     eta_s=(self.total - step) / max(overall, 1e-9))
+
+
+class StepTrace:
+    """A jax.profiler trace of ``steps`` steps from ``first`` on (its compilation included: it is part of the run)
+    into ``logdir`` (TensorBoard's profile plugin, Perfetto); ``steps = 0`` is off. Around each step:
+    ``before(step)``, the step, ``after(step, outputs)``; ``close()`` in a ``finally``."""
+
+    def __init__(self, logdir: str | Path, first: int, steps: int):
+        self.logdir, self.first, self.last, self.tracing = str(logdir), first, first + steps - 1, False
+        self.jax = None
+        if steps > 0:
+            import jax  # here: the command-line tools that only report progress need no jax
+
+            self.jax = jax
+
+    def before(self, step: int) -> None:
+        if self.jax is not None and step == self.first:
+            self.jax.profiler.start_trace(self.logdir)
+            self.tracing = True
+
+    def after(self, step: int, outputs) -> None:
+        if self.tracing and step == self.last:
+            self.jax.block_until_ready(outputs)
+            self.close()
+            logging.info("Profile of steps %d-%d in %s", self.first, step, self.logdir)
+
+    def close(self) -> None:
+        if self.tracing:
+            self.jax.profiler.stop_trace()
+            self.tracing = False
 
 
 def format_eta(seconds: float) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp")
@@ -80,3 +81,14 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     """Assemble the global batch from this process's slice (each process passes its own rows)."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def global_min_max(local: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Per-process ``{name: (min, max)}`` -> the min of the mins and the max of the maxes over all processes:
+    every process gets the same answer (e.g. ``masks.valid_counts``, so every process picks the same padding
+    bucket, whatever the number of processes)."""
+    if jax.process_count() == 1:
+        return local
+    names = sorted(local)
+    gathered = multihost_utils.process_allgather(np.array([local[k] for k in names]))  # [P, names, 2]
+    return {k: (int(gathered[:, i, 0].min()), int(gathered[:, i, 1].max())) for i, k in enumerate(names)}

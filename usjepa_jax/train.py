@@ -26,7 +26,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from usjepa_jax import checkpointing, masks, objectives, sharding, storage, targets
@@ -41,7 +40,8 @@ from usjepa_jax.layout import (BEST_ENCODER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, E
 from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
 from usjepa_jax.optim import lr_schedule, make_optimizer, wd_schedule
-from usjepa_jax.run_log import MetricsWriter, OnLog, Throughput, format_eta, last_values, write_loss_curve
+from usjepa_jax.run_log import (MetricsWriter, OnLog, StepTrace, Throughput, format_eta, last_values,
+                                write_loss_curve)
 
 MODEL_KEYS = ("image", "context_idx", "context_valid", "target_idx", "target_valid")
 
@@ -176,20 +176,9 @@ class Trainer:
         (masks.py: only padding goes, the rung is decided on the global batch, at most
         ``sampler.max_batch_shapes`` step shapes)."""
         batch = {k: local_batch[k] for k in MODEL_KEYS + self.source.batch_keys}
-        counts = global_valid_counts(batch)
+        counts = sharding.global_min_max(masks.valid_counts(batch))  # the same bucket on every process
         batch = masks.fit_batch(batch, *self.sampler.batch_lengths(counts["context"], counts["target"]))
         return sharding.global_batch(batch, self.mesh)
-
-
-def global_valid_counts(local_batch: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
-    """``masks.valid_counts`` over the global batch: every process gets the same (min, max), hence the same
-    padding bucket, whatever the number of processes."""
-    counts = masks.valid_counts(local_batch)
-    if jax.process_count() == 1:
-        return counts
-    mins_maxs = multihost_utils.process_allgather(np.array([counts["context"], counts["target"]]))  # [P, 2, 2]
-    low, high = mins_maxs[..., 0].min(axis=0), mins_maxs[..., 1].max(axis=0)
-    return {"context": (int(low[0]), int(high[0])), "target": (int(low[1]), int(high[1]))}
 
 
 def example_batch(config: ml_collections.ConfigDict, sampler: MultiBlockMaskSampler, batch: int) -> dict:
@@ -373,19 +362,13 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
     writer = MetricsWriter(workdir, on_log, enabled=is_main)
     throughput = Throughput(start_step, o.total_steps, o.batch_size)
     preemption = PreemptionWatcher()
+    trace = StepTrace(workdir / PROFILE_DIR, start_step + 1, config.profile_steps)
     last: dict[str, float] = {}
-    tracing = False
     try:
         for step in range(start_step + 1, o.total_steps + 1):
-            if config.profile_steps and step == start_step + 1:  # compilation included: it is part of the run
-                jax.profiler.start_trace(str(workdir / PROFILE_DIR))
-                tracing = True
+            trace.before(step)
             state, metrics = trainer.step(state, trainer.frozen_params, trainer.place_batch(next(data_iter)))
-            if tracing and step == start_step + config.profile_steps:
-                jax.block_until_ready(metrics)
-                jax.profiler.stop_trace()
-                tracing = False
-                logging.info("Profile of steps %d-%d in %s", start_step + 1, step, workdir / PROFILE_DIR)
+            trace.after(step, metrics)
             log = every(step, config.log_every, o.total_steps)
             preempted = preemption.reached(step)
             save = every(step, config.checkpoint.every, o.total_steps) or preempted
@@ -422,8 +405,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
                 raise Preempted(f"Preempted at step {step}: checkpoint saved in {ckpt_dir}; rerun the same "
                                 "command to resume.")
     finally:
-        if tracing:
-            jax.profiler.stop_trace()
+        trace.close()
         preemption.close()
         manager.wait_until_finished()
         manager.close()
