@@ -135,7 +135,7 @@ def _start_every_program_once():
 
 def test_readme_has_the_two_setup_commands():
     assert len(COMMANDS) >= 10
-    assert ["python", "-m", "pytest", "-q", "tests"] in COMMANDS
+    assert ["python", "-m", "pytest", "-q", "-n", "2", "tests"] in COMMANDS  # the CI command (.ci/run)
     assert any(c[:3] == ["python", "-m", "usjepa_jax.main"] and "--config=configs/base.py" in c for c in COMMANDS)
 
 
