@@ -52,6 +52,7 @@ class TargetSource:
 
     def __init__(self, loss_config: ml_collections.ConfigDict):
         self.loss_kind, self.normalize_targets = loss_config.kind, loss_config.normalize_targets
+        self.standardize_targets = loss_config.standardize_targets
 
     def init_state(self, encoder_params: Any) -> Any:
         """The source's part of a fresh train state (``TrainState.targets``)."""
@@ -64,7 +65,8 @@ class TargetSource:
     def loss(self, pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
         """``pred``/``target`` ``[B, M, T, D]`` at the target blocks, ``valid`` ``[B, M, T]`` -> scalar."""
         return objectives.latent_prediction_loss(pred, target, valid, kind=self.loss_kind,
-                                                 normalize_targets=self.normalize_targets)
+                                                 normalize_targets=self.normalize_targets,
+                                                 standardize_targets=self.standardize_targets)
 
     def update(self, state: Any, encoder_params: Any, step: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
         """The source's state after an optimizer step (``encoder_params``: the updated student), and metrics."""
