@@ -55,12 +55,15 @@ def test_source_interface(setup, name):
     assert out.shape == (B, tokens, source.width)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected(images), np.float32), atol=1e-6)
 
-    # The loss: zero at the (normalised) target, positive elsewhere; padded slots do not count.
+    # The loss: zero at the (normalised, standardised: base.py's loss) target, positive elsewhere; padded slots do
+    # not count.
     idx = jnp.asarray(np.stack([np.arange(8).reshape(2, 4)] * B))
     target = objectives.gather_patches(jnp.asarray(out, jnp.float32), idx)
-    normalized = source.normalize_targets and name != "pixels"
-    perfect = objectives.layer_norm_no_affine(target) if normalized else target
     valid = jnp.ones(idx.shape, bool).at[:, :, -1].set(False)
+    latent = name != "pixels"
+    perfect = objectives.layer_norm_no_affine(target) if source.normalize_targets and latent else target
+    if source.standardize_targets and latent:
+        perfect = objectives.standardize_features(perfect, valid)
     assert float(source.loss(perfect, target, valid)) < 1e-6
     assert float(source.loss(perfect.at[:, :, -1].add(5.0), target, valid)) < 1e-6
     assert float(source.loss(perfect + 1.0, target, valid)) > 0.1
