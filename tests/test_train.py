@@ -1,6 +1,7 @@
 """The trainer end to end on the smoke config: frozen teacher, sharding equivalence, exact resume, CLI, errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,19 +75,29 @@ def test_teacher_is_frozen_and_gets_no_gradient(teacher_dir, tmp_path):
     assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(teacher_grad))
 
 
+TWO_STEPS = {"optim.total_steps": 2, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def single_device_run(teacher_dir, tmp_path_factory):
+    """Two steps on one device against the module's teacher, trained once: the reference of the sharded runs,
+    and a finished run that another teacher may not resume."""
+    workdir = tmp_path_factory.mktemp("single_device")
+    train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": teacher_dir, **TWO_STEPS, "mesh.data": 1,
+                                             "mesh.fsdp": 1}), workdir)
+    return workdir
+
+
 @pytest.mark.parametrize("mesh,strategy", [((8, 1), "replicate"), ((2, 4), "fsdp")])
-def test_sharded_steps_match_single_device(teacher_dir, tmp_path, mesh, strategy):
-    common = {"teacher.checkpoint": teacher_dir, "optim.total_steps": 2, "log_every": 1}
-    single = smoke_config(**common, **{"mesh.data": 1, "mesh.fsdp": 1})
-    sharded = smoke_config(**common, **{"mesh.data": mesh[0], "mesh.fsdp": mesh[1],
-                                        "sharding.strategy": strategy})
-    train.train_and_evaluate(single, tmp_path / "single")
+def test_sharded_steps_match_single_device(teacher_dir, single_device_run, tmp_path, mesh, strategy):
+    sharded = smoke_config(**{"teacher.checkpoint": teacher_dir, **TWO_STEPS, "mesh.data": mesh[0],
+                              "mesh.fsdp": mesh[1], "sharding.strategy": strategy})
     train.train_and_evaluate(sharded, tmp_path / "sharded")
-    m1, m8 = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "sharded")
+    m1, m8 = read_metrics(single_device_run), read_metrics(tmp_path / "sharded")
     for step in (1, 2):
         assert m8[step]["loss"] == pytest.approx(m1[step]["loss"], rel=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-                 encoder_params(tmp_path / "single"), encoder_params(tmp_path / "sharded"))
+                 encoder_params(single_device_run), encoder_params(tmp_path / "sharded"))
 
 
 FINE_BUCKETS = {"masks.pad_step": 1, "masks.pad_buckets": 50}  # many padding buckets: shapes change step to step
@@ -129,16 +140,15 @@ def test_kill_and_resume_is_exact(teacher_dir, tmp_path, monkeypatch, method, ov
                  encoder_params(tmp_path / "resumed"))
 
 
-def test_resume_with_another_teacher_is_refused(teacher_dir, tmp_path):
-    config = smoke_config(**{"teacher.checkpoint": teacher_dir, "optim.total_steps": 2})
-    train.train_and_evaluate(config, tmp_path / "run")
+def test_resume_with_another_teacher_is_refused(teacher_dir, single_device_run, tmp_path):
+    shutil.copytree(single_device_run, tmp_path / "run")  # a run trained against teacher_dir (the copy: ours)
     other = tmp_path / "other_teacher"
     teacher = load_encoder(teacher_dir)
     from usjepa_jax.encoders import export_encoder
     export_encoder(other, teacher.module, jax.tree.map(lambda x: x + 1.0, teacher.params), mean=0.5, std=0.5)
     with pytest.raises(ValueError, match="Cannot resume"):
-        train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": str(other), "optim.total_steps": 4}),
-                                 tmp_path / "run")
+        train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": str(other), "optim.total_steps": 4,
+                                                 "mesh.data": 1}), tmp_path / "run")
 
 
 def test_pixel_method_learns(tmp_path):
