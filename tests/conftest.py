@@ -8,8 +8,10 @@ teacher, init, evaluation, orbax's per-shape slices when saving, the feature ext
 compiled anew by a fresh ``jax.jit``; on CPU compiling is most of a smoke run. With ``JAX_COMPILATION_CACHE_DIR``
 an identical program is compiled once per session and loaded afterwards: the same executable, so exact-equality
 tests compare what they compared before. The directory is new for each session (never reused from an earlier
-run) and one per pytest-xdist worker, so that no two processes write the same entry at the same time; the
-variables reach the subprocesses (CLI, notebook kernels) a test starts.
+run). pytest-xdist starts its workers after this file ran in the controller, so they and the subprocesses the
+tests start (CLI, notebook kernels) inherit the variables and share the directory: jax writes an entry only when
+it is absent, and an entry read while another process is still writing it fails its zlib check, which jax
+reports as a warning before compiling the program itself (never a wrong program).
 """
 
 import atexit

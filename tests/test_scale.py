@@ -21,8 +21,8 @@ PIXEL = {"method": "pixel", "optim.total_steps": 3, "log_every": 1, "checkpoint.
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     port = portpicker.pick_unused_port()
-    # Two fake devices per process (the helper sets them); no shared compilation cache (tests/conftest.py): the two
-    # processes would write the same entries at the same time.
+    # Two fake devices per process (the helper sets them); no compilation cache (tests/conftest.py): both processes
+    # compile the same programs at the same moment, nothing to share.
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/distributed_worker.py"), str(i), "2",
                                str(port), str(tmp_path / "multi"), json.dumps(PIXEL)],
