@@ -92,7 +92,7 @@ def test_run_files_go_straight_to_the_bucket(bucket, tmp_path):
     import numpy as np
     from test_teacher import random_encoder
 
-    from usjepa_jax import train
+    from usjepa_jax import run_log
     from usjepa_jax.encoders import __main__ as cli
     from usjepa_jax.encoders import export_encoder, load_encoder
 
@@ -102,8 +102,8 @@ def test_run_files_go_straight_to_the_bucket(bucket, tmp_path):
         for r in records:
             log.write(json.dumps(r) + "\n")
         log.close()
-    assert train.read_metrics(run) == {"loss": {0: 1.0, 50: 0.5, 100: 0.25}}
-    assert train.write_loss_curve(storage.path(run)) == storage.path(f"{run}/loss_curve.png")
+    assert run_log.read_metrics(run) == {"loss": {0: 1.0, 50: 0.5, 100: 0.25}}
+    assert run_log.write_loss_curve(storage.path(run)) == storage.path(f"{run}/loss_curve.png")
     assert (bucket / "bkt" / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     module, params = random_encoder(posemb="learn", class_token=True)
