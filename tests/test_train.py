@@ -278,11 +278,15 @@ def test_live_loss_plot_collects_and_draws_outside_a_notebook():
 
 def test_bucketed_step_equals_the_unpadded_computation():
     """The loss and gradients of a batch at full padding, cut to its padding bucket (masks.fit_batch), and computed
-    without any padding (each (image, target block) sequence on its own, exact lengths) agree."""
+    without any padding (each (image, target block) sequence on its own, exact lengths) agree.
+
+    The per-sequence reference needs a loss that splits into per-sequence terms, so it runs without
+    ``loss.standardize_targets`` (its statistics pool the batch); with it, the padded and the cut batch are
+    compared with each other at the end."""
     from usjepa_jax import masks
     from usjepa_jax.encoders import FrozenEncoder
 
-    config = smoke_config(**{"masks.num_targets": 2, **FINE_BUCKETS})
+    config = smoke_config(**{"masks.num_targets": 2, "loss.standardize_targets": False, **FINE_BUCKETS})
     module = train.build_encoder(config.teacher.model)
     s = config.data.image_size
     teacher = FrozenEncoder(module, module.init(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"], 1,
@@ -317,6 +321,15 @@ def test_bucketed_step_equals_the_unpadded_computation():
         loss, grads = grad_fn(params, batch)
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, ref_grads)
+
+    config.loss.standardize_targets = True  # configs/base.py's loss: padding must stay out of its statistics too
+    standardized = targets.FrozenTeacher(teacher, config.loss)
+    std_loss_fn = train.make_loss_fn(config, trainer.encoder, trainer.predictor, standardized)
+    std_grad_fn = jax.value_and_grad(lambda p, b: std_loss_fn(p, None, teacher.params, b)[0])
+    (loss_full, grads_full), (loss_fit, grads_fit) = std_grad_fn(params, full), std_grad_fn(params, fitted)
+    np.testing.assert_allclose(loss_fit, loss_full, rtol=1e-5)
+    assert abs(float(loss_full) - float(ref_loss)) > 1e-3  # the switch is on: not the unstandardised loss
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_fit, grads_full)
 
 
 def test_profile_flag_writes_a_trace_of_the_first_steps(tmp_path):
