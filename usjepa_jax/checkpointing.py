@@ -41,7 +41,13 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 class DataStateHandler(ocp.CheckpointHandler):
-    """Saves a snapshot (a JSON-able dict) of this process's data-iterator state, one file per process."""
+    """Saves a snapshot (a JSON-able dict) of this process's data-iterator state, one file per process.
+
+    Kept instead of ``grain.checkpoint.CheckpointHandler`` (same file layout): grain's handler is given the live
+    iterator and calls ``get_state()`` when orbax runs the handler, while ours is given the state captured at the
+    ``save`` call, so the position saved is the step's whatever the save's timing; restoring returns the state
+    (grain's sets it on an iterator it must be given) and names the process-count mismatch.
+    """
 
     def save(self, directory: epath.Path, args: DataStateSave) -> None:
         path = storage.path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"

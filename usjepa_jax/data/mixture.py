@@ -12,6 +12,9 @@ see *different* subsets and, over ``|D_i| / N_t`` epochs, every frame once. ``ep
 elements and the pipeline's global shuffle mixes them; with ``epochs=1`` a capped dataset shows the same
 ``N_t`` frames every pass (set it to the run's epoch count to see fresh subsets). Element ``index`` is the
 mixture position (unique within a pass).
+
+Kept instead of ``grain.MapDataset.mix(datasets, weights)``: that interleaves whole datasets by weight, with no
+cap window that moves through a large dataset epoch by epoch, which is the paper's balancing.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ import numpy as np
 from usjepa_jax import objectives, run_log, sharding
 from usjepa_jax.data.pipeline import SPLITS, build_dataset
 from usjepa_jax.encoders import load_encoder, params_hash, read_encoder
-from usjepa_jax.models import vit
 
 MANIFEST = "cache.json"
 FORMAT_VERSION = 1
@@ -189,10 +188,6 @@ def check_compatible(config: ml_collections.ConfigDict, manifest: dict[str, Any]
     if manifest["normalized"] and not config.loss.normalize_targets:
         raise ValueError(f"config.loss.normalize_targets=False, but {where} holds layer-normalised targets "
                          f"(written with --normalize): use a raw cache.")
-    student_patch = vit.parse_variant(config.model.variant)["patch_size"]
-    if manifest["patch_size"] != student_patch:
-        raise ValueError(f"config.model.variant={config.model.variant!r} has patch size {student_patch}, the "
-                         f"teacher of {where} {manifest['patch_size']}: their patch grids must match.")
     if config.teacher.checkpoint:
         enc = read_encoder(config.teacher.checkpoint, image_size=config.data.image_size)  # host memory only
         content_hash = params_hash(enc.params)

@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from usjepa_jax.models.vit import VARIANTS, VisionTransformer, sincos_posemb_2d
 
@@ -150,22 +151,13 @@ def default_num_heads(width: int, depth: int) -> int:
 
 
 def flatten_params(params: Any, as_array: bool = True) -> dict[str, Any]:
-    """``{'encoder': {'norm': {'scale': x}}}`` -> ``{'encoder/norm/scale': x}``."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        out["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf) if as_array else leaf
-    return out
+    """``{'encoder': {'norm': {'scale': x}}}`` -> ``{'encoder/norm/scale': x}`` (``flax.traverse_util``)."""
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {k: np.asarray(v) for k, v in flat.items()} if as_array else flat
 
 
 def unflatten_params(flat: dict[str, np.ndarray]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 # ------------------------------------------------------------------------------------------------ import

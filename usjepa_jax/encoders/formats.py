@@ -1,9 +1,10 @@
 """Reading and writing flat state dicts (``{dotted.name: numpy array}``): safetensors, npz, PyTorch pickles.
 
-safetensors is parsed here with numpy (no torch, no extra package). The format: an 8-byte little-endian unsigned
-header length ``n``, then ``n`` bytes of JSON ``{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin,
-end]}, "__metadata__": {str: str}}``, then the raw little-endian tensor bytes; offsets are relative to the end of
-the header. bfloat16 comes from ``ml_dtypes`` (a jax dependency).
+safetensors files are read and written by the ``safetensors`` package (no torch): ``safetensors.numpy.save`` writes,
+``safetensors.deserialize`` parses and checks a file (its header, offsets and sizes). ``safetensors.numpy.load``
+itself is not used to read because numpy has no bfloat16 and that function has no BF16 entry; the dtype table below
+maps BF16 to ``ml_dtypes.bfloat16`` (a jax dependency). Files are read and written as bytes through
+``storage`` (local paths and gs:// alike).
 
 PyTorch ``.pth/.pt/.bin/.ckpt`` files are pickles: they are read with ``torch.load(..., weights_only=True)`` only
 (torch is imported for this alone). A pickle that needs anything beyond tensors and plain containers is refused
@@ -22,6 +23,9 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import traverse_util
 
 from usjepa_jax import storage
 
@@ -33,7 +37,6 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 _DTYPE_NAMES = {dt: name for name, dt in SAFETENSORS_DTYPES.items()}
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 FORMATS = ("auto", "safetensors", "npz", "torch")
-_MAX_HEADER = 100 * 2**20
 
 
 # ------------------------------------------------------------------------------------------------ safetensors
@@ -41,56 +44,33 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     """``path`` -> (tensors as numpy arrays, the header's ``__metadata__``). Raises ValueError on a bad file."""
     path = storage.path(path)
     data = path.read_bytes()
-    if len(data) < 8:
-        raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length).")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > min(_MAX_HEADER, len(data) - 8):
-        raise ValueError(f"{path}: not a safetensors file (header length {n} does not fit the file).")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a safetensors file (header is not JSON: {e}).") from None
-    metadata = header.pop("__metadata__", None) or {}
-    body = memoryview(data)[8 + n:]
+        entries = safetensors.deserialize(data)  # validates the header, dtypes, offsets and sizes
+    except Exception as e:  # safetensors.SafetensorError (and a few Rust-side errors) on a malformed file
+        raise ValueError(f"{path}: not a safetensors file ({e}).") from None
+    (n,) = struct.unpack("<Q", data[:8])  # the header, already validated: only its __metadata__ is read here
+    metadata = json.loads(data[8:8 + n]).get("__metadata__") or {}
     tensors = {}
-    for name, info in header.items():
+    for name, info in entries:
         if info["dtype"] not in SAFETENSORS_DTYPES:
             raise ValueError(f"{path}: tensor {name!r} has dtype {info['dtype']}, not one of "
                              f"{sorted(SAFETENSORS_DTYPES)}.")
-        dtype = SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        shape = tuple(int(s) for s in info["shape"])
-        if not 0 <= begin <= end <= len(body) or end - begin != int(np.prod(shape)) * dtype.itemsize:
-            raise ValueError(f"{path}: tensor {name!r} ({info['dtype']} {list(shape)}) has inconsistent data "
-                             f"offsets {[begin, end]} (body is {len(body)} bytes).")
-        tensors[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
+        tensors[name] = np.frombuffer(info["data"], SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
     return tensors, metadata
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str] | None = None) -> None:
-    """Write ``tensors`` (numpy arrays of the dtypes above) as a safetensors file, in name order."""
-    header: dict[str, Any] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    chunks, offset = [], 0
-    for name in sorted(tensors):
-        arr = np.asarray(tensors[name], order="C")  # (ascontiguousarray would make scalars 1-d)
-        arr = arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.byteorder == ">" else arr
-        if arr.dtype not in _DTYPE_NAMES:
+    """Write ``tensors`` (numpy arrays of the dtypes above) as a safetensors file (``safetensors.numpy.save``)."""
+    arrays = {}
+    for name, value in tensors.items():
+        arr = np.asarray(value, order="C")  # the writer reads raw memory: C-contiguous (scalars stay 0-d)
+        if arr.dtype.newbyteorder("=") not in _DTYPE_NAMES:
             raise ValueError(f"Cannot write tensor {name!r} of dtype {arr.dtype} to safetensors.")
-        raw = arr.tobytes()
-        header[name] = {"dtype": _DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
-                            "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head += b" " * (-len(head) % 8)  # pad so the tensor data starts 8-byte aligned
+        arrays[name] = arr
+    meta = {str(k): str(v) for k, v in metadata.items()} if metadata else None
     with storage.path(path).open("wb") as f:
-        f.write(struct.pack("<Q", len(head)))
-        f.write(head)
-        for raw in chunks:
-            f.write(raw)
+        f.write(safetensors.numpy.save(arrays, metadata=meta))
 
 
 # ------------------------------------------------------------------------------------------------ npz / torch
@@ -100,15 +80,14 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
-def flatten_state(obj: Any, prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Nested mappings -> ``{"a.b.c": leaf}``; only array-like leaves (numpy, torch tensors) are kept."""
-    out = {} if out is None else out
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            flatten_state(value, f"{prefix}{key}.", out)
-    elif hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        out[prefix[:-1]] = obj
-    return out
+def flatten_state(obj: Any) -> dict[str, Any]:
+    """Nested dicts -> ``{"a.b.c": leaf}`` (``flax.traverse_util.flatten_dict``; keys joined here, since a
+    checkpoint's optimizer state has integer keys); only array-like leaves (numpy, torch tensors) are kept."""
+    if not isinstance(obj, Mapping):
+        return {}
+    flat = traverse_util.flatten_dict(dict(obj))
+    return {".".join(map(str, key)): leaf for key, leaf in flat.items() if hasattr(leaf, "shape")
+            and hasattr(leaf, "dtype")}
 
 
 def read_torch(path: str | Path) -> dict[str, np.ndarray]:
