@@ -95,12 +95,12 @@ def test_editable_install_maps_configs_to_the_checkout(tmp_path):
 
 def test_main_warns_loudly_when_an_accelerator_config_finds_only_the_cpu():
     from usjepa_jax import config as config_lib
-    from usjepa_jax import main
+    from usjepa_jax import sharding
 
-    found, warning = main.backend_report(expect_accelerator=True)
+    found, warning = sharding.backend_report(expect_accelerator=True)
     assert "backend cpu: 8 device(s)" in found  # tests/conftest.py's fake CPU devices
     assert "only the CPU" in warning and "'.[cuda]'" in warning and "'.[tpu]'" in warning
-    assert main.backend_report(expect_accelerator=False) == (found, None)
+    assert sharding.backend_report(expect_accelerator=False) == (found, None)
     paper = config_lib.sibling_config(str(ROOT / "configs" / "base.py"), "usrc_vitb16").get_config()
     base = config_lib.sibling_config(str(ROOT / "configs" / "x.py"), "base").get_config()
     assert paper.expect_accelerator and not base.expect_accelerator

@@ -11,7 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from usjepa_jax import config as config_lib
-from usjepa_jax import storage
+from usjepa_jax import sharding, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -50,28 +50,6 @@ def initialize_distributed() -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def backend_report(expect_accelerator: bool) -> tuple[str, str | None]:
-    """(what jax found, a warning or None): the warning when an accelerator-sized config runs on a CPU backend.
-
-    On a GPU or TPU machine that is nearly always a CPU-only jax install (``pip install jax``), which trains on
-    the CPU without a word: say so and how to install the accelerator build.
-    """
-    import jax
-
-    devices = jax.devices()
-    kinds = ", ".join(sorted({d.device_kind for d in devices}))
-    found = (f"jax {jax.__version__}, backend {jax.default_backend()}: {len(devices)} device(s) ({kinds}) over "
-             f"{jax.process_count()} process(es), {jax.local_device_count()} local")
-    if not expect_accelerator or jax.default_backend() != "cpu":
-        return found, None
-    bar = "!" * 100
-    return found, (f"\n{bar}\nThis config is sized for an accelerator (expect_accelerator=True), but jax found only "
-                   f"the CPU: training will be very slow.\nInstall jax's accelerator build (README, 'Set up and "
-                   f"run'): pip install -e '.[cuda]' on NVIDIA GPUs, pip install -e '.[tpu]' on a Cloud TPU VM;\n"
-                   f"check with: python -c 'import jax; print(jax.devices())'. On purpose? "
-                   f"--config.expect_accelerator=False silences this.\n{bar}")
-
-
 class _QuietLibraries(logging_std.Filter):
     """Drop the INFO chatter of orbax and grain (one line per checkpoint file) so progress lines stay readable."""
 
@@ -100,7 +78,7 @@ def main(argv: list[str]) -> None:
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # one process logs progress
-    found, warning = backend_report(config.expect_accelerator)
+    found, warning = sharding.backend_report(config.expect_accelerator)
     logging.info("%s", found)
     if warning:
         logging.warning("%s", warning)

@@ -92,3 +92,23 @@ def global_min_max(local: dict[str, tuple[int, int]]) -> dict[str, tuple[int, in
     names = sorted(local)
     gathered = multihost_utils.process_allgather(np.array([local[k] for k in names]))  # [P, names, 2]
     return {k: (int(gathered[:, i, 0].min()), int(gathered[:, i, 1].max())) for i, k in enumerate(names)}
+
+
+def backend_report(expect_accelerator: bool) -> tuple[str, str | None]:
+    """(what jax found, a warning or None): the warning when an accelerator-sized config runs on a CPU backend.
+
+    On a GPU or TPU machine that is nearly always a CPU-only jax install (``pip install jax``), which trains on
+    the CPU without a word: say so and how to install the accelerator build.
+    """
+    devices = jax.devices()
+    kinds = ", ".join(sorted({d.device_kind for d in devices}))
+    found = (f"jax {jax.__version__}, backend {jax.default_backend()}: {len(devices)} device(s) ({kinds}) over "
+             f"{jax.process_count()} process(es), {jax.local_device_count()} local")
+    if not expect_accelerator or jax.default_backend() != "cpu":
+        return found, None
+    bar = "!" * 100
+    return found, (f"\n{bar}\nThis config is sized for an accelerator (expect_accelerator=True), but jax found only "
+                   f"the CPU: training will be very slow.\nInstall jax's accelerator build (README, 'Set up and "
+                   f"run'): pip install -e '.[cuda]' on NVIDIA GPUs, pip install -e '.[tpu]' on a Cloud TPU VM;\n"
+                   f"check with: python -c 'import jax; print(jax.devices())'. On purpose? "
+                   f"--config.expect_accelerator=False silences this.\n{bar}")
