@@ -64,6 +64,16 @@ def test_checkpoint_from_4_devices_restores_on_other_device_counts(fsdp_run, dev
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params["encoder"]), encoder_params(fsdp_run))
 
 
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_parameters(fsdp_run):
+    trainer = train.build_trainer(smoke_config(**PIXEL, **{"model.depth": 2}), None)  # the run's encoder has 1
+    manager = checkpointing.make_manager(fsdp_run / "checkpoints")
+    with pytest.raises(ValueError, match=r"does not fit this run's train state(.|\n)*in this run but not saved "
+                                         r"\(\d+\): params/encoder/encoder/blocks_1/"):
+        checkpointing.restore(manager, 3, trainer.abstract_state)
+    manager.close()
+
+
 def test_sigterm_saves_and_the_rerun_resumes_exactly(tmp_path, monkeypatch):
     config = smoke_config(**{"method": "pixel", "optim.total_steps": 5, "log_every": 1, "checkpoint.every": 100})
     train.train_and_evaluate(config, tmp_path / "straight")

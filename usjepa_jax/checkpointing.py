@@ -1,7 +1,7 @@
 """One checkpoint = train state + the data iterator's position + run metadata (orbax ``CheckpointManager``).
 
 Items of a checkpoint step:
-- ``state``: the train state (params, optimizer state, step, EMA params), restored into abstract targets that
+- ``state``: the train state (params, optimizer state, step, the target source's state), restored into abstract targets that
   carry the *current* shardings, so a run written on 8 devices resumes on 1;
 - ``data``: the grain iterator state of every process (one JSON file per process), captured when ``save`` is
   called (not later by a background thread), so the resumed run sees exactly the batches it would have seen;
@@ -99,12 +99,63 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, *, with_data: bool = True
             ) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
-    """Restore ``(state, data_state, meta)`` at ``step``; ``abstract_state`` carries the target shardings."""
+    """Restore ``(state, data_state, meta)`` at ``step``; ``abstract_state`` carries the target shardings.
+
+    The saved state is first compared with ``abstract_state`` (``check_state_fits``), so a run folder written by
+    another config or an older layout of the train state fails naming the parameters, not with orbax's tree diff.
+    """
+    check_state_fits(epath.Path(manager.directory) / str(step) / "state", abstract_state)
     items = dict(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
     if with_data:
         items["data"] = DataStateRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored.get("data") if with_data else None, restored["meta"]
+
+
+def _leaf_name(path: tuple[Any, ...]) -> str:
+    """``opt_state/0/mu/encoder/...``: one spelling for a train state's paths and the saved tree's dict keys."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_state_fits(state_dir: epath.Path, abstract_state: Any, *, show: int = 5) -> None:
+    """Raise ``ValueError`` naming the parameters that differ between a saved train state and the one to restore.
+
+    Reads only the checkpoint's metadata (names, shapes, dtypes). The usual causes: the workdir was trained with
+    another model or method config, or by a usjepa_jax from before the target sources had one interface (#13:
+    the train state's ``ema_params`` became ``targets``), whose checkpoints do not resume.
+    """
+    metadata = ocp.StandardCheckpointHandler().metadata(state_dir)
+    saved_tree = getattr(metadata, "item_metadata", metadata)
+    saved_tree = getattr(saved_tree, "tree", saved_tree)
+    saved, wanted = ({_leaf_name(p): (tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else ((), "None")
+                      for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]}
+                     for tree in (saved_tree, abstract_state))  # None (an empty slot) counts as a leaf: it is saved
+
+    def params_first(names) -> list[str]:  # the optimizer's copies of a parameter after the parameter
+        return sorted(names, key=lambda n: (n.startswith("opt_state"), n))
+
+    def shape(leaf: tuple[tuple[int, ...], str]) -> str:
+        return "(empty)" if leaf[1] == "None" else str(leaf[0])
+
+    missing = params_first(wanted.keys() - saved.keys())
+    unexpected = params_first(saved.keys() - wanted.keys())
+    differ = params_first(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
+    if not (missing or unexpected or differ):
+        return
+
+    def listing(title: str, names: list[str], describe) -> str:
+        if not names:
+            return ""
+        more = f" ... and {len(names) - show} more" if len(names) > show else ""
+        return f"\n  {title} ({len(names)}): " + "; ".join(describe(n) for n in names[:show]) + more
+
+    raise ValueError(
+        f"The checkpoint {state_dir} does not fit this run's train state (another model or method config, or a "
+        f"run folder from an older usjepa_jax layout); use a new workdir, or the config it was trained with."
+        + listing("saved but not in this run", unexpected, lambda n: f"{n} {shape(saved[n])}")
+        + listing("in this run but not saved", missing, lambda n: f"{n} {shape(wanted[n])}")
+        + listing("different shape or dtype", differ,
+                  lambda n: f"{n}: saved {saved[n][0]} {saved[n][1]}, this run {wanted[n][0]} {wanted[n][1]}"))
 
 
 def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
