@@ -1,4 +1,4 @@
-"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (two stages in ~16 minutes).
+"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (two stages in ~11 minutes).
 
 Run:    python -m usjepa_jax.main --config=configs/base.py --workdir=/tmp/usjepa_base
 Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds;
@@ -8,13 +8,15 @@ Stage 1 trains a pixel-reconstruction teacher (SALT) into <workdir>/teacher, sta
 frozen. Reduced scale against the paper: 64x64 input, patch 8 (an 8x8 grid), a 4-layer Ti-width encoder and
 a 2-layer predictor; masks keep the paper's scales but `min_keep` is 4, since at 64 patches a target block of
 scale 0.075-0.125 holds 5-8 patches (the paper's 10 assumes 196). 150 + 300 steps of batch 64: measured on 2
-free CPU cores, stage 1 in 5 min 22 s and stage 2 in 10 min 23 s (~40 images/s, simulator included).
+free CPU cores at commit 5da0a51, stage 1 in 3 min 30 s and stage 2 in 7 min 8 s (~45-55 images/s, simulator
+included). At this budget the student's probe depends on its teacher and can end below the random init's
+(README, the task suite: organ 0.559 to 0.688 against 0.589).
 
 Stage-2 targets are layer-normed (I-JEPA) and then standardised per feature over the batch
 (``loss.standardize_targets``, objectives.standardize_features; not in the papers): the 150-step teacher's tokens
 share one direction with 99.9% of their layer-normed energy, and without it the student's loss fell to 0.0003 by
 step 80 and its probe stayed at the random init's (organ 0.586 vs 0.580); with it the loss stays informative
-(0.30 -> 0.08) and the student reaches its teacher (organ 0.688 vs 0.693). README, the task suite.
+(0.30 -> 0.08) and the student can reach its teacher (organ 0.688 vs 0.693 at 596b315). README, the task suite.
 """
 
 from usjepa_jax import config as config_lib

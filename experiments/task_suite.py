@@ -112,6 +112,7 @@ def write_table(rows: dict, out: Path, note: str = "") -> Path:
 
 
 def write_plot(rows: dict, out: Path) -> Path:
+    import matplotlib
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -122,9 +123,11 @@ def write_plot(rows: dict, out: Path) -> Path:
     cols = columns(rows)
     width = 0.8 / len(cols)
     x = np.arange(len(rows))
+    palette = matplotlib.colormaps["tab10" if len(cols) <= 10 else "tab20"]  # one colour per column, never reused
     for i, c in enumerate(cols):
         ax.bar(x + (i - (len(cols) - 1) / 2) * width, [r.get(c, {}).get("macro_f1_mean", np.nan) for r in rows.values()],
-               width, yerr=[r.get(c, {}).get("macro_f1_std", 0) for r in rows.values()], capsize=2, label=LABELS.get(c, c))
+               width, yerr=[r.get(c, {}).get("macro_f1_std", 0) for r in rows.values()], capsize=2, label=LABELS.get(c, c),
+               color=palette(i))
     for j, r in enumerate(rows.values()):
         ax.hlines(r["chance"], j - 0.45, j + 0.45, color="k", lw=0.8, ls="--", label="chance" if j == 0 else None)
     ax.set_xticks(x, list(rows))
