@@ -1,8 +1,9 @@
 """One checkpoint = train state + the data iterator's position + run metadata (orbax ``CheckpointManager``).
 
 Items of a checkpoint step:
-- ``state``: the train state (params, optimizer state, step, the target source's state), restored into abstract targets that
-  carry the *current* shardings, so a run written on 8 devices resumes on 1;
+- ``state``: the train state (params, optimizer state, step, the target source's state), restored into abstract
+  targets that carry the *current* shardings, so a run written on 8 devices resumes on 1 (``check_state_fits``
+  first: a state of another config is refused naming the parameters);
 - ``data``: the grain iterator state of every process (one JSON file per process), captured when ``save`` is
   called (not later by a background thread), so the resumed run sees exactly the batches it would have seen;
 - ``meta``: JSON with the teacher's path and content hash and the config; resuming against a different teacher
