@@ -97,7 +97,7 @@ class Edges(targets.TargetSource):
 
 def test_a_new_source_is_one_class_and_a_config_value(monkeypatch):
     monkeypatch.setitem(targets.METHODS, "edges", Edges)
-    config = smoke_config(**{"method": "edges", "mesh.data": 1})
+    config = smoke_config(**{"method": "edges"})
     config_lib.validate(config)  # the method name is known once registered
     trainer = train.build_trainer(config)
     assert isinstance(trainer.source, Edges) and trainer.predictor.out_dim == 64

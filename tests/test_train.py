@@ -21,7 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def smoke_config(**overrides):
+    """configs/base.py:smoke on one device, with ``overrides`` (dotted keys). One device unless a test sets the
+    mesh: on 2 CPU cores a smoke run on the 8 fake devices (tests/conftest.py) takes ~1.5x as long, and the
+    sharded behaviour is tested where it is the point (sharding equivalence and a sharded resume here,
+    tests/test_scale.py, the CLI smoke run on every device)."""
     c = base.get_config("smoke")
+    c.mesh.data = 1
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split(".")
@@ -103,8 +108,8 @@ def test_sharded_steps_match_single_device(teacher_dir, single_device_run, tmp_p
 FINE_BUCKETS = {"masks.pad_step": 1, "masks.pad_buckets": 50}  # many padding buckets: shapes change step to step
 
 
-@pytest.mark.parametrize("method,overrides", [("usjepa", {}), ("ijepa", {}), ("usjepa", FINE_BUCKETS)],
-                         ids=["usjepa", "ijepa", "usjepa_fine_buckets"])
+@pytest.mark.parametrize("method,overrides", [("usjepa", {"mesh.data": 8}), ("ijepa", {}), ("usjepa", FINE_BUCKETS)],
+                         ids=["usjepa_8_devices", "ijepa", "usjepa_fine_buckets"])
 def test_kill_and_resume_is_exact(teacher_dir, tmp_path, monkeypatch, method, overrides):
     config = smoke_config(**{"teacher.checkpoint": teacher_dir, "method": method, "log_every": 1,
                              "checkpoint.every": 2, "optim.total_steps": 4, **overrides})
@@ -116,7 +121,7 @@ def test_kill_and_resume_is_exact(teacher_dir, tmp_path, monkeypatch, method, ov
 
     monkeypatch.setattr(train.masks, "fit_batch", recording_fit)
     train.train_and_evaluate(config, tmp_path / "straight")
-    if overrides:
+    if overrides == FINE_BUCKETS:
         assert len(set(shapes)) > 1  # the step shape changes within this short run, and resume stays exact
 
     real_global_batch, calls = train.sharding.global_batch, []
@@ -147,8 +152,8 @@ def test_resume_with_another_teacher_is_refused(teacher_dir, single_device_run, 
     from usjepa_jax.encoders import export_encoder
     export_encoder(other, teacher.module, jax.tree.map(lambda x: x + 1.0, teacher.params), mean=0.5, std=0.5)
     with pytest.raises(ValueError, match="Cannot resume"):
-        train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": str(other), "optim.total_steps": 4,
-                                                 "mesh.data": 1}), tmp_path / "run")
+        train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": str(other), "optim.total_steps": 4}),
+                                 tmp_path / "run")
 
 
 def test_pixel_method_learns(tmp_path):
