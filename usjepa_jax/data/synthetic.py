@@ -98,6 +98,7 @@ the first physical version, compared in one process). What remains, at 64 px: th
 
 CLI: ``python -m usjepa_jax.data.synthetic --out DIR --num N [--size 224] [--seed S] [--contact-sheet PNG]``
 writes a browsable sample; ``--cnr-table --sizes 64,96,224`` prints the median lesion CNR by class and size;
+``--speckle-share 64/8,112/8`` the speckle share of the pixel targets at these input and patch sizes;
 ``--arrayrecord DIR`` pre-renders the images into the prepared ArrayRecord format (``config.data.source=
 'prepared'``) for accelerator runs, where no CPU simulator keeps up.
 """
@@ -1387,9 +1388,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="64,96,224", help="output sizes of the CNR table")
     parser.add_argument("--arrayrecord", default=None, help="pre-render --num images of --size into this directory "
                         "in the prepared ArrayRecord format (train with config.data.source='prepared')")
+    parser.add_argument("--speckle-share", default=None, metavar="SIZE/PATCH,...", help="print the speckle share "
+                        "of the pixel targets at these input sizes and patch sizes (data/speckle_share.py)")
+    parser.add_argument("--anatomies", type=int, default=32, help="anatomies of the speckle share")
     args = parser.parse_args(argv)
-    if not (args.out or args.contact_sheet or args.cnr_table or args.arrayrecord):
-        parser.error("nothing to do: give --out, --contact-sheet, --cnr-table or --arrayrecord")
+    if not (args.out or args.contact_sheet or args.cnr_table or args.arrayrecord or args.speckle_share):
+        parser.error("nothing to do: give --out, --contact-sheet, --cnr-table, --arrayrecord or --speckle-share")
     if args.arrayrecord:
         summary = prerender(args.arrayrecord, args.num, SimulatorConfig(image_size=args.size), args.seed)
         print(f"pre-rendered {summary['images']} images into {summary['shards']} shards in {summary['out']} "
@@ -1409,6 +1413,10 @@ def main(argv: list[str] | None = None) -> None:
         print("|---|" + "---|" * len(names))
         for size, row in table.items():
             print(f"| {size} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |")
+    if args.speckle_share:
+        from usjepa_jax.data.speckle_share import print_share_table  # it imports this module
+
+        print_share_table(args.speckle_share, args.anatomies, args.seed)
 
 
 if __name__ == "__main__":
