@@ -16,8 +16,9 @@ from types import ModuleType
 import ml_collections
 
 from usjepa_jax import layout, objectives, targets
+from usjepa_jax.data import framing
 from usjepa_jax.data.pipeline import default_data_config
-from usjepa_jax.evaluation.config import default_eval_config, validate_eval_config
+from usjepa_jax.evaluation.config import TASK_NAMES, default_eval_config, validate_eval_config
 from usjepa_jax.masks import default_mask_config
 from usjepa_jax.models import vit
 
@@ -240,6 +241,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")
     if "evals" in config:
         validate_eval_config(config.evals)
+    framing.validate(config.data, TASK_NAMES)
     if config.teacher.cache:
         _check(config.method == "usjepa", "teacher.cache", config.teacher.cache,
                "empty unless method='usjepa' (only a frozen teacher's targets can be precomputed)")

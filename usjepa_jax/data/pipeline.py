@@ -25,6 +25,7 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
+from usjepa_jax.data import framing
 from usjepa_jax.data.preprocess import default_preprocess_dict
 from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource, derive_seed
 
@@ -45,6 +46,9 @@ def default_data_config() -> ml_collections.ConfigDict:
         # SimulatorConfig fields (ranges are [low, high], sampled per image from its anatomy seed);
         # synthetic.image_size is the render resolution, independent of the model's image_size.
         synthetic=simulator,
+        # Views framed on the lesion site (data/framing.py): which simulated tasks are framed, the share of
+        # framed views among the pretraining images, and the window (size in lesion diameters, jitter).
+        framing=framing.default_framing_config(),
         augment=dict(
             enabled=False,  # master switch; off = augmentation-free (I-JEPA sense), the paper's list is opt-in
             random_resized_crop=True,  # crop a random area fraction / aspect ratio, resized back
@@ -94,6 +98,10 @@ def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
         from usjepa_jax.data.sources import make_real_source
         return make_real_source(data_config, split, seed)
     num = data_config.num_train if split == "train" else data_config.num_val
+    fraction = framing.framing_config(data_config)["fraction"]
+    if fraction > 0:  # whole scans and framed views, as clinical archives hold both
+        return framing.FramedMixtureSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config),
+                                           framing.framing_from_config(data_config), fraction)
     return SyntheticUltrasoundSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config))
 
 

@@ -1223,12 +1223,16 @@ class SyntheticUltrasoundSource:
     def seeds(self, index: int) -> tuple[int, int]:
         return derive_seed(self.seed, index, 0), derive_seed(self.seed, index, 1, self.speckle_seed_offset)
 
+    def render_index(self, index: int) -> dict[str, Any]:
+        """``render``'s output for image ``index`` (a subclass renders other views: data/framing.py)."""
+        anatomy_seed, speckle_seed = self.seeds(index)
+        return render(anatomy_seed, speckle_seed, self.config, scene=self.scene)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not 0 <= index < self.num_examples:
             raise IndexError(f"index {index} out of range for {self.num_examples} synthetic images")
-        anatomy_seed, speckle_seed = self.seeds(index)
-        out = render(anatomy_seed, speckle_seed, self.config, scene=self.scene)
+        out = self.render_index(index)
         return dict(image=out["image"], label=np.int32(out["label"]), scan_mask=out["scan_mask"],
                     segmentation=out["segmentation"], index=np.int32(index),
                     **{f"label_{task}": np.int32(v) for task, v in out["labels"].items()})

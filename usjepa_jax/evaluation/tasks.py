@@ -14,6 +14,11 @@ anatomy in probe training. Labels are balanced: the label is drawn first (each s
 of every class, in a seeded random order) and passed to the simulator as the ``scene``, which renders a phantom of
 that class; the label the simulator reports back is checked against it.
 
+Framing (``config.data.framing``, data/framing.py): the tasks named in ``framing.tasks`` (``lesion`` and
+``margin`` by default) are views framed on the lesion site, as clinical lesion datasets are framed (for "none"
+the site its lesion would have had), cut from a render at ``framing.render_size`` with the window's jitter;
+``organ`` and ``grade`` are whole scans. ``--config.data.framing.tasks=''`` gives the whole-scan tasks as before.
+
 Images go through the pipeline's ``ToModelInput`` (resize to ``config.data.image_size``, as the pretraining inputs);
 the segmentation (tissue codes, ``synthetic.SEGMENTATION_NAMES``) is kept, resized nearest, for the oracle.
 The result is an ``EvalData`` (``data.py``), which every evaluator reads; real labelled tasks (issue 16) build the
@@ -29,7 +34,7 @@ import dataclasses
 import ml_collections
 import numpy as np
 
-from usjepa_jax.data import synthetic
+from usjepa_jax.data import framing, synthetic
 from usjepa_jax.data.pipeline import ToModelInput, simulator_config
 from usjepa_jax.evaluation.config import TASK_NAMES, task_list
 from usjepa_jax.evaluation.data import EvalData, Split, resize_nearest
@@ -75,10 +80,13 @@ def balanced_labels(num: int, num_classes: int, seed: int) -> np.ndarray:
 
 
 def render_example(name: str, label: int, anatomy_seed: int, speckle_seed: int,
-                   sim: synthetic.SimulatorConfig) -> dict:
-    """One rendered phantom of class ``label`` of task ``name`` (the simulator's output dict)."""
+                   sim: synthetic.SimulatorConfig, view: framing.Framing | None = None) -> dict:
+    """One rendered phantom of class ``label`` of task ``name`` (the simulator's output dict): a whole scan, or
+    with ``view`` a view framed on the lesion site (data/framing.py)."""
     if hasattr(synthetic, "TASK_CLASSES"):
-        out = synthetic.render(anatomy_seed, speckle_seed, sim, scene={name: int(label)})
+        scene = {name: int(label)}
+        out = (synthetic.render(anatomy_seed, speckle_seed, sim, scene=scene) if view is None
+               else framing.render_framed(anatomy_seed, speckle_seed, sim, view, scene=scene))
         got = int(out["labels"][name])
     else:  # the lesion type of the older simulator: fix the class through its class probabilities
         probs = tuple(float(c == label) for c in range(len(synthetic.CLASS_NAMES)))
@@ -104,8 +112,9 @@ def simulated_task_split(name: str, data_config: ml_collections.ConfigDict, spli
     a_seeds, s_seeds = anatomy_seeds(name, split, num, seed)
     images, masks, segs, params = [], [], [], []
     keys = LABEL_PARAMETERS.get(name, ())
+    view = framing.task_framing(data_config, name)
     for label, a, s in zip(labels, a_seeds, s_seeds):
-        out = render_example(name, int(label), a, s, sim)
+        out = render_example(name, int(label), a, s, sim, view)
         item = to_input.map({"image": out["image"], "scan_mask": out["scan_mask"], "label": label, "index": 0})
         images.append(item["image"])
         masks.append(item["scan_mask"])
