@@ -155,7 +155,11 @@ def main(argv) -> None:
                "num_test": config.evals.num_test, "probe_seeds": config.evals.probe.num_seeds,
                "seconds": time.perf_counter() - t0}
     (out / "task_suite.json").write_text(json.dumps(summary, indent=2))
-    note = (f"{config.data.image_size} px, {config.evals.num_train}/{config.evals.num_val}/{config.evals.num_test} "
+    from usjepa_jax.data import framing, speckle_share
+
+    framed = ", ".join(framing.framed_task_names(config.data)) or "none"
+    note = (f"{config.data.image_size} px (speckle share {speckle_share.config_speckle_share(config):.2f}; framed "
+            f"tasks: {framed}), {config.evals.num_train}/{config.evals.num_val}/{config.evals.num_test} "
             f"train/val/test images per task, {config.evals.probe.num_seeds} probe seeds"
             + "".join(f"; {name}: `{path}`" for name, path in students.items()))
     print(write_table(rows, out, note).read_text())
