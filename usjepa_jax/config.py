@@ -70,6 +70,7 @@ def apply_variants(c: ml_collections.ConfigDict, variants: set[str]) -> ml_colle
     if "smoke" in variants:
         c.data.image_size = 48
         c.data.synthetic.image_size = 64
+        c.data.framing.render_size = 128  # framed views of a 64 px render need no more
         for m in (c.model, c.teacher.model):
             m.variant, m.depth = "mu/8", None
         c.predictor = predictor_config(width=32, depth=1, num_heads=2)
