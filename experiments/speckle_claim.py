@@ -43,6 +43,7 @@ from experiments import sweep  # noqa: E402
 # The sweep's flags (--out, --seeds, --shard, --prerender, --assemble_only, --metrics) first: they import
 # usjepa_jax.evaluate, whose own --tasks this script's replaces (allow_override).
 _SWEEP = sweep.define_flags(methods_flag=False)
+flags.adopt_module_key_flags(sweep)  # listed in this script's --help with its own
 _SMOKE = flags.DEFINE_bool("smoke", False, "Smoke configs and tiny evaluation: checks the driver in minutes.")
 _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step counts (and so of the budget).")
 _EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",

@@ -236,7 +236,8 @@ def run_sweep(runs: Sequence[Run], configs: dict, out: str | Path, *, prerender:
         if done:
             from usjepa_jax.run_log import format_eta
             eta = f", ETA {format_eta((time.perf_counter() - started) / len(done) * (len(todo) - i))}"
-        log(f"sweep: run {i + 1} of {len(todo)}: {run.name}{eta}")
+        log(f"sweep: run {i + 1} of the {len(todo)} to do ({len(runs) - len(todo) + i + 1} of {len(runs)}): "
+            f"{run.name}{eta}")
         if data is None:
             if render is None:
                 from usjepa_jax.evaluation.runner import render_tasks
@@ -291,12 +292,12 @@ def shown_metrics(table: dict, patterns: Sequence[str]) -> tuple[list[str], list
     for metrics in table.values():
         for key in metrics:
             parts = key.split("/")
-            if len(parts) == 2 and not key.endswith(("_std", "_chance")):
-                free[key] = None
+            if len(parts) == 2 and not any(w in parts[1] for w in ("_std", "chance", "seconds")):
+                free[key] = None  # (a chance level or a timing is in table.json, not a result to compare)
             elif len(parts) >= 3:
                 tasks[parts[0]] = None
                 metric = "/".join(parts[1:])
-                if any(fnmatch.fnmatchcase(metric, p) for p in patterns):
+                if any(fnmatch.fnmatchcase(metric, p) for p in patterns) and "seconds" not in metric:
                     per_task[metric] = None
     return list(tasks), list(per_task), list(free)
 
