@@ -41,6 +41,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -143,7 +144,12 @@ def prerendered(config, out: str | Path, log: Callable[[str], None] = logging.in
         t = time.perf_counter()
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
         prerender(tmp, num, sim, seed=0, progress=False)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another shard sharing OUT renamed its identical rendering first: use that one
+            if not folder.exists():
+                raise
+            shutil.rmtree(tmp)
         log(f"pre-rendered {num} pretraining images into {folder} in {time.perf_counter() - t:.0f}s")
     config = config.copy_and_resolve_references()
     config.data.source, config.data.paths = "prepared", [str(folder.resolve())]

@@ -129,3 +129,18 @@ def test_new_tasks_and_metrics_reach_the_table_without_code_changes():
     assert free == []
     text = sweep.markdown(table, {"m": 2}, {"m": 3}, sweep.DEFAULT_METRICS)
     assert "0.800 ± 0.141 (n=2/3)" in text and "0.400 (n=1/3)" in text
+
+
+def test_pretraining_data_is_rendered_once_and_shared(tmp_path):
+    from configs import base
+
+    config = base.get_config("smoke")
+    logs = []
+    first = sweep.prerendered(config, tmp_path, logs.append)
+    config.seed = 1  # another pretraining seed: the same images
+    second = sweep.prerendered(config, tmp_path, logs.append)
+    assert first.data.source == second.data.source == "prepared" and first.data.paths == second.data.paths
+    assert len(logs) == 1 and len(list((tmp_path / sweep.DATA_DIR).iterdir())) == 1  # rendered once, no tmp left
+    assert config.data.source == "synthetic"  # the given config is not changed
+    config.data.num_train += 8  # other settings: another rendering
+    assert sweep.prerendered(config, tmp_path, logs.append).data.paths != first.data.paths
