@@ -104,11 +104,12 @@ def equal_flops_plan(cfgs: dict, scale: float) -> dict:
 
 
 def set_steps(cfgs: dict, steps: dict) -> None:
-    """The plan's step counts into the configs (US-JEPA: [stage 1, stage 2]), warm-up 10% of each."""
-    us = steps["usjepa"]
-    for o, n in ((cfgs["usjepa"].teacher.optim, us[0]), (cfgs["usjepa"].optim, us[1]),
-                 (cfgs["pixel"].optim, steps["pixel"]), (cfgs["ijepa"].optim, steps["ijepa"])):
-        o.total_steps, o.warmup_steps = n, max(1, n // 10)
+    """The step counts of ``steps`` into the methods' configs (US-JEPA: [stage 1, stage 2]), warm-up 10% of each."""
+    for method, n in steps.items():
+        stages = ((cfgs[method].teacher.optim, n[0]), (cfgs[method].optim, n[1])) if method == "usjepa" else (
+            (cfgs[method].optim, n),)
+        for o, k in stages:
+            o.total_steps, o.warmup_steps = k, max(1, k // 10)
 
 
 def planned_configs(out: Path, smoke: bool, scale: float) -> tuple[dict, dict]:

@@ -324,26 +324,33 @@ def markdown(table: dict, seeds: dict[str, int], expected: dict[str, int], patte
     lines = ["# Sweep: mean ± std over pretraining seeds", "",
              "Each cell: the mean over pretraining seeds of the run's metric (a probe's own value is already the "
              "mean over its probe seeds) ± the sample std over pretraining seeds, and (n=k/N) how many of the N "
-             "seeds have finished. Bold: the best of each column. Every metric is in table.json.", ""]
+             "seeds have finished. Bold: the best of each column of a task table. Every metric is in table.json.", ""]
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
 
     def cell(row: str, key: str) -> tuple[float | None, str]:
         return _cell(table[row].get(key), expected.get(row, seeds.get(row, 1)))
 
+    def having(keys: list[str]) -> list[str]:  # the rows with a value in some column (no oracle in a k-NN table)
+        return [r for r in rows if any(k in table[r] for k in keys)]
+
     for metric in per_task:
+        keys = [f"{t}/{metric}" for t in tasks]
         lines += [f"## {metric}", ""]
-        lines += _table(rows, tasks, lambda r, t, m=metric: cell(r, f"{t}/{m}"))
+        lines += _table(having(keys), tasks, lambda r, t, m=metric: cell(r, f"{t}/{m}"))
         lines.append("")
-    if free:
-        lines += ["## Task-free metrics", ""]
-        lines += _table(rows, free, cell)
+    for evaluator in dict.fromkeys(k.split("/")[0] for k in free):
+        keys = [k for k in free if k.startswith(evaluator + "/")]
+        lines += [f"## {evaluator} (task-free)", ""]
+        # No bold: these metrics have no common direction of "better" (within- and across-anatomy similarity).
+        lines += _table(having(keys), [k.split("/", 1)[1] for k in keys],
+                        lambda r, m, e=evaluator: (None, cell(r, f"{e}/{m}")[1]))
         lines.append("")
     return "\n".join(lines)
 
 
-def plot(table: dict, patterns: Sequence[str], path: Path, title: str = "") -> Path:
+def plot(table: dict, patterns: Sequence[str], path: Path, expected: dict[str, int], title: str = "") -> Path:
     """Bars per task, one per row, error bars the std over pretraining seeds; one panel per shown metric, and one
-    for the task-free metrics. A bar of fewer seeds than the fullest is marked with its n."""
+    for the task-free metrics. A bar of fewer seeds than planned (``expected``) is marked with its n."""
     from usjepa_jax.evaluation.plots import _figure, _save
 
     rows = ordered_rows(table)
@@ -353,7 +360,6 @@ def plot(table: dict, patterns: Sequence[str], path: Path, title: str = "") -> P
         panels.append(("task-free", free, [k.split("/", 1)[1] for k in free]))
     bars = len(rows) * max((len(keys) for _, keys, _ in panels), default=1)
     fig = _figure(max(6.0, 0.3 * bars + 3), 4.2 * max(len(panels), 1))
-    full = max((s["n"] for r in table.values() for s in r.values()), default=1)
     width = 0.8 / max(len(rows), 1)
     for k, (name, keys, ticks) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, k + 1)
@@ -364,7 +370,7 @@ def plot(table: dict, patterns: Sequence[str], path: Path, title: str = "") -> P
             ax.bar(xs, [s["mean"] if s else np.nan for s in stats], width,
                    yerr=[s["std"] if s else 0.0 for s in stats], capsize=2, label=row)
             for xi, s in zip(xs, stats):
-                if s and s["n"] < full:
+                if s and s["n"] < expected.get(row, 1):
                     ax.text(xi, s["mean"], f"n={s['n']}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, ticks, fontsize=8, rotation=15 if name == "task-free" else 0)
         ax.set_title(f"{title + ': ' if title else ''}{name} (mean ± std over pretraining seeds)", fontsize=9)
@@ -386,7 +392,7 @@ def assemble(out: str | Path, expected: dict[str, int] | None = None, patterns: 
     write_json_atomic(out / TABLE_JSON, summary)
     (out / TABLE_MD).write_text(markdown(table, seeds, expected, patterns, notes))
     if table:
-        plot(table, patterns, out / TABLE_PNG, title)
+        plot(table, patterns, out / TABLE_PNG, expected, title)
     return summary
 
 
