@@ -433,10 +433,27 @@ def define_flags(methods_flag: bool = True) -> dict:
     return held
 
 
-def parse_methods(specs: Sequence[str]) -> dict:
-    """``--method`` values -> ``{name: config}`` (the config parsed as ``usjepa_jax.main`` parses it)."""
-    from usjepa_jax.encoders.__main__ import load_config
+def load_config(spec: str, overrides: Sequence[str]):
+    """``configs/x.py[:arg]`` plus ``--config.KEY=VALUE`` overrides, parsed as ``usjepa_jax.main`` parses them (a
+    typo fails naming the key). ml_collections reads the overrides from ``sys_argv``, so it is given our words."""
+    import ml_collections
+    from ml_collections import config_flags
 
+    argv = ["sweep", f"--config={spec}", *overrides]
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True, sys_argv=argv)
+    try:
+        fv(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError) as err:  # a bad value, an unknown key
+        raise app.UsageError(f"--method config {' '.join(argv[1:])}: {err}") from None
+    config = fv.config
+    if not isinstance(config, ml_collections.ConfigDict):  # ml_collections defers a file's load error to its use
+        raise app.UsageError(f"--method config {spec}: {config.__dict__.get('_error', 'cannot be loaded')}")
+    return config
+
+
+def parse_methods(specs: Sequence[str]) -> dict:
+    """``--method`` values -> ``{name: config}``."""
     configs = {}
     for spec in specs:
         name, eq, rest = spec.partition("=")

@@ -144,3 +144,13 @@ def test_pretraining_data_is_rendered_once_and_shared(tmp_path):
     assert config.data.source == "synthetic"  # the given config is not changed
     config.data.num_train += 8  # other settings: another rendering
     assert sweep.prerendered(config, tmp_path, logs.append).data.paths != first.data.paths
+
+
+def test_a_method_is_a_config_with_overrides():
+    configs = sweep.parse_methods(["base=configs/base.py:smoke",
+                                   "lr3=configs/base.py:smoke --config.optim.lr_peak=3e-3"])
+    assert configs["lr3"].optim.lr_peak == 3e-3 != configs["base"].optim.lr_peak
+    assert configs["lr3"].data.image_size == configs["base"].data.image_size  # the rest as the config says
+    for bad in ("x=configs/base.py --config.optim.lr_peek=1", "configs/base.py", "x=configs/nope.py"):
+        with pytest.raises(Exception, match="method"):
+            sweep.parse_methods([bad])
