@@ -53,6 +53,7 @@ _TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the co
                              allow_override=True)
 
 METHODS = ("pixel", "ijepa", "usjepa")
+PLAN_FILE = "flops_plan.json"  # the equal-FLOPs step counts (OUT/plan.json is the sweep's own)
 LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "usjepa": "US-JEPA (frozen teacher)",
           "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels",
           "oracle": "oracle (phantom, not an encoder)"}
@@ -116,7 +117,7 @@ def planned_configs(out: Path, smoke: bool, scale: float) -> tuple[dict, dict]:
     """The three methods' configs at equal FLOPs, and the plan: ``OUT/flops_plan.json`` when a run of the same
     settings made it (so every rerun and shard trains the same steps), else measured now and saved there."""
     cfgs = {m: method_config(m, smoke) for m in ("usjepa", "pixel", "ijepa")}  # US-JEPA first: the reference
-    path = out / "flops_plan.json"
+    path = out / PLAN_FILE
     settings = {"smoke": smoke, "budget_scale": scale}
     plan = json.loads(path.read_text()) if path.exists() else {}
     if plan.get("settings") != settings:
@@ -144,10 +145,14 @@ def main(argv) -> None:
     out = Path(_SWEEP["out"].value)
     out.mkdir(parents=True, exist_ok=True)
     patterns = [*_SWEEP["metrics"].value, "robustness/speckle/s3/macro_f1_mean"]
-    cfgs, plan = planned_configs(out, _SMOKE.value, _BUDGET_SCALE.value)
+    plan_path = out / PLAN_FILE
+    if _SWEEP["assemble_only"].value:  # the table only: the plan the runs were trained under, nothing measured
+        plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    else:
+        cfgs, plan = planned_configs(out, _SMOKE.value, _BUDGET_SCALE.value)
 
     def assemble() -> dict:
-        return sweep.assemble_planned(out, patterns, plan_notes(plan), title="speckle claim")
+        return sweep.assemble_planned(out, patterns, plan_notes(plan) if plan else [], title="speckle claim")
 
     if not _SWEEP["assemble_only"].value:
         for cfg in cfgs.values():
