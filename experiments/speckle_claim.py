@@ -1,8 +1,9 @@
 """Does latent prediction against a frozen teacher buy speckle invariance? MAE vs I-JEPA vs US-JEPA at equal FLOPs.
 
-    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # full (~1.5 h on 2 CPU cores)
-    python experiments/speckle_claim.py --out=/tmp/speckle_claim_smoke --smoke   # the driver end to end, minutes
-    python experiments/speckle_claim.py --out=/tmp/speckle_claim --replot       # redraw table + plot from results.json
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # 3 pretraining seeds (~3 x 1 h, 2 CPUs)
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim --shard=0/3    # on machine 0 of 3 (1/3, 2/3 too)
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim_smoke --smoke --seeds=2   # the driver, minutes
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim --assemble_only   # the table from what finished
 
 Three pretrainings on the same simulated data (configs/base.py: data, encoder, masks, schedule shape):
 - ``pixel`` (MAE-style masked pixel reconstruction, configs/mae.py),
@@ -13,36 +14,38 @@ Equal total training compute: FLOPs per step come from XLA's cost analysis of ea
 (``compiled.cost_analysis()['flops']``; forward + backward + optimizer, teacher forward included for US-JEPA,
 EMA forward for I-JEPA). US-JEPA's budget = stage-1 steps x stage-1 FLOPs/step + stage-2 steps x FLOPs/step at
 the base config's step counts (x ``--budget_scale``); MAE and I-JEPA get ``budget / their FLOPs per step`` steps
-(warm-up 10%). Then every encoder (the three students, US-JEPA's stage-1 teacher, and a random init as the floor)
-is evaluated with ``config.evals`` on every task of the simulated suite (evaluation/tasks.py): linear probe
-(5 seeds), robustness, k-NN, collapse per task, speckle invariance once; the raw pixels get the probe and the
-invariance too.
+(warm-up 10%). The plan is computed once and kept in ``OUT/flops_plan.json``, so a rerun or another shard trains
+the same step counts without compiling the steps again.
 
-Writes ``OUT/<method>/`` (runs, each with ``eval/results.json``), ``OUT/results.json``, ``OUT/results.md`` (table,
-mean +- std over probe seeds) and ``OUT/speckle_claim.png``.
+The claim is over pretraining seeds (``--seeds``, default 3; docs/sweeps.md): each method x seed is one run of the
+sweep (experiments/sweep.py: ``OUT/runs/<method>_seed<k>/``, a results file per finished run, a rerun skips them
+and resumes the rest, ``--shard=i/n``), as are the baselines: a random init per seed (the floor), the raw pixels
+and the oracle (the phantom's features: each task's ceiling). Every encoder, US-JEPA's stage-1 teacher included,
+is evaluated with ``config.evals`` on the same rendered images of every task of the simulated suite
+(evaluation/tasks.py): linear probe (probe seeds inside each run), robustness, k-NN, collapse, speckle invariance.
+
+Writes ``OUT/table.md`` (one table per metric: mean ± std over pretraining seeds, n seeds per cell),
+``OUT/table.json`` (every metric) and ``OUT/table.png``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 from absl import app, flags, logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere in the repo
 
-# usjepa_jax.evaluate (evaluate_run, below) defines CLI flags of its own, among them --out and --tasks. Imported
-# first, so that this script's --out and --tasks replace them (allow_override): the values parsed are this
-# script's; evaluate's flags are only read by its own main().
-from usjepa_jax import evaluate  # noqa: E402
+from experiments import sweep  # noqa: E402
 
-_OUT = flags.DEFINE_string("out", None, "Output directory (runs are resumed / reused when already there).",
-                           allow_override=True)
+# The sweep's flags (--out, --seeds, --shard, --prerender, --assemble_only, --metrics) first: they import
+# usjepa_jax.evaluate, whose own --tasks this script's replaces (allow_override).
+_SWEEP = sweep.define_flags(methods_flag=False)
+flags.adopt_module_key_flags(sweep)  # listed in this script's --help with its own
 _SMOKE = flags.DEFINE_bool("smoke", False, "Smoke configs and tiny evaluation: checks the driver in minutes.")
 _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step counts (and so of the budget).")
-_REPLOT = flags.DEFINE_bool("replot", False, "Only redraw results.md and the plot from OUT/results.json.")
 _EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",
                                   "config.evals.evaluators for every encoder.")
 _EVAL_SIZES = flags.DEFINE_list("eval_sizes", None, "train,val,test images per task (default: the config's).")
@@ -50,6 +53,7 @@ _TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the co
                              allow_override=True)
 
 METHODS = ("pixel", "ijepa", "usjepa")
+PLAN_FILE = "flops_plan.json"  # the equal-FLOPs step counts (OUT/plan.json is the sweep's own)
 LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "usjepa": "US-JEPA (frozen teacher)",
           "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels",
           "oracle": "oracle (phantom, not an encoder)"}
@@ -81,235 +85,91 @@ def step_flops(config, teacher=None) -> float:
     return flops
 
 
-def equal_flops_plan(smoke: bool, scale: float) -> dict:
-    """Configs with step counts such that every method spends US-JEPA's total training FLOPs."""
+def equal_flops_plan(cfgs: dict, scale: float) -> dict:
+    """Step counts such that every method spends US-JEPA's total training FLOPs (its steps x ``scale``)."""
     from usjepa_jax import config as config_lib
     from usjepa_jax.evaluation.features import random_encoder
 
-    cfgs = {m: method_config(m, smoke) for m in METHODS}
     us = cfgs["usjepa"]
-    for o in (us.optim, us.teacher.optim):
-        o.total_steps = max(2, round(o.total_steps * scale))
-        o.warmup_steps = max(1, o.total_steps // 10)
+    steps = {"usjepa": [max(2, round(us.teacher.optim.total_steps * scale)),
+                        max(2, round(us.optim.total_steps * scale))]}
+    set_steps(cfgs, steps)
     stage1 = config_lib.stage1_config(us)
     fake_teacher = random_encoder(us.teacher.model, us.data.image_size, mean=us.data.mean, std=us.data.std)
     flops = {"usjepa_stage1": step_flops(stage1), "usjepa": step_flops(us, fake_teacher),
              "pixel": step_flops(cfgs["pixel"]), "ijepa": step_flops(cfgs["ijepa"])}
-    budget = us.teacher.optim.total_steps * flops["usjepa_stage1"] + us.optim.total_steps * flops["usjepa"]
-    for m in ("pixel", "ijepa"):
-        o = cfgs[m].optim
-        o.total_steps = max(2, round(budget / flops[m]))
-        o.warmup_steps = max(1, o.total_steps // 10)
-    spent = {"pixel": cfgs["pixel"].optim.total_steps * flops["pixel"],
-             "ijepa": cfgs["ijepa"].optim.total_steps * flops["ijepa"], "usjepa": budget}
-    steps = {"pixel": cfgs["pixel"].optim.total_steps, "ijepa": cfgs["ijepa"].optim.total_steps,
-             "usjepa": f"{us.teacher.optim.total_steps} + {us.optim.total_steps}"}
-    return {"configs": cfgs, "flops_per_step": flops, "budget": budget, "spent": spent, "steps": steps}
+    budget = steps["usjepa"][0] * flops["usjepa_stage1"] + steps["usjepa"][1] * flops["usjepa"]
+    steps.update({m: max(2, round(budget / flops[m])) for m in ("pixel", "ijepa")})
+    spent = {"pixel": steps["pixel"] * flops["pixel"], "ijepa": steps["ijepa"] * flops["ijepa"], "usjepa": budget}
+    return {"flops_per_step": flops, "budget": budget, "spent": spent, "steps": steps}
 
 
-def _pm(metrics: dict, key: str) -> str:
-    mean, std = metrics.get(f"{key}_mean"), metrics.get(f"{key}_std")
-    return "-" if mean is None else f"{mean:.3f} ± {std:.3f}"
+def set_steps(cfgs: dict, steps: dict) -> None:
+    """The step counts of ``steps`` into the methods' configs (US-JEPA: [stage 1, stage 2]), warm-up 10% of each."""
+    for method, n in steps.items():
+        stages = ((cfgs[method].teacher.optim, n[0]), (cfgs[method].optim, n[1])) if method == "usjepa" else (
+            (cfgs[method].optim, n),)
+        for o, k in stages:
+            o.total_steps, o.warmup_steps = k, max(1, k // 10)
 
 
-def _num(metrics: dict, key: str, fmt: str = "{:.3f}") -> str:
-    return "-" if key not in metrics else fmt.format(metrics[key])
+def planned_configs(out: Path, smoke: bool, scale: float) -> tuple[dict, dict]:
+    """The three methods' configs at equal FLOPs, and the plan: ``OUT/flops_plan.json`` when a run of the same
+    settings made it (so every rerun and shard trains the same steps), else measured now and saved there."""
+    cfgs = {m: method_config(m, smoke) for m in ("usjepa", "pixel", "ijepa")}  # US-JEPA first: the reference
+    path = out / PLAN_FILE
+    settings = {"smoke": smoke, "budget_scale": scale}
+    plan = json.loads(path.read_text()) if path.exists() else {}
+    if plan.get("settings") != settings:
+        plan = {"settings": settings, **equal_flops_plan(cfgs, scale)}
+        sweep.write_json_atomic(path, plan)
+    set_steps(cfgs, plan["steps"])
+    logging.info("FLOPs/step %s; budget %.3g; steps %s", plan["flops_per_step"], plan["budget"], plan["steps"])
+    return cfgs, plan
 
 
-def raw_pixel_row(data: dict, config) -> dict:
-    """The raw-pixel baseline: the probe on flattened images per task, and the speckle invariance of the pixels
-    themselves (pooled = the whole image, per patch = the patch's pixels)."""
-    import numpy as np
-
-    from usjepa_jax.evaluation import metrics
-    from usjepa_jax.evaluation.data import render_invariance_set
-    from usjepa_jax.evaluation.probe import ProbeConfig
-    from usjepa_jax.evaluation.tasks import probe_on, raw_pixel_features
-    from usjepa_jax.masks import patch_valid_from_scan_mask
-    from usjepa_jax.models.vit import parse_variant
-
-    row = {}
-    for task, d in data.items():
-        m = probe_on(d, raw_pixel_features, ProbeConfig.from_config(config.evals.probe), config.evals.seed)
-        row.update({f"{task}/linear_probe/{k}": v for k, v in m.items()})
-    inv = config.evals.invariance
-    s = render_invariance_set(config.data, inv.num_anatomies, inv.num_speckles, config.evals.seed)
-    m, k, size = s["image"].shape[:3]
-    p = parse_variant(config.model.variant)["patch_size"]  # the encoders' patch grid
-    g = size // p
-    x = s["image"][..., 0].astype(np.float32) / 255
-    patches = x.reshape(m, k, g, p, g, p).transpose(0, 1, 2, 4, 3, 5).reshape(m, k, g * g, p * p)
-    inside = patch_valid_from_scan_mask(s["scan_mask"], (g, g), whole=True)
-    row.update({f"speckle_invariance/{key}": v for key, v in
-                metrics.speckle_invariance(x.reshape(m, k, -1), patches[:, :, inside]).items()})
-    return row
-
-
-def oracle_row(data: dict, config) -> dict:
-    """The oracle (tasks.oracle_features: the phantom's tissue fractions, the label-defining parameters): the
-    probe's ceiling on each task."""
-    from usjepa_jax.evaluation.probe import ProbeConfig
-    from usjepa_jax.evaluation.tasks import oracle_features, probe_on
-
-    row = {}
-    for task, d in data.items():
-        m = probe_on(d, oracle_features, ProbeConfig.from_config(config.evals.probe), config.evals.seed)
-        row.update({f"{task}/linear_probe/{k}": v for k, v in m.items()})
-    return row
-
-
-def write_table(rows: dict, plan: dict, tasks: list[str], out: Path) -> Path:
-    corr = ("blur", "contrast", "speckle")
-    head = ("| encoder | train steps | train FLOPs | " + " | ".join(f"`{t}` probe macro-F1" for t in tasks)
-            + " | anatomy var. frac. (pooled) | (per patch) | speckle inv. ratio | NN retrieval | RankMe (`"
-            + tasks[0] + "`) |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    rob_head = "| encoder | " + " | ".join(f"`{t}` {c} s3" for t in tasks for c in corr) + " |"
-    rob = [rob_head, "|" + "---|" * (rob_head.count("|") - 1)]
-    for name, m in rows.items():
-        method = name if name in METHODS else None
-        flops = f"{plan['spent'][method]:.3g}" if method else "-"
-        steps = str(plan["steps"][method]) if method else "-"
-        lines.append(f"| {LABELS[name]} | {steps} | {flops} | "
-                     + " | ".join(_pm(m, f"{t}/linear_probe/macro_f1") for t in tasks) + " | "
-                     f"{_num(m, 'speckle_invariance/anatomy_variance_fraction')} | "
-                     f"{_num(m, 'speckle_invariance/patch_anatomy_variance_fraction')} | "
-                     f"{_num(m, 'speckle_invariance/ratio')} | "
-                     f"{_num(m, 'speckle_invariance/retrieval', '{:.2f}')} | "
-                     f"{_num(m, f'{tasks[0]}/collapse/rankme', '{:.1f}')} |")
-        if name not in ("raw_pixels", "oracle"):
-            rob.append(f"| {LABELS[name]} | " + " | ".join(_pm(m, f"{t}/robustness/{c}/s3/macro_f1")
-                                                         for t in tasks for c in corr) + " |")
-    text = ("# Speckle claim: equal-FLOPs pretraining on the simulator\n\n"
-            "FLOPs per step (XLA cost analysis): " + ", ".join(f"{k} {v:.3g}" for k, v in
-                                                                 plan["flops_per_step"].items())
-            + f"; budget {plan['budget']:.3g} FLOPs per method (US-JEPA's stage 1 counted against it).\n"
-            "Probe metrics: macro-F1 on each task's test split, mean ± std over probe seeds. Anatomy var. frac.: "
-            "share of embedding variance between anatomy means, M anatomies x K speckle seeds scanned with one "
-            "acquisition (1 = speckle-invariant, (M-1)/(MK-1) = anatomy irrelevant), of mean-pooled embeddings and "
-            "per patch token inside the scan (raw pixels: the image and the patch's pixels); speckle inv. ratio: "
-            "mean cosine similarity within an anatomy / across anatomies (1 = no invariance).\n\n"
-            + "\n".join(lines) + "\n\nRobustness: the clean probe tested under corruption, severity 3 (macro-F1, "
-            "mean ± std over probe seeds).\n\n" + "\n".join(rob) + "\n")
-    path = out / "results.md"
-    path.write_text(text)
-    return path
-
-
-def write_plot(rows: dict, tasks: list[str], chance: dict, out: Path) -> Path:
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 4.2))
-    FigureCanvasAgg(fig)
-    names = list(rows)
-    width = 0.8 / len(names)
-    ax = fig.add_subplot(1, 3, 1)
-    for i, name in enumerate(names):
-        ax.bar(np.arange(len(tasks)) + (i - (len(names) - 1) / 2) * width,
-               [rows[name].get(f"{t}/linear_probe/macro_f1_mean", np.nan) for t in tasks], width,
-               yerr=[rows[name].get(f"{t}/linear_probe/macro_f1_std", 0.0) for t in tasks], capsize=2,
-               label=LABELS[name])
-    for j, t in enumerate(tasks):
-        ax.hlines(chance[t], j - 0.45, j + 0.45, color="k", lw=0.8, ls="--", label="chance" if j == 0 else None)
-    ax.set_xticks(np.arange(len(tasks)), tasks)
-    ax.set_ylabel("linear-probe macro-F1 (test)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=6)
-    ax.grid(alpha=0.3, axis="y")
-    ax.set_title("tasks (mean ± std over probe seeds)", fontsize=9)
-    ax = fig.add_subplot(1, 3, 2)
-    sev = (0, 1, 2, 3)
-    encoders = [n for n in names if n not in ("raw_pixels", "oracle")]
-    w = 0.8 / len(encoders)
-    for i, name in enumerate(encoders):
-        ax.bar(np.arange(len(sev)) + (i - (len(encoders) - 1) / 2) * w,
-               [rows[name].get(f"{tasks[0]}/robustness/speckle/s{s}/macro_f1_mean", np.nan) for s in sev], w,
-               yerr=[rows[name].get(f"{tasks[0]}/robustness/speckle/s{s}/macro_f1_std", 0.0) for s in sev],
-               capsize=2, label=LABELS[name])
-    ax.axhline(chance[tasks[0]], color="k", lw=0.8, ls="--")
-    ax.set_xticks(np.arange(len(sev)), [f"speckle s{s}" for s in sev])
-    ax.set_ylim(0, 1)
-    ax.set_title(f"`{tasks[0]}` probe under added speckle", fontsize=9)
-    ax.grid(alpha=0.3, axis="y")
-    ax = fig.add_subplot(1, 3, 3)
-    names = [n for n in names if n != "oracle"]  # the oracle has no embedding
-    for j, (key, label) in enumerate((("anatomy_variance_fraction", "pooled embedding"),
-                                      ("patch_anatomy_variance_fraction", "per patch token"))):
-        ax.bar(np.arange(len(names)) + (j - 0.5) * 0.4, [rows[n].get(f"speckle_invariance/{key}", np.nan)
-                                                         for n in names], 0.4, label=label)
-    floor = next((r["speckle_invariance/anatomy_variance_fraction_chance"] for r in rows.values()
-                  if "speckle_invariance/anatomy_variance_fraction_chance" in r), None)
-    if floor is not None:
-        ax.axhline(floor, color="k", lw=0.8, ls="--", label="anatomy irrelevant")
-    ax.legend(fontsize=7)
-    ax.set_xticks(np.arange(len(names)), [LABELS[n] for n in names], rotation=20, ha="right", fontsize=7)
-    ax.set_ylabel("embedding variance between anatomies")
-    ax.set_ylim(0, 1)
-    ax.set_title("speckle invariance (higher = more invariant)", fontsize=9)
-    fig.tight_layout()
-    path = out / "speckle_claim.png"
-    fig.savefig(path, dpi=110)
-    return path
+def plan_notes(plan: dict) -> list[str]:
+    steps = dict(plan["steps"], usjepa=" + ".join(map(str, plan["steps"]["usjepa"])))
+    return ["Equal training FLOPs (XLA cost analysis): " + ", ".join(
+                f"{LABELS[m]} {steps[m]} steps, {plan['spent'][m]:.3g} FLOPs" for m in METHODS)
+            + "; FLOPs per step " + ", ".join(f"{k} {v:.3g}" for k, v in plan["flops_per_step"].items()) + ".",
+            "Rows: " + "; ".join(f"`{k}` {v}" for k, v in LABELS.items()) + ".",
+            "Anatomy variance fraction: share of embedding variance between anatomy means, M anatomies x K speckle "
+            "seeds under one acquisition (1 = speckle-invariant); ratio: mean cosine similarity within an anatomy / "
+            "across anatomies (1 = no invariance); raw pixels: of the image and of each patch's pixels."]
 
 
 def main(argv) -> None:
-    del argv
-    from usjepa_jax import train
-    from usjepa_jax.evaluation.runner import render_tasks
-
-    out = Path(_OUT.value)
-    if _REPLOT.value:
-        summary = json.loads((out / "results.json").read_text())
-        print(write_table(summary["results"], summary, summary["tasks"], out).read_text())
-        logging.info("Redrawn: %s", write_plot(summary["results"], summary["tasks"], summary["chance"], out))
-        return
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    out = Path(_SWEEP["out"].value)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    plan = equal_flops_plan(_SMOKE.value, _BUDGET_SCALE.value)
-    logging.info("FLOPs/step %s; budget %.3g; steps %s", plan["flops_per_step"], plan["budget"], plan["steps"])
-    cfgs = plan["configs"]
-    for cfg in cfgs.values():
-        cfg.evals.evaluators = _EVALUATORS.value
-        cfg.evals.knn.every = 0  # no k-NN monitor during pretraining: the evaluation below measures the encoders
-        if _TASKS.value:
-            cfg.evals.tasks = _TASKS.value
-        if _EVAL_SIZES.value:
-            cfg.evals.num_train, cfg.evals.num_val, cfg.evals.num_test = (int(n) for n in _EVAL_SIZES.value)
-    us = cfgs["usjepa"]
-    data = render_tasks(us, logging.info)  # the same images for every encoder
-    tasks = list(data)
-    chance = {t: 1.0 / d.num_classes for t, d in data.items()}
-    rows, seconds = {}, {}
+    patterns = [*_SWEEP["metrics"].value, "robustness/speckle/s3/macro_f1_mean"]
+    plan_path = out / PLAN_FILE
+    if _SWEEP["assemble_only"].value:  # the table only: the plan the runs were trained under, nothing measured
+        plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
+    else:
+        cfgs, plan = planned_configs(out, _SMOKE.value, _BUDGET_SCALE.value)
 
-    def write(final: bool) -> None:
-        """Table, plot and results.json after every encoder: a run cut short still shows what it measured."""
-        summary = {"flops_per_step": plan["flops_per_step"], "budget": plan["budget"], "spent": plan["spent"],
-                   "steps": {k: str(v) for k, v in plan["steps"].items()}, "smoke": _SMOKE.value,
-                   "budget_scale": _BUDGET_SCALE.value, "tasks": tasks, "chance": chance, "results": rows,
-                   "eval_sizes": [us.evals.num_train, us.evals.num_val, us.evals.num_test],
-                   "train_seconds": seconds, "seconds": time.perf_counter() - t0, "complete": final}
-        (out / "results.json").write_text(json.dumps(summary, indent=2))
-        write_table(rows, plan, tasks, out), write_plot(rows, tasks, chance, out)
+    def assemble() -> dict:
+        return sweep.assemble_planned(out, patterns, plan_notes(plan) if plan else [], title="speckle claim")
 
-    rows["oracle"] = oracle_row(data, us)
-    rows["raw_pixels"] = raw_pixel_row(data, us)
-    rows["random"] = evaluate.evaluate_run(us, out / "usjepa", "random", data=data)
-    write(False)
-    for m in ("usjepa", "pixel", "ijepa"):  # US-JEPA first: it is configs/base.py at --budget_scale=1
-        t = time.perf_counter()
-        train.train_and_evaluate(cfgs[m], out / m)
-        seconds[m] = time.perf_counter() - t
-        logging.info("%s trained in %.0fs", m, seconds[m])
-        rows[m] = evaluate.evaluate_run(cfgs[m], out / m, "student", "latest", data=data)
-        if m == "usjepa":
-            rows["usjepa_teacher"] = evaluate.evaluate_run(us, out / "usjepa", "teacher", data=data)
-        write(False)
-    rows = {name: rows[name] for name in (*METHODS, "usjepa_teacher", "random", "raw_pixels", "oracle")}
-    write(True)
-    print((out / "results.md").read_text())
-    logging.info("Done in %.0fs: %s, %s", time.perf_counter() - t0, out / "results.md", out / "speckle_claim.png")
+    if not _SWEEP["assemble_only"].value:
+        for cfg in cfgs.values():
+            cfg.evals.evaluators = _EVALUATORS.value
+            cfg.evals.knn.every = 0  # no k-NN monitor during pretraining: the evaluation measures the encoders
+            if _TASKS.value:
+                cfg.evals.tasks = _TASKS.value
+            if _EVAL_SIZES.value:
+                cfg.evals.num_train, cfg.evals.num_val, cfg.evals.num_test = (int(n) for n in _EVAL_SIZES.value)
+        runs = sweep.run_list(METHODS, _SWEEP["seeds"].value, baselines=sweep.BASELINES)
+        sweep.write_json_atomic(out / sweep.PLAN_FILE, {"expected_seeds": sweep.expected_seeds(runs, cfgs)})
+        mine = sweep.shard(runs, *sweep.parse_shard(_SWEEP["shard"].value))
+        logging.info("shard %s: %d of %d runs", _SWEEP["shard"].value, len(mine), len(runs))
+        sweep.run_sweep(mine, cfgs, out, prerender=_SWEEP["prerender"].value, after_each=assemble)
+    assemble()
+    print((out / sweep.TABLE_MD).read_text())
+    logging.info("Table: %s (+ .json, .png)", out / sweep.TABLE_MD)
 
 
 if __name__ == "__main__":
