@@ -5,6 +5,7 @@
     python benchmarks/train_step.py --compare-cache      # each case with the teacher forward and with cached
                                                          # targets (encoders/cache.py), and the speed-up ratio
     python benchmarks/train_step.py --breakdown          # + the step's pieces timed as separate jitted functions
+    python benchmarks/train_step.py --profile            # + where the compiled step spends its time, by op kind
     python benchmarks/train_step.py --dtype=bfloat16     # bf16 compute, f32 master weights (+ its loss vs f32)
 
 Every timed step gets a new batch from the mask sampler (so the per-batch padding buckets of masks.py vary as in
@@ -26,8 +27,12 @@ benchmarks/data_throughput.py) and with a random-init frozen teacher of the conf
 from __future__ import annotations
 
 import argparse
+import collections
+import gzip
 import json
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -190,12 +195,80 @@ def step_breakdown(trainer: train.Trainer, state, batch: dict) -> dict[str, floa
     return {k: round(v * 1e3, 1) for k, v in ms.items()}
 
 
+# ------------------------------------------------------------------------------------------------ profile
+OP_KINDS = ("matmul", "convolution", "gather/scatter", "transcendental", "reduce", "layout", "elementwise")
+
+
+def op_kind(ops: collections.Counter) -> str:
+    """The kind of a compiled op (a fusion, by the HLO instructions inside it): what bounds its speed."""
+    if ops["dot"]:
+        return "matmul"
+    if ops["convolution"]:
+        return "convolution"
+    if ops["gather"] or ops["scatter"]:
+        return "gather/scatter"
+    if ops["exponential"] or ops["erf"] or ops["tanh"] or ops["log"]:
+        return "transcendental"
+    if ops["reduce"] or ops["reduce-window"]:
+        return "reduce"
+    if ops["transpose"] or ops["copy"] or ops["concatenate"] or ops["pad"] or ops["slice"]:
+        return "layout"
+    return "elementwise"
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
+    """Compiled HLO text -> ``{op name: kind}`` for every top-level op of the entry and its called computations."""
+    bodies, current = {}, None
+    for line in hlo_text.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = bodies.setdefault(line.split(" ")[0].lstrip("%"), collections.Counter())
+        elif current is not None and (m := re.search(r"= \S+ ([\w-]+)\(", line)):
+            current[m.group(1)] += 1
+    kinds = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.-]+) = \S+ ([\w-]+)\(", line)
+        if not m:
+            continue
+        called = re.search(r"calls=%?([\w.-]+)", line)
+        ops = bodies.get(called.group(1), collections.Counter()) if called else collections.Counter([m.group(2)])
+        kinds[m.group(1)] = op_kind(ops)
+    return kinds
+
+
+def step_profile(compiled, args, steps: int = 2) -> dict[str, float]:
+    """Milliseconds per step by op kind (``OP_KINDS``), from a jax profiler trace of ``steps`` runs of the compiled
+    step: the ops' own durations (ops that run side by side both count), with ``step_ms`` the wall time for scale.
+    The trace names each op as the compiled HLO does, and ``hlo_op_kinds`` sorts them."""
+    kinds = hlo_op_kinds(compiled.as_text())
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+        start = time.perf_counter()
+        for _ in range(steps):
+            args = (compiled(*args)[0],) + args[1:]  # the state is donated: carry it on
+            jax.block_until_ready(args[0])
+        wall = (time.perf_counter() - start) / steps
+        jax.profiler.stop_trace()
+        trace = next(Path(trace_dir).rglob("*.trace.json.gz"))
+        events = json.load(gzip.open(trace))["traceEvents"]
+    totals = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in kinds:
+            totals[kinds[event["name"]]] += event["dur"] / 1e3 / steps
+    return dict(step_ms=round(wall * 1e3, 1), **{k: round(totals[k], 1) for k in OP_KINDS})
+
+
 # ------------------------------------------------------------------------------------------------ a case
 def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: str | None = None,
-             breakdown: bool = False) -> dict:
+             breakdown: bool = False, profile: bool = False, overrides: dict | None = None) -> dict:
     config = CASES[name]()
     if dtype:
         config.model.dtype = dtype
+    for key, value in (overrides or {}).items():
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = type(node[leaf])(value)
     config_lib.validate(config)
     source = None  # ijepa / pixel: from the config
     if config.method == "usjepa":
@@ -245,8 +318,13 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
                useful_fraction=round(useful / xla, 3), analytic_vs_xla=round(padded / xla, 3),
                peak_matmul_gflops=round(peak / 1e9, 1), mfu=round(useful / step_time / peak, 3),
                mfu_xla=round(xla / step_time / peak, 3), loss=round(float(metrics["loss"]), 5))
+    out["grad_accum_steps"] = config.optim.grad_accum_steps
     if breakdown:
         out["breakdown_ms"] = step_breakdown(trainer, state, batches[0])
+    if profile:
+        first = batches[0]
+        out["profile_ms"] = step_profile(compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])],
+                                         (state, trainer.frozen_params, first))
     return out
 
 
@@ -257,15 +335,22 @@ def main() -> None:
     parser.add_argument("--compare-cache", action="store_true",
                         help="run each case with the teacher forward and with cached targets; print the ratio")
     parser.add_argument("--breakdown", action="store_true", help="also time the step's pieces separately")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the compiled step: milliseconds per step by op kind")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every case, e.g. --set optim.grad_accum_steps=1 (repeatable)")
     parser.add_argument("--dtype", default=None, choices=config_lib.DTYPES,
                         help="compute dtype (default: the case's, float32)")
     args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
     peak = matmul_peak_flops()
     for name in args.cases.split(","):
-        with_teacher = run_case(name, args.steps, peak, dtype=args.dtype, breakdown=args.breakdown)
+        with_teacher = run_case(name, args.steps, peak, dtype=args.dtype, breakdown=args.breakdown,
+                                profile=args.profile, overrides=overrides)
         print(json.dumps(with_teacher), flush=True)
         if args.compare_cache:
-            cached = run_case(name, args.steps, peak, cached=True, dtype=args.dtype, breakdown=args.breakdown)
+            cached = run_case(name, args.steps, peak, cached=True, dtype=args.dtype, breakdown=args.breakdown,
+                              profile=args.profile, overrides=overrides)
             print(json.dumps(cached), flush=True)
             print(json.dumps({"case": name, "cached_speedup": round(with_teacher["step_time_ms"]
                                                                     / cached["step_time_ms"], 2),

@@ -144,3 +144,21 @@ def test_remat_policies_change_memory_not_results(policy):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), grads(plain), grads(remat))
     with pytest.raises(ValueError, match="remat policy"):
         tiny_vit(remat=True, remat_policy="everything").init(jax.random.key(0), images)
+
+
+def test_patch_embed_is_the_strided_convolution():
+    """PatchEmbed (one matmul of flattened patches) has nn.Conv's parameters, initial values and outputs."""
+    import flax.linen as nn
+
+    from usjepa_jax.models.vit import PatchEmbed, trunc_normal
+
+    images = jax.random.normal(jax.random.key(2), (2, 24, 16, 3))
+    conv = nn.Conv(32, (8, 8), strides=(8, 8), padding="VALID", kernel_init=trunc_normal(),
+                   bias_init=nn.initializers.zeros)
+    conv_params = conv.init(jax.random.key(0), images)["params"]
+    embed = PatchEmbed(32, 8)
+    params = embed.init(jax.random.key(0), images)["params"]
+    jax.tree.map(np.testing.assert_array_equal, params, conv_params)  # same names, shapes and initial values
+    params = {"kernel": params["kernel"], "bias": jax.random.normal(jax.random.key(3), (32,))}
+    expected = conv.apply({"params": params}, images).reshape(2, 3 * 2, 32)  # row-major patch grid
+    np.testing.assert_allclose(embed.apply({"params": params}, images), expected, rtol=1e-5, atol=1e-5)

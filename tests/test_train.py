@@ -337,6 +337,36 @@ def test_bucketed_step_equals_the_unpadded_computation():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_fit, grads_full)
 
 
+@pytest.mark.parametrize("method", ["usjepa", "pixel"])
+def test_accumulated_step_equals_the_whole_batch(method):
+    """``optim.grad_accum_steps``: the batch as sequential micro-batches gives the whole batch's loss and gradient,
+    also with ``loss.standardize_targets`` (its statistics pool the whole batch, not a micro-batch)."""
+    from usjepa_jax.encoders import FrozenEncoder
+
+    config = smoke_config(**{"method": method, "loss.standardize_targets": True})
+    source = None
+    if method == "usjepa":
+        module, s = train.build_encoder(config.teacher.model), config.data.image_size
+        teacher = FrozenEncoder(module, module.init(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"], 1,
+                                config.data.mean, config.data.std, "<random>", "random")
+        source = targets.FrozenTeacher(teacher, config.loss)
+    trainer = train.build_trainer(config, source)
+    rng = np.random.default_rng(0)
+    samples = [trainer.sampler(rng) for _ in range(config.optim.batch_size)]
+    batch = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
+    s = config.data.image_size
+    batch["image"] = rng.integers(0, 256, (config.optim.batch_size, s, s, 1), dtype=np.uint8)
+    params = trainer.init(jax.random.key(0)).params
+    results = []
+    for accum in (1, 4):
+        config.optim.grad_accum_steps = accum
+        loss_and_grads = train.make_loss_and_grads(config, trainer.encoder, trainer.predictor, trainer.source)
+        results.append(jax.jit(loss_and_grads)(params, None, trainer.frozen_params, batch))
+    (loss, grads), (accumulated_loss, accumulated_grads) = results
+    np.testing.assert_allclose(accumulated_loss, loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_grads, grads)
+
+
 def test_profile_flag_writes_a_trace_of_the_first_steps(tmp_path):
     config = smoke_config(**{"method": "pixel", "optim.total_steps": 3, "profile_steps": 2, "evals.knn.every": 0})
     train.train_and_evaluate(config, tmp_path)

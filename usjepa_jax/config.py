@@ -128,7 +128,7 @@ def optim_config() -> ml_collections.ConfigDict:
         wd_start=0.04, wd_end=0.4,
         b1=0.9, b2=0.999,
         grad_clip=ml_collections.FieldReference(None, field_type=float),  # global-norm clip, None = off
-        grad_accum_steps=1,  # split each global batch into this many sequential micro-batches (memory)
+        grad_accum_steps=1,  # sequential micro-batches per global batch; same loss and gradient (memory; CPU speed)
     ))
 
 

@@ -60,14 +60,37 @@ def standardize_features(x: jax.Array, valid: jax.Array, eps: float = 1e-5) -> j
     return (x - mean) * jax.lax.rsqrt(var + eps)
 
 
+def blocks_with_patches(valid: jax.Array) -> jax.Array:
+    """``valid [B, M, T]`` -> the number of target blocks that hold at least one valid patch (float32 scalar)."""
+    return (valid.sum(axis=-1) > 0).sum().astype(jnp.float32)
+
+
+def block_mean_sum(per_patch: jax.Array, valid: jax.Array) -> jax.Array:
+    """``per_patch [B, M, T]`` and ``valid [B, M, T]`` -> scalar: the sum over blocks of each block's mean over
+    its valid patches. A block with no valid patch (possible only with USrc masks) contributes nothing.
+    Divided by ``blocks_with_patches`` of the whole batch, the sums of sequential micro-batches add up to the
+    batch's ``masked_block_mean`` (train.make_train_step's accumulation)."""
+    valid = valid.astype(per_patch.dtype)
+    return ((per_patch * valid).sum(axis=-1) / jnp.maximum(valid.sum(axis=-1), 1.0)).sum()
+
+
 def masked_block_mean(per_patch: jax.Array, valid: jax.Array) -> jax.Array:
     """``per_patch [B, M, T]`` and ``valid [B, M, T]`` -> scalar: mean over valid patches per block, then over
     blocks and images. A block with no valid patch (possible only with USrc masks) contributes nothing."""
-    valid = valid.astype(per_patch.dtype)
-    counts = valid.sum(axis=-1)
-    block_means = (per_patch * valid).sum(axis=-1) / jnp.maximum(counts, 1.0)
-    has_patches = (counts > 0).astype(per_patch.dtype)
-    return (block_means * has_patches).sum() / jnp.maximum(has_patches.sum(), 1.0)
+    return block_mean_sum(per_patch, valid) / jnp.maximum(blocks_with_patches(valid), 1.0)
+
+
+def prepare_latent_targets(target: jax.Array, valid: jax.Array, *, normalize_targets: bool = True,
+                           standardize_targets: bool = False) -> jax.Array:
+    """``target [B, M, T, D]`` as the latent loss compares it: float32, without gradient, layer-normed
+    (``normalize_targets``, I-JEPA) and standardised over the valid patches of the batch (``standardize_targets``).
+    The standardisation pools the batch, so it runs on the whole global batch, before any micro-batching."""
+    target = jax.lax.stop_gradient(target.astype(jnp.float32))
+    if normalize_targets:
+        target = layer_norm_no_affine(target)
+    if standardize_targets:
+        target = standardize_features(target, valid)
+    return target
 
 
 def latent_prediction_loss(pred: jax.Array, target: jax.Array, valid: jax.Array, *, kind: str = "smooth_l1",
@@ -76,11 +99,8 @@ def latent_prediction_loss(pred: jax.Array, target: jax.Array, valid: jax.Array,
 
     ``target`` is wrapped in ``stop_gradient``: the teacher never receives a gradient through the loss.
     """
-    target = jax.lax.stop_gradient(target.astype(jnp.float32))
-    if normalize_targets:
-        target = layer_norm_no_affine(target)
-    if standardize_targets:
-        target = standardize_features(target, valid)
+    target = prepare_latent_targets(target, valid, normalize_targets=normalize_targets,
+                                    standardize_targets=standardize_targets)
     per_patch = elementwise_loss(pred.astype(jnp.float32), target, kind).mean(axis=-1)
     return masked_block_mean(per_patch, valid)
 

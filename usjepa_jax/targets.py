@@ -4,7 +4,7 @@ The trainer has a single path for every method (``train.make_loss_fn``): the stu
 predictor predicts each target block, and a ``TargetSource`` says what it should have predicted::
 
     full = source.targets(state, frozen, batch)        # [B, N, D]: per patch of the full image, no gradient
-    loss = source.loss(pred, gather(full, target_idx), target_valid)
+    loss = source.loss(pred, gather(full, target_idx), target_valid)    # = mean of per_patch_loss(pred, prepare(.))
     state, metrics = source.update(state, encoder_params, step)       # after the optimizer step
 
 A source has
@@ -24,8 +24,8 @@ The sources (``config.method`` picks one through ``METHODS``):
 - ``EMATeacher`` (``ijepa``): an exponential moving average of the student's encoder (I-JEPA);
 - ``Pixels`` (``pixel``): the per-patch (normalised) pixels, with an MSE loss (MAE-style, SALT stage 1).
 
-Adding a method: subclass ``TargetSource``, implement ``targets`` (and ``width``; ``loss``/``update``/state when
-they differ), give it a ``from_config`` and add it to ``METHODS`` under the new ``config.method`` value. See the
+Adding a method: subclass ``TargetSource``, implement ``targets`` (and ``width``; ``prepare``,
+``per_patch_loss``, ``update`` and state when they differ), give it a ``from_config`` and add it to ``METHODS`` under the new ``config.method`` value. See the
 README's Quick tour and docs/method.md.
 """
 
@@ -62,11 +62,20 @@ class TargetSource:
         """``[B, N, D]`` targets of every patch of the batch's images (``N`` = the student's patch grid)."""
         raise NotImplementedError
 
-    def loss(self, pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
-        """``pred``/``target`` ``[B, M, T, D]`` at the target blocks, ``valid`` ``[B, M, T]`` -> scalar."""
-        return objectives.latent_prediction_loss(pred, target, valid, kind=self.loss_kind,
-                                                 normalize_targets=self.normalize_targets,
+    def prepare(self, target: jax.Array, valid: jax.Array) -> jax.Array:
+        """``target [B, M, T, D]`` (gathered at the target blocks) as the loss compares it: float32, no gradient,
+        and whatever pools the batch (``loss.standardize_targets``); runs once on the whole global batch."""
+        return objectives.prepare_latent_targets(target, valid, normalize_targets=self.normalize_targets,
                                                  standardize_targets=self.standardize_targets)
+
+    def per_patch_loss(self, pred: jax.Array, target: jax.Array) -> jax.Array:
+        """``pred [B, M, T, D]`` against a ``prepare``d target -> ``[B, M, T]`` (the loss of each patch)."""
+        return objectives.elementwise_loss(pred.astype(jnp.float32), target, self.loss_kind).mean(axis=-1)
+
+    def loss(self, pred: jax.Array, target: jax.Array, valid: jax.Array) -> jax.Array:
+        """``pred``/``target`` ``[B, M, T, D]`` at the target blocks, ``valid`` ``[B, M, T]`` -> scalar: the mean
+        over blocks of each block's mean over its valid patches."""
+        return objectives.masked_block_mean(self.per_patch_loss(pred, self.prepare(target, valid)), valid)
 
     def update(self, state: Any, encoder_params: Any, step: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
         """The source's state after an optimizer step (``encoder_params``: the updated student), and metrics."""
@@ -186,8 +195,11 @@ class Pixels(TargetSource):
         images = normalize_images(batch["image"], self.mean, self.std, self.dtype)  # what the student sees
         return objectives.pixel_targets(images, self.patch_size, normalize_pixels=self.normalize_pixels)
 
-    def loss(self, pred, target, valid):
-        return objectives.reconstruction_loss(pred, target, valid)
+    def prepare(self, target, valid):
+        return jax.lax.stop_gradient(target.astype(jnp.float32))
+
+    def per_patch_loss(self, pred, target):  # MSE
+        return objectives.elementwise_loss(pred.astype(jnp.float32), target, "l2").mean(axis=-1)
 
 
 METHODS = {"usjepa": FrozenTeacher, "ijepa": EMATeacher, "pixel": Pixels}  # config.method -> source

@@ -78,58 +78,100 @@ def build_predictor(config: ml_collections.ConfigDict, grid_size: tuple[int, int
 
 
 # ------------------------------------------------------------------------------------------------ the step
+def make_predict_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor) -> Callable:
+    """``predict(params, batch) -> [B, M, T, D]``: the student encodes each context, the predictor predicts each
+    target block (``batch``: ``image`` uint8 ``[B, H, W, 1]``, ``context_idx``/``context_valid`` ``[B, C]``,
+    ``target_idx``/``target_valid`` ``[B, M, T]``, padded with validity masks, masks.py)."""
+    mean, std = config.data.mean, config.data.std
+
+    def predict(params, batch):
+        images = normalize_images(batch["image"], mean, std, encoder.dtype)
+        context, _ = encoder.apply({"params": params["encoder"]}, images, batch["context_idx"],
+                                   batch["context_valid"])
+        return predictor.apply({"params": params["predictor"]}, context, batch["context_idx"],
+                               batch["context_valid"], batch["target_idx"], batch["target_valid"])
+
+    return predict
+
+
+def block_targets(source: targets.TargetSource, target_state, frozen, batch) -> jax.Array:
+    """``[B, M, T, D]``: the source's targets at the batch's target blocks, without gradient (not yet
+    ``prepare``d: that pools the whole global batch)."""
+    full = jax.lax.stop_gradient(source.targets(target_state, frozen, batch))  # [B, N, D]
+    return objectives.gather_patches(full, batch["target_idx"])
+
+
 def make_loss_fn(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,
                  source: targets.TargetSource) -> Callable:
     """``loss_fn(params, target_state, frozen, batch) -> (loss, aux)``, pure; one path for every method.
 
-    ``batch``: ``image`` uint8 ``[B, H, W, 1]``, ``context_idx``/``context_valid`` ``[B, C]``,
-    ``target_idx``/``target_valid`` ``[B, M, T]`` (padded with validity masks, masks.py), plus the source's
-    ``batch_keys``. ``target_state``/``frozen``: the source's state and frozen parameters; the targets only ever
-    enter through ``stop_gradient``.
+    ``batch``: see ``make_predict_fn``, plus the source's ``batch_keys``. ``target_state``/``frozen``: the
+    source's state and frozen parameters; the targets only ever enter through ``stop_gradient``.
     """
-    mean, std = config.data.mean, config.data.std
+    predict = make_predict_fn(config, encoder, predictor)
 
     def loss_fn(params, target_state, frozen, batch):
-        images = normalize_images(batch["image"], mean, std, encoder.dtype)
-        context, _ = encoder.apply({"params": params["encoder"]}, images, batch["context_idx"],
-                                   batch["context_valid"])
-        pred = predictor.apply({"params": params["predictor"]}, context, batch["context_idx"],
-                               batch["context_valid"], batch["target_idx"], batch["target_valid"])
-        full = jax.lax.stop_gradient(source.targets(target_state, frozen, batch))  # [B, N, D]
-        target = objectives.gather_patches(full, batch["target_idx"])  # [B, M, T, D]
-        return source.loss(pred, target, batch["target_valid"]), {}
+        target = block_targets(source, target_state, frozen, batch)
+        return source.loss(predict(params, batch), target, batch["target_valid"]), {}
 
     return loss_fn
 
 
-def make_train_step(config: ml_collections.ConfigDict, loss_fn: Callable, tx: optax.GradientTransformation,
-                    source: targets.TargetSource) -> Callable:
-    """``train_step(state, frozen, batch) -> (state, metrics)``: ``frozen`` is the source's frozen parameters
-    (a teacher's, or None), ``batch`` the placed global batch (``Trainer.place_batch``); only ``state.params`` is
-    differentiated. ``metrics``: scalars ``loss``, ``grad_norm``, ``param_norm``, ``lr``, ``wd`` (+ the
-    source's, e.g. ``ema_momentum``)."""
-    lr, wd = lr_schedule(config.optim), wd_schedule(config.optim)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+def split_micro_batches(tree, n: int):
+    """Every ``[B, ...]`` leaf -> ``[n, B / n, ...]``: micro-batch j takes rows ``j, j + n, ...``, so every device
+    keeps its own rows and nothing moves."""
+    return jax.tree.map(lambda x: x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1), tree)
+
+
+def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,
+                        source: targets.TargetSource) -> Callable:
+    """``loss_and_grads(params, target_state, frozen, batch) -> (loss, grads)`` of ``make_loss_fn``'s loss.
+
+    With ``optim.grad_accum_steps = n > 1`` the batch is processed as n sequential micro-batches (``lax.scan``)
+    and the result is still the whole batch's loss and gradient (equal up to float summation order, tested): the
+    targets of every micro-batch are computed first and ``prepare``d over the whole global batch (the batch
+    statistics of ``loss.standardize_targets``), then each micro-batch adds its blocks' mean losses divided by
+    the batch's number of blocks, and its gradient. Why: memory on accelerators, and speed on CPUs, where a
+    micro-batch's activations stay in cache while the whole batch's stream through memory (docs/performance.md).
+    """
+    loss_fn = make_loss_fn(config, encoder, predictor, source)
+    predict = make_predict_fn(config, encoder, predictor)
     accum = config.optim.grad_accum_steps
 
     def loss_and_grads(params, target_state, frozen, batch):
-        """The mean loss and gradient over ``accum`` micro-batches, one at a time (``lax.scan``, to fit memory).
-
-        Micro-batch j takes rows ``j, j + accum, ...``: every device keeps its own rows, nothing moves.
-        """
         if accum == 1:
-            (loss, _), grads = grad_fn(params, target_state, frozen, batch)
+            (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_state, frozen, batch)
             return loss, grads
-        micro = jax.tree.map(lambda x: x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1),
-                             batch)
+        micro = split_micro_batches(batch, accum)
+        valid = batch["target_valid"]
+        target = jax.lax.map(lambda mb: block_targets(source, target_state, frozen, mb), micro)  # [n, B/n, ...]
+        merged = target.swapaxes(0, 1).reshape(valid.shape + target.shape[-1:])  # back to the batch's row order
+        target = split_micro_batches(source.prepare(merged, valid), accum)
+        num_blocks = jnp.maximum(objectives.blocks_with_patches(valid), 1.0)
 
-        def body(carry, micro_batch):
-            (loss, _), grads = grad_fn(params, target_state, frozen, micro_batch)
+        def micro_loss(p, mb, mb_target):
+            per_patch = source.per_patch_loss(predict(p, mb), mb_target)
+            return objectives.block_mean_sum(per_patch, mb["target_valid"]) / num_blocks
+
+        def body(carry, inputs):
+            loss, grads = jax.value_and_grad(micro_loss)(params, *inputs)
             return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
         zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        (loss_sum, grad_sum), _ = jax.lax.scan(body, zeros, micro)
-        return loss_sum / accum, jax.tree.map(lambda g: g / accum, grad_sum)
+        (loss, grads), _ = jax.lax.scan(body, zeros, (micro, target))
+        return loss, grads
+
+    return loss_and_grads
+
+
+def make_train_step(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,
+                    tx: optax.GradientTransformation, source: targets.TargetSource) -> Callable:
+    """``train_step(state, frozen, batch) -> (state, metrics)``: ``frozen`` is the source's frozen parameters
+    (a teacher's, or None), ``batch`` the placed global batch (``Trainer.place_batch``); only ``state.params`` is
+    differentiated (``make_loss_and_grads``). ``metrics``: scalars ``loss``, ``grad_norm``, ``param_norm``,
+    ``lr``, ``wd`` (+ the source's, e.g. ``ema_momentum``)."""
+    lr, wd = lr_schedule(config.optim), wd_schedule(config.optim)
+    loss_and_grads = make_loss_and_grads(config, encoder, predictor, source)
 
     def train_step(state: TrainState, frozen, batch):
         loss, grads = loss_and_grads(state.params, state.targets, frozen, batch)
@@ -236,7 +278,7 @@ def build_trainer(config: ml_collections.ConfigDict, source: targets.TargetSourc
     # ---- the step: one jit with explicit shardings; the train state is donated, the frozen parameters never.
     loss_fn = make_loss_fn(config, encoder, predictor, source)
     in_shardings = (state_shardings, frozen_shardings, sharding.batch_sharding(mesh))
-    step = jax.jit(make_train_step(config, loss_fn, tx, source), in_shardings=in_shardings,
+    step = jax.jit(make_train_step(config, encoder, predictor, tx, source), in_shardings=in_shardings,
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
     eval_loss = jax.jit(lambda state, frozen, batch: loss_fn(state.params, state.targets, frozen, batch)[0],
                         in_shardings=in_shardings, out_shardings=sharding.replicated(mesh))
