@@ -25,8 +25,8 @@ The sources (``config.method`` picks one through ``METHODS``):
 - ``Pixels`` (``pixel``): the per-patch (normalised) pixels, with an MSE loss (MAE-style, SALT stage 1).
 
 Adding a method: subclass ``TargetSource``, implement ``targets`` (and ``width``; ``prepare``,
-``per_patch_loss``, ``update`` and state when they differ), give it a ``from_config`` and add it to ``METHODS`` under the new ``config.method`` value. See the
-README's Quick tour and docs/method.md.
+``per_patch_loss``, ``update`` and state when they differ), give it a ``from_config`` and add it to ``METHODS``
+under the new ``config.method`` value. See the README's Quick tour and docs/method.md.
 """
 
 from __future__ import annotations
