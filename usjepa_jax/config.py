@@ -86,6 +86,7 @@ def apply_variants(c: ml_collections.ConfigDict, variants: set[str]) -> ml_colle
             m.dtype = "float32"
         for o in (c.optim, c.teacher.optim):
             o.batch_size, o.total_steps, o.warmup_steps = 8, 4, 1
+            o.grad_accum_steps = 1  # 8 images a step, sharded over up to 8 devices
         c.log_every = 2
         c.checkpoint.every = 2
         c.checkpoint.keep_period = 0
