@@ -135,9 +135,25 @@ def check_state_fits(state_dir: epath.Path, abstract_state: Any, *, show: int = 
     metadata = ocp.StandardCheckpointHandler().metadata(state_dir)
     saved_tree = getattr(metadata, "item_metadata", metadata)
     saved_tree = getattr(saved_tree, "tree", saved_tree)
-    saved, wanted = ({_leaf_name(p): (tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else ((), "None")
-                      for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]}
-                     for tree in (saved_tree, abstract_state))  # None (an empty slot) counts as a leaf: it is saved
+    mismatch = tree_mismatch(saved_tree, abstract_state, show=show)
+    if mismatch:
+        raise ResumeRefused(
+            f"The checkpoint {state_dir} does not fit this run's train state (another model or method config, or a "
+            f"run folder from an older usjepa_jax layout); use a new workdir, or the config it was trained with."
+            + "".join(f"\n  {line}" for line in mismatch))
+
+
+def tree_mismatch(saved_tree: Any, wanted_tree: Any, *, show: int = 5, saved: str = "saved",
+                  wanted: str = "this run", dtypes: bool = True) -> list[str]:
+    """How two parameter trees differ, one line per kind (empty when they fit): the leaves only in one of them
+    and those of another shape (or dtype, with ``dtypes``), ``show`` of each; ``saved``/``wanted`` name the trees.
+    Leaves need a ``shape`` (arrays, ``ShapeDtypeStruct``, orbax metadata); None counts as an empty leaf."""
+    def specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {_leaf_name(p): ((tuple(x.shape), str(x.dtype) if dtypes else "") if hasattr(x, "shape")
+                                else ((), "None"))
+                for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]}
+
+    have, want = specs(saved_tree), specs(wanted_tree)
 
     def params_first(names) -> list[str]:  # the optimizer's copies of a parameter after the parameter
         return sorted(names, key=lambda n: (n.startswith("opt_state"), n))
@@ -145,25 +161,21 @@ def check_state_fits(state_dir: epath.Path, abstract_state: Any, *, show: int = 
     def shape(leaf: tuple[tuple[int, ...], str]) -> str:
         return "(empty)" if leaf[1] == "None" else str(leaf[0])
 
-    missing = params_first(wanted.keys() - saved.keys())
-    unexpected = params_first(saved.keys() - wanted.keys())
-    differ = params_first(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
-    if not (missing or unexpected or differ):
-        return
-
-    def listing(title: str, names: list[str], describe) -> str:
-        if not names:
-            return ""
+    def listing(title: str, names: list[str], describe) -> list[str]:
         more = f" ... and {len(names) - show} more" if len(names) > show else ""
-        return f"\n  {title} ({len(names)}): " + "; ".join(describe(n) for n in names[:show]) + more
+        return [f"{title} ({len(names)}): " + "; ".join(describe(n) for n in names[:show]) + more] if names else []
 
-    raise ResumeRefused(
-        f"The checkpoint {state_dir} does not fit this run's train state (another model or method config, or a "
-        f"run folder from an older usjepa_jax layout); use a new workdir, or the config it was trained with."
-        + listing("saved but not in this run", unexpected, lambda n: f"{n} {shape(saved[n])}")
-        + listing("in this run but not saved", missing, lambda n: f"{n} {shape(wanted[n])}")
-        + listing("different shape or dtype", differ,
-                  lambda n: f"{n}: saved {saved[n][0]} {saved[n][1]}, this run {wanted[n][0]} {wanted[n][1]}"))
+    return (listing(f"{saved} but not in {wanted}", params_first(have.keys() - want.keys()),
+                    lambda n: f"{n} {shape(have[n])}")
+            + listing(f"in {wanted} but not {saved}", params_first(want.keys() - have.keys()),
+                      lambda n: f"{n} {shape(want[n])}")
+            + listing("different shape or dtype" if dtypes else "different shape",
+                      params_first(k for k in want.keys() & have.keys() if want[k] != have[k]),
+                      lambda n: f"{n}: {saved} {_spec(have[n])}, {wanted} {_spec(want[n])}"))
+
+
+def _spec(leaf: tuple[tuple[int, ...], str]) -> str:
+    return f"{leaf[0]} {leaf[1]}".strip()
 
 
 def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
