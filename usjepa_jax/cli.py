@@ -50,7 +50,9 @@ def _raised_here(exc: BaseException) -> bool:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    return (isinstance(exc, (UserError, app.UsageError, MissingBackendError, *_FILE_ERRORS))
+    from usjepa_jax.data.sources import BadFileError  # an input file that does not read (here: only on error)
+
+    return (isinstance(exc, (UserError, app.UsageError, MissingBackendError, BadFileError, *_FILE_ERRORS))
             or (isinstance(exc, ValueError) and _raised_here(exc)))
 
 
