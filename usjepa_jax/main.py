@@ -9,14 +9,11 @@ non-finite saved), 75 preempted (a checkpoint saved; the same command resumes; t
 import logging as logging_std
 import os
 
-from pathlib import Path
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from usjepa_jax import cli, sharding, storage
 from usjepa_jax import config as config_lib
-from usjepa_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -55,20 +52,6 @@ def initialize_distributed() -> None:
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def check_workdir(workdir: str) -> None:
-    """A workdir that cannot become a run folder fails here, naming it, before anything is built or written."""
-    if not workdir.strip():
-        raise UserError("--workdir is empty: pass the run's directory (created when missing).")
-    if storage.is_remote(workdir):
-        return  # a bucket: storage.check_backends checks what can be checked without writing
-    path = Path(workdir).expanduser().absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir():
-        raise UserError(f"--workdir={workdir}: {existing} is a file, not a directory.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--workdir={workdir}: {existing} is not writable.")
-
-
 class _QuietLibraries(logging_std.Filter):
     """Drop the INFO chatter of orbax and grain (one line per checkpoint file) so progress lines stay readable."""
 
@@ -85,7 +68,7 @@ def main(argv: list[str]) -> None:
     if _PROFILE.value:
         config.profile_steps = _PROFILE.value
     config_lib.validate(config)  # before jax touches a device
-    check_workdir(_WORKDIR.value)
+    storage.check_workdir(_WORKDIR.value)
     # a gs:// path without its backend fails here, naming what to install, before anything is written
     storage.check_backends([_WORKDIR.value, config.teacher.checkpoint])
     storage.require_local(config.teacher.cache, "config.teacher.cache")
