@@ -89,6 +89,7 @@ def _fail(message: str, code: int) -> None:
 
 
 def _verbose(argv: list[str]) -> bool:
+    """``--verbose``, also before the flags are parsed (an error in parsing them) or when they never are (tests)."""
     return _VERBOSE.value if flags.FLAGS.is_parsed() else any(a in ("--verbose", "--verbose=true") for a in argv)
 
 
@@ -121,13 +122,13 @@ def guard(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
         except Preempted as e:
             _fail(str(e), EXIT_PREEMPTED)
         except Diverged as e:
-            if _VERBOSE.value:
+            if _verbose(argv):
                 traceback.print_exc()
             _fail(one_line(str(e)), EXIT_DIVERGED)
         except Exception as e:  # noqa: BLE001 - sorted into the user's and ours
             if not is_user_error(e):
                 raise
-            if _VERBOSE.value:
+            if _verbose(argv):
                 traceback.print_exc()
             _fail(f"{one_line(str(e))} (--verbose shows the traceback)", EXIT_USER_ERROR)
 
