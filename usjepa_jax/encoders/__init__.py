@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -320,7 +321,10 @@ def check_params_fit(module: VisionTransformer, params: Any, in_channels: int, i
     """
     from usjepa_jax.checkpointing import tree_mismatch
 
-    size = _square(image_size) or (module.patch_size,) * 2  # any grid fits a sin-cos embedding
+    size = _square(image_size)
+    if size is None:  # learned embeddings: their own grid, taken as square; any grid fits a sin-cos embedding
+        side = math.isqrt(np.shape(params["pos_embed"])[1]) if "pos_embed" in params else 1
+        size = (side * module.patch_size,) * 2
     images = jax.ShapeDtypeStruct((1, *size, in_channels), jnp.float32)
     wanted = jax.eval_shape(module.init, jax.random.key(0), images)["params"]
     mismatch = tree_mismatch(params, wanted, show=2, saved="weights", wanted="architecture", dtypes=False)
