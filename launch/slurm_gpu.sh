@@ -7,8 +7,9 @@
 # Variables: NODES [1]  GPUS_PER_NODE [8]  CONFIG [configs/paper_vitb16.py]  WORKDIR [$PWD/workdirs/usjepa_b16]
 #            PARTITION (optional)  TIME [48:00:00]  ACCOUNT (optional)
 # The workdir must be on a filesystem every node sees. SLURM sends SIGTERM 120 s before the time limit or a
-# preemption (--signal); the run then saves a checkpoint and exits, and --requeue restarts the same command,
-# which resumes exactly.
+# preemption (--signal); the run then saves a checkpoint and exits with 75 (EX_TEMPFAIL, usjepa_jax/cli.py), on
+# which this script requeues the job (scontrol requeue; --requeue allows it): the same command resumes exactly.
+# Any other exit code ends the job with that code (2: a user error, 3: the run diverged).
 #SBATCH --job-name=usjepa
 #SBATCH --signal=TERM@120
 #SBATCH --requeue
@@ -38,5 +39,11 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   run sbatch "${opts[@]}" --export=ALL,CONFIG="$CONFIG",WORKDIR="$WORKDIR" "$0" -- "$@"
 else
   # Inside the job: srun starts every process; each sees only its own GPU (CUDA_VISIBLE_DEVICES per task).
-  run srun --kill-on-bad-exit=1 python -m usjepa_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@"
+  rc=0
+  run srun --kill-on-bad-exit=1 python -m usjepa_jax.main --config="$CONFIG" --workdir="$WORKDIR" "$@" || rc=$?
+  if [[ "$rc" == 75 ]]; then
+    echo "preempted with a checkpoint saved: requeueing job $SLURM_JOB_ID" >&2
+    run scontrol requeue "$SLURM_JOB_ID"
+  fi
+  exit "$rc"
 fi

@@ -19,7 +19,9 @@
 #   REPO_URL (required for setup: the git URL of this repository, or your fork)   BRANCH [main]
 # Caveats: every command must run on *all* workers (--worker=all): each host is one JAX process and
 # jax.distributed.initialize() finds its peers through the TPU metadata; the workdir must be shared by all hosts.
-# Spot TPUs send SIGTERM before preemption: the run saves a checkpoint and exits; `run` again resumes it.
+# SIGTERM (a maintenance event, a spot TPU's preemption notice) makes the run save a checkpoint and exit with 75
+# (EX_TEMPFAIL, usjepa_jax/cli.py); `run` restarts it on that code while the VM lives, which resumes exactly. A
+# preempted spot TPU is gone: `all` again (same RUN_NAME) resumes from the bucket.
 set -euo pipefail
 
 DRY_RUN=0
@@ -106,8 +108,9 @@ start() {
   need_bucket
   local flags=""
   if ((${#EXTRA_FLAGS[@]})); then flags=$(printf ' %q' "${EXTRA_FLAGS[@]}"); fi
-  on_all_workers "cd usjepa_jax && nohup $VENV/bin/python -m usjepa_jax.main --config=$CONFIG \
---workdir=$WORKDIR$flags > ~/usjepa_train.log 2>&1 &"
+  # requeue on 75 (preempted, checkpoint saved); any other code ends the loop (0 done, 2 user error, 3 diverged)
+  on_all_workers "cd usjepa_jax && nohup bash -c 'rc=75; while [ \$rc = 75 ]; do $VENV/bin/python -m usjepa_jax.main \
+--config=$CONFIG --workdir=$WORKDIR$flags; rc=\$?; done; exit \$rc' > ~/usjepa_train.log 2>&1 &"
 }
 
 logs() {

@@ -193,8 +193,9 @@ def test_config_typo_fails_before_compute(tmp_path):
     result = subprocess.run([sys.executable, "-m", "usjepa_jax.main", "--config=configs/base.py:smoke",
                              f"--workdir={tmp_path}", "--config.optim.lr_peek=1e-3"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "lr_peek" in result.stderr
+    assert result.returncode == 2  # a user error (usjepa_jax/cli.py): one line naming the flag, no traceback
+    assert result.stderr.strip().splitlines() == ["error: --config.optim.lr_peek: the config has no key 'lr_peek' "
+                                                  "(did you mean 'lr_peak'?)"]
     assert not (tmp_path / "checkpoints").exists()
 
 

@@ -9,6 +9,11 @@ Items of a checkpoint step:
 - ``meta``: JSON with the teacher's path and content hash and the config; resuming against a different teacher
   is refused.
 
+``restore_latest`` resumes from the newest step that restores: a damaged step (a truncated or missing file, a
+save cut short) is moved aside to ``checkpoints/STEP.damaged`` (never deleted: it may still be worth a look) with
+a one-line warning, and the next newest is tried; a refusal (``errors.ResumeRefused``: another config or
+teacher) is not damage and stops the run.
+
 The frozen teacher is never written here: it is recorded by path and hash. ``PreemptionWatcher`` tells the
 trainer when SIGTERM asks for a last checkpoint.
 """
@@ -19,6 +24,7 @@ import dataclasses
 import json
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from usjepa_jax import storage
+from usjepa_jax.errors import ResumeRefused, UserError
 
 
 @dataclasses.dataclass
@@ -58,7 +65,7 @@ class DataStateHandler(ocp.CheckpointHandler):
         path = storage.path(directory) / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if not path.exists():
             found = sorted(p.name for p in storage.path(directory).glob("process_*.json"))
-            raise FileNotFoundError(
+            raise ResumeRefused(
                 f"No data-iterator state for process {jax.process_index()} of {jax.process_count()} in "
                 f"{directory} (found {found}). The data position can only be resumed with the same number of "
                 "processes; model state alone restores on any device count.")
@@ -128,9 +135,25 @@ def check_state_fits(state_dir: epath.Path, abstract_state: Any, *, show: int = 
     metadata = ocp.StandardCheckpointHandler().metadata(state_dir)
     saved_tree = getattr(metadata, "item_metadata", metadata)
     saved_tree = getattr(saved_tree, "tree", saved_tree)
-    saved, wanted = ({_leaf_name(p): (tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else ((), "None")
-                      for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]}
-                     for tree in (saved_tree, abstract_state))  # None (an empty slot) counts as a leaf: it is saved
+    mismatch = tree_mismatch(saved_tree, abstract_state, show=show)
+    if mismatch:
+        raise ResumeRefused(
+            f"The checkpoint {state_dir} does not fit this run's train state (another model or method config, or a "
+            f"run folder from an older usjepa_jax layout); use a new workdir, or the config it was trained with."
+            + "".join(f"\n  {line}" for line in mismatch))
+
+
+def tree_mismatch(saved_tree: Any, wanted_tree: Any, *, show: int = 5, saved: str = "saved",
+                  wanted: str = "this run", dtypes: bool = True) -> list[str]:
+    """How two parameter trees differ, one line per kind (empty when they fit): the leaves only in one of them
+    and those of another shape (or dtype, with ``dtypes``), ``show`` of each; ``saved``/``wanted`` name the trees.
+    Leaves need a ``shape`` (arrays, ``ShapeDtypeStruct``, orbax metadata); None counts as an empty leaf."""
+    def specs(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {_leaf_name(p): ((tuple(x.shape), str(x.dtype) if dtypes else "") if hasattr(x, "shape")
+                                else ((), "None"))
+                for p, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]}
+
+    have, want = specs(saved_tree), specs(wanted_tree)
 
     def params_first(names) -> list[str]:  # the optimizer's copies of a parameter after the parameter
         return sorted(names, key=lambda n: (n.startswith("opt_state"), n))
@@ -138,33 +161,78 @@ def check_state_fits(state_dir: epath.Path, abstract_state: Any, *, show: int = 
     def shape(leaf: tuple[tuple[int, ...], str]) -> str:
         return "(empty)" if leaf[1] == "None" else str(leaf[0])
 
-    missing = params_first(wanted.keys() - saved.keys())
-    unexpected = params_first(saved.keys() - wanted.keys())
-    differ = params_first(k for k in wanted.keys() & saved.keys() if wanted[k] != saved[k])
-    if not (missing or unexpected or differ):
-        return
-
-    def listing(title: str, names: list[str], describe) -> str:
-        if not names:
-            return ""
+    def listing(title: str, names: list[str], describe) -> list[str]:
         more = f" ... and {len(names) - show} more" if len(names) > show else ""
-        return f"\n  {title} ({len(names)}): " + "; ".join(describe(n) for n in names[:show]) + more
+        return [f"{title} ({len(names)}): " + "; ".join(describe(n) for n in names[:show]) + more] if names else []
 
-    raise ValueError(
-        f"The checkpoint {state_dir} does not fit this run's train state (another model or method config, or a "
-        f"run folder from an older usjepa_jax layout); use a new workdir, or the config it was trained with."
-        + listing("saved but not in this run", unexpected, lambda n: f"{n} {shape(saved[n])}")
-        + listing("in this run but not saved", missing, lambda n: f"{n} {shape(wanted[n])}")
-        + listing("different shape or dtype", differ,
-                  lambda n: f"{n}: saved {saved[n][0]} {saved[n][1]}, this run {wanted[n][0]} {wanted[n][1]}"))
+    return (listing(f"{saved} but not in {wanted}", params_first(have.keys() - want.keys()),
+                    lambda n: f"{n} {shape(have[n])}")
+            + listing(f"in {wanted} but not {saved}", params_first(want.keys() - have.keys()),
+                      lambda n: f"{n} {shape(want[n])}")
+            + listing("different shape or dtype" if dtypes else "different shape",
+                      params_first(k for k in want.keys() & have.keys() if want[k] != have[k]),
+                      lambda n: f"{n}: {saved} {_spec(have[n])}, {wanted} {_spec(want[n])}"))
+
+
+def _spec(leaf: tuple[tuple[int, ...], str]) -> str:
+    return f"{leaf[0]} {leaf[1]}".strip()
 
 
 def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-class Preempted(Exception):
-    """Raised after the checkpoint of a SIGTERM'd run is written; rerunning the same command resumes it."""
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any,
+                   check_meta: Callable[[dict[str, Any]], None] | None = None
+                   ) -> tuple[Any, dict[str, Any] | None, int] | None:
+    """``(state, data_state, step)`` of the newest step that restores, or None when there is no checkpoint.
+
+    ``check_meta(meta)`` may refuse a step by raising ``ResumeRefused`` (which propagates: a refusal is not
+    damage). Any other failure counts as damage: when an older step restores, the damaged newer ones are moved
+    aside (``STEP.damaged``) with a one-line warning each, so the resumed run writes those steps again. When no
+    step restores nothing is moved and ``UserError`` names the steps and the first failure.
+    """
+    damaged: list[tuple[int, Exception]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            meta = restore_meta(manager, step)
+            if check_meta is not None:
+                check_meta(meta)
+            state, data_state, _ = restore(manager, step, abstract_state)
+        except ResumeRefused:
+            raise
+        except Exception as e:  # noqa: BLE001 - orbax and tensorstore fail in many ways on a damaged step
+            damaged.append((step, e))
+            continue
+        for bad, error in damaged:
+            aside = _move_aside(epath.Path(manager.directory) / str(bad))
+            logging.warning("Checkpoint step %d does not restore (%s); moved aside to %s, resuming from step %d.",
+                            bad, _reason(error), aside, step)
+        if damaged:
+            multihost_utils.sync_global_devices("checkpoints moved aside")  # process 0 moved them
+            manager.reload()
+        return state, data_state, step
+    if damaged:
+        raise UserError(f"No checkpoint in {manager.directory} restores (steps {[s for s, _ in damaged]}; step "
+                        f"{damaged[0][0]}: {_reason(damaged[0][1])}). Nothing was moved; move the damaged steps "
+                        "away by hand to train from scratch in this workdir, or use a new one.")
+    return None
+
+
+def _reason(error: Exception, limit: int = 200) -> str:
+    """The first line of an error, shortened: orbax's and tensorstore's messages run to many lines."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:limit]}{'...' if len(first) > limit else ''}"
+
+
+def _move_aside(step_dir: epath.Path) -> epath.Path:
+    """``STEP`` -> ``STEP.damaged`` (``STEP.damaged.N`` when taken); orbax does not list such a name as a step."""
+    aside, n = step_dir.parent / f"{step_dir.name}.damaged", 1
+    while aside.exists():
+        aside, n = step_dir.parent / f"{step_dir.name}.damaged.{n}", n + 1
+    if jax.process_index() == 0:
+        step_dir.rename(aside)
+    return aside
 
 
 class PreemptionWatcher:

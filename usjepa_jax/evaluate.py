@@ -28,7 +28,9 @@ The table (``evaluation/suite.py`` says what the specs mean; ``evaluation/labell
 writes ``OUT/results.md`` (rows encoders, columns tasks: linear-probe macro-F1 mean +- std over the probe seeds;
 few-shot, k-NN and robustness as relative drop below), ``OUT/results.json`` and ``OUT/results.png``. Features
 are extracted once per (encoder, task split, corruption) into ``OUT/features`` and reused; real tasks are
-preprocessed once per input size into ``--cache_dir`` (default ``OUT/cache``).
+preprocessed once per input size into ``--cache_dir`` (default ``OUT/cache``). An input file of a labelled task
+that does not read (or does not exist) is skipped with a warning and listed in ``results.md`` and
+``results.json``; ``--strict`` makes it an error. Errors end as ``cli.py`` says (exit 2: one line naming the value).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from usjepa_jax import cli, layout, run_log, storage
 from usjepa_jax import config as config_lib
-from usjepa_jax import layout, run_log, storage
 
 RESULTS_FILE = "results.json"
 
@@ -59,6 +61,9 @@ _TASKS = flags.DEFINE_list("tasks", None, "Table mode: tasks, comma separated: a
                            "[NAME=]PATH of a labelled task (UltraBench folder, class folders, CSV/JSON list).")
 _OUT = flags.DEFINE_string("out", None, "Table mode: output folder (default WORKDIR/eval/table).")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Table mode: preprocessed real tasks (default OUT/cache).")
+_STRICT = flags.DEFINE_bool("strict", False, "Table mode: an unreadable or missing input file of a labelled task "
+                            "is an error (exit 2) instead of being skipped (skipped files are listed in results.md "
+                            "and results.json either way).")
 
 
 def entry_name(encoder: str, checkpoint: str) -> str:
@@ -138,6 +143,12 @@ def main(argv: list[str]) -> None:
     if "evals" not in config:
         raise app.UsageError("The config has no `evals` section (usjepa_jax.evaluation.default_eval_config()).")
     validate_eval_config(config.evals)
+    if _STRICT.value:
+        from usjepa_jax.evaluation.labelled import default_labelled_config
+
+        config = ml_collections.ConfigDict(config.to_dict())  # an unlocked copy
+        config.evals.labelled = config.evals.get("labelled", None) or default_labelled_config()
+        config.evals.labelled.on_error = "raise"
     if _ENCODERS.value or _TASKS.value:
         return table_main(config)
     if not _WORKDIR.value:
@@ -169,4 +180,4 @@ def table_main(config: ml_collections.ConfigDict) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

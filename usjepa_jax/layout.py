@@ -3,7 +3,8 @@ tests read them)::
 
     WORKDIR/
       config.json          the resolved config of the run (``evaluate`` reads it)
-      checkpoints/STEP/    orbax: train state + data-iterator position + metadata (checkpointing.py)
+      checkpoints/STEP/    orbax: train state + data-iterator position + metadata (checkpointing.py); a step
+                           that does not restore is moved aside to STEP.damaged on resume, never deleted
       metrics.jsonl        one JSON record per log line; TensorBoard event files next to it
       loss_curve.png
       encoder/             the final student, an exported encoder (``model.json`` + ``params/``)

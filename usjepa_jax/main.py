@@ -1,7 +1,9 @@
 """Command-line entry: ``python -m usjepa_jax.main --config=configs/base.py --workdir=DIR``.
 
 Kept tiny so that the logic lives in ``train.py``, which tests and notebooks import. Config overrides work as
-``--config.optim.lr_peak=1e-4``; a typo in a key fails here, before any compute.
+``--config.optim.lr_peak=1e-4``; a typo in a key fails here, before any compute. How it ends (``cli.py``): 0 done,
+2 a user error (one line naming the key, file or value; ``--verbose`` for the traceback), 3 diverged (nothing
+non-finite saved), 75 preempted (a checkpoint saved; the same command resumes; the launch scripts requeue).
 """
 
 import logging as logging_std
@@ -10,8 +12,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from usjepa_jax import cli, sharding, storage
 from usjepa_jax import config as config_lib
-from usjepa_jax import sharding, storage
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -66,6 +68,7 @@ def main(argv: list[str]) -> None:
     if _PROFILE.value:
         config.profile_steps = _PROFILE.value
     config_lib.validate(config)  # before jax touches a device
+    storage.check_workdir(_WORKDIR.value)
     # a gs:// path without its backend fails here, naming what to install, before anything is written
     storage.check_backends([_WORKDIR.value, config.teacher.checkpoint])
     storage.require_local(config.teacher.cache, "config.teacher.cache")
@@ -83,11 +86,8 @@ def main(argv: list[str]) -> None:
     if warning:
         logging.warning("%s", warning)
     logging.info("Config:\n%s", config)
-    try:
-        train.train_and_evaluate(config, _WORKDIR.value)
-    except train.Preempted as e:
-        logging.warning("%s", e)  # a clean exit: the checkpoint is written, the rerun resumes exactly
+    train.train_and_evaluate(config, _WORKDIR.value)  # Preempted: exit 75, the checkpoint written (cli.py)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -66,6 +66,24 @@ def require_local(p: str | os.PathLike, what: str) -> None:
                          f"{os.fspath(p)} /data/, and pass that path.")
 
 
+def check_workdir(workdir: str) -> None:
+    """A workdir that cannot become a run folder fails here, naming it, before anything is built or written."""
+    from usjepa_jax.errors import UserError
+
+    if not workdir.strip():
+        raise UserError("--workdir is empty: pass the run's directory (created when missing).")
+    if is_remote(workdir):
+        return  # a bucket: check_backends checks what can be checked without writing
+    local = os.path.abspath(os.path.expanduser(workdir))
+    existing = local
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--workdir={workdir}: {existing} is a file, not a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir={workdir}: {existing} is not writable.")
+
+
 def path(p: str | os.PathLike) -> epath.Path:
     """The path object for a local path or a bucket URI (checked: a missing backend fails here, clearly)."""
     check_backend(p)

@@ -30,10 +30,11 @@ from jax.sharding import Mesh
 
 from usjepa_jax import checkpointing, masks, objectives, sharding, storage, targets
 from usjepa_jax import config as config_lib
-from usjepa_jax.checkpointing import Preempted, PreemptionWatcher
+from usjepa_jax.checkpointing import PreemptionWatcher
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.data.sources import EmptySplitError
 from usjepa_jax.encoders import export_encoder, is_exported_encoder, normalize_images
+from usjepa_jax.errors import Diverged, Preempted, ResumeRefused
 from usjepa_jax.evaluation.monitor import KnnMonitor
 from usjepa_jax.layout import (BEST_ENCODER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, ENCODER_DIR, MODEL_FILE, PROFILE_DIR,
                                TEACHER_DIR)
@@ -54,10 +55,6 @@ class TrainState:
     params: Any  # {"encoder": ..., "predictor": ...}
     opt_state: Any
     targets: Any = None  # the target source's state (the EMA encoder of ijepa), no gradient, no optimizer state
-
-
-class NonFiniteLossError(FloatingPointError):
-    pass
 
 
 def every(step: int, period: int, total_steps: int) -> bool:
@@ -208,6 +205,7 @@ class Trainer:
     init: Callable[[jax.Array], TrainState]
     step: Callable
     eval_loss: Callable
+    encoder_finite: Callable
 
     @property
     def num_params(self) -> int:
@@ -282,8 +280,20 @@ def build_trainer(config: ml_collections.ConfigDict, source: targets.TargetSourc
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
     eval_loss = jax.jit(lambda state, frozen, batch: loss_fn(state.params, state.targets, frozen, batch)[0],
                         in_shardings=in_shardings, out_shardings=sharding.replicated(mesh))
+
+    def encoder_finite(state: TrainState, batch) -> jax.Array:
+        # The full image, as an export's user embeds it: a diverged encoder can keep a finite training loss on
+        # its context tokens while the full image's tokens overflow to NaN.
+        params = state.params["encoder"]
+        tokens, _ = encoder.apply({"params": params}, normalize_images(batch["image"], config.data.mean,
+                                                                       config.data.std, encoder.dtype))
+        return jnp.all(jnp.isfinite(tokens)) & jnp.all(jnp.array([jnp.isfinite(x).all()
+                                                                   for x in jax.tree.leaves(params)]))
+
+    encoder_finite = jax.jit(encoder_finite, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                             out_shardings=sharding.replicated(mesh))
     return Trainer(config, mesh, encoder, predictor, sampler, source, abstract_state, state_shardings,
-                   frozen_params, jax.jit(init, out_shardings=state_shardings), step, eval_loss)
+                   frozen_params, jax.jit(init, out_shardings=state_shardings), step, eval_loss, encoder_finite)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -312,14 +322,32 @@ def best_val_loss(workdir: Path) -> float:
     return float(json.loads(path.read_text()).get("source", {}).get("val_loss", math.inf))
 
 
-def host_metrics(metrics: dict[str, jax.Array], step: int, where: str) -> dict[str, float]:
-    """The step's metrics on the host; a non-finite loss or norm stops the run (nothing is saved)."""
-    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = [k for k in ("loss", "grad_norm", "param_norm") if not math.isfinite(values[k])]
+def check_finite(values: dict[str, float], step: int, where: str) -> dict[str, float]:
+    """``values`` when all are finite; otherwise the run stops (``Diverged``) before anything is saved or
+    exported. Every value the host sees goes through here: the step's metrics, the validation loss, the k-NN
+    monitor's accuracy (NaN when the encoder's features are)."""
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
-        raise NonFiniteLossError(f"Non-finite {', '.join(f'{k}={values[k]}' for k in bad)} at step {step}; "
-                                 f"stopping without saving. The last good checkpoint is {where}.")
+        raise Diverged(f"Non-finite {', '.join(f'{k}={values[k]}' for k in bad)} at step {step}; stopping without "
+                       f"saving. The last good checkpoint is {where}.")
     return values
+
+
+def host_metrics(metrics: dict[str, jax.Array], step: int, where: str) -> dict[str, float]:
+    """The step's metrics on the host (``check_finite``)."""
+    return check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step, where)
+
+
+def export_checked(trainer: Trainer, state: TrainState, local_batch: dict[str, np.ndarray], directory: Path,
+                   step: int, source: dict[str, Any] | None = None) -> None:
+    """Export the student encoder to ``directory`` unless it is non-finite (``Trainer.encoder_finite`` on
+    ``local_batch``): a diverged encoder is never written where evaluation or a later run would pick it up."""
+    if not bool(trainer.encoder_finite(state, trainer.place_batch(local_batch))):
+        raise Diverged(f"The encoder at step {step} has non-finite parameters or embeds images to NaN/inf; "
+                       f"{directory} not written.")
+    config = trainer.config
+    export_encoder(directory, trainer.encoder, state.params["encoder"], mean=config.data.mean, std=config.data.std,
+                   image_size=config.data.image_size, source=source)
 
 
 # ------------------------------------------------------------------------------------------------ entry
@@ -362,38 +390,45 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
     trainer = build_trainer(config)
     source = trainer.source
 
-    # ---- run folder: the resolved config (``evaluate`` reads it).
-    workdir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
-
     # ---- data (mask sampling happens per example, in numpy, inside the pipeline).
     data_iter = iter(build_dataset(config.data, global_batch_size=o.batch_size, split="train", seed=config.seed,
                                    mask_sampler=trainer.sampler, teacher_targets=source.pipeline_transform("train")))
     val_batches = validation_batches(config, trainer.sampler, source.pipeline_transform("val"))
     knn_monitor = KnnMonitor(config, trainer.encoder, trainer.mesh) if config.evals.knn.every else None
 
-    # ---- restore the latest checkpoint (refusing one trained against another teacher), or init.
+    # ---- restore the newest checkpoint that restores (refusing one trained against another teacher or config;
+    # moving damaged ones aside), or init.
     meta = dict(method=config.method, config=config.to_json_best_effort(), **source.provenance())
     ckpt_dir = workdir / CHECKPOINTS_DIR
+    workdir.mkdir(parents=True, exist_ok=True)
     manager = checkpointing.make_manager(ckpt_dir, max_to_keep=config.checkpoint.max_to_keep,
                                          keep_period=config.checkpoint.keep_period or None,
                                          async_save=config.checkpoint.async_save)
-    latest = manager.latest_step()
-    if latest is None:
-        state = trainer.init(jax.random.key(config.seed))
-    else:
-        saved = checkpointing.restore_meta(manager, latest)
+
+    def same_teacher(saved: dict[str, Any]) -> None:
         if saved.get("teacher_hash") != meta["teacher_hash"]:
-            raise ValueError(
+            raise ResumeRefused(
                 f"Cannot resume {workdir}: its checkpoints were trained against teacher {saved.get('teacher_path')} "
                 f"(hash {str(saved.get('teacher_hash'))[:12]}), but this run uses {meta['teacher_path']} (hash "
                 f"{str(meta['teacher_hash'])[:12]}). Use a new workdir.")
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                              trainer.abstract_state, trainer.state_shardings)
-        state, data_state, _ = checkpointing.restore(manager, latest, target)
+
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), trainer.abstract_state,
+                          trainer.state_shardings)
+    try:
+        restored = checkpointing.restore_latest(manager, target, same_teacher)
+    except BaseException:
+        manager.close()
+        raise
+    if restored is None:
+        state = trainer.init(jax.random.key(config.seed))
+    else:
+        state, data_state, step = restored
         data_iter.set_state(data_state)
-        logging.info("Resumed from %s at step %d", ckpt_dir, latest)
+        logging.info("Resumed from %s at step %d", ckpt_dir, step)
+
+    # ---- run folder: the resolved config (``evaluate`` reads it), written only now that the resume is accepted.
+    if is_main:
+        (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + "\n")
     start_step, best = int(state.step), best_val_loss(workdir)
     logging.info("%s: %s encoder (%.2fM trainable params incl. predictor), %d devices %s, batch %d, context %d + "
                  "%dx%d target tokens, steps %d -> %d", config.method, config.model.variant, trainer.num_params / 1e6,
@@ -406,16 +441,21 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
     preemption = PreemptionWatcher()
     trace = StepTrace(workdir / PROFILE_DIR, start_step + 1, config.profile_steps)
     last: dict[str, float] = {}
+    # a batch to check an encoder on before exporting it: held-out images when there are, else the first batch
+    probe = val_batches[0] if val_batches else None
     try:
         for step in range(start_step + 1, o.total_steps + 1):
             trace.before(step)
-            state, metrics = trainer.step(state, trainer.frozen_params, trainer.place_batch(next(data_iter)))
+            local_batch = next(data_iter)
+            probe = local_batch if probe is None else probe
+            state, metrics = trainer.step(state, trainer.frozen_params, trainer.place_batch(local_batch))
             trace.after(step, metrics)
             log = every(step, config.log_every, o.total_steps)
             preempted = preemption.reached(step)
             save = every(step, config.checkpoint.every, o.total_steps) or preempted
+            kept = f"step {manager.latest_step()} in {ckpt_dir}"  # what a divergence leaves
             if log or save:
-                last = host_metrics(metrics, step, f"step {manager.latest_step()} in {ckpt_dir}")
+                last = host_metrics(metrics, step, kept)
             if log:
                 last.update(step=step, **throughput(step))
                 logging.info("step %d/%d | loss %.4f | grad %.3g | param %.4g | lr %.3g | wd %.3g | %.2f steps/s | "
@@ -426,17 +466,17 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
             if val_batches and every(step, config.eval_every, o.total_steps):
                 val = float(np.mean(jax.device_get([trainer.eval_loss(state, trainer.frozen_params,
                                                                       trainer.place_batch(b)) for b in val_batches])))
+                check_finite(dict(val_loss=val), step, kept)
                 logging.info("step %d | val_loss %.4f (best %.4f)", step, val, min(val, best))
                 writer.write(step, dict(val_loss=val))
                 # The best encoder is exported, not kept as a checkpoint: orbax's best_fn would choose which train
                 # checkpoints to keep, but resuming needs the latest ones.
                 if val < best:
                     best = val
-                    export_encoder(workdir / BEST_ENCODER_DIR, trainer.encoder, state.params["encoder"],
-                                   mean=config.data.mean, std=config.data.std, image_size=config.data.image_size,
+                    export_checked(trainer, state, probe, workdir / BEST_ENCODER_DIR, step,
                                    source=dict(run=str(workdir), step=step, val_loss=val))
             if knn_monitor is not None and every(step, config.evals.knn.every, o.total_steps):
-                knn = knn_monitor(state.params["encoder"])
+                knn = check_finite(knn_monitor(state.params["encoder"]), step, kept)
                 logging.info("step %d | k-NN monitor: accuracy %.3f, macro-F1 %.3f", step, knn["knn_accuracy"],
                              knn["knn_macro_f1"])
                 writer.write(step, knn)
@@ -454,8 +494,8 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
         writer.close()
 
     # ---- export the trained encoder (a teacher for later runs, and the evaluation's input).
-    export_encoder(workdir / ENCODER_DIR, trainer.encoder, state.params["encoder"], mean=config.data.mean,
-                   std=config.data.std, image_size=config.data.image_size)
+    export_checked(trainer, state, next(data_iter) if probe is None else probe, workdir / ENCODER_DIR,
+                   int(state.step))
     if is_main:
         logging.info("Done: encoder in %s, loss curve in %s", workdir / ENCODER_DIR, write_loss_curve(workdir))
     return last or last_values(workdir)  # a rerun of a finished run trains nothing: what was logged last

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import orbax.checkpoint as ocp
 
 from usjepa_jax import storage
 from usjepa_jax.encoders import convert, formats
+from usjepa_jax.errors import UserError
 from usjepa_jax.layout import CHECKPOINTS_DIR, ENCODER_DIR, MODEL_FILE, PARAMS_DIR
 from usjepa_jax.models.vit import VisionTransformer
 
@@ -313,6 +315,24 @@ def read_encoder(path: str | Path, *, image_size: int | Sequence[int] | None = N
                          source)
 
 
+def check_params_fit(module: VisionTransformer, params: Any, in_channels: int, image_size: Any, where: str) -> None:
+    """Raise ``UserError`` naming ``where`` when ``params`` are not ``module``'s (e.g. a ``model.json`` recording
+    another width than its ``params/`` hold): found at load, from shapes alone, not at a training run's first step.
+    """
+    from usjepa_jax.checkpointing import tree_mismatch
+
+    size = _square(image_size)
+    if size is None:  # learned embeddings: their own grid, taken as square; any grid fits a sin-cos embedding
+        side = math.isqrt(np.shape(params["pos_embed"])[1]) if "pos_embed" in params else 1
+        size = (side * module.patch_size,) * 2
+    images = jax.ShapeDtypeStruct((1, *size, in_channels), jnp.float32)
+    wanted = jax.eval_shape(module.init, jax.random.key(0), images)["params"]
+    mismatch = tree_mismatch(params, wanted, show=2, saved="weights", wanted="architecture", dtypes=False)
+    if mismatch:
+        raise UserError(f"Encoder {where}: its weights do not fit the architecture it records (width {module.width}, "
+                        f"depth {module.depth}, patch {module.patch_size}): {'; '.join(mismatch)}.")
+
+
 def load_encoder(path: str | Path, *, dtype: Any = jnp.float32, remat: bool = False,
                  image_size: int | Sequence[int] | None = None, num_heads: int | None = None,
                  mean: Stat | None = None, std: Stat | None = None, fmt: str = "auto",
@@ -329,4 +349,5 @@ def load_encoder(path: str | Path, *, dtype: Any = jnp.float32, remat: bool = Fa
     enc = read_encoder(path, image_size=image_size, num_heads=num_heads, mean=mean, std=std, fmt=fmt,
                        resample=resample)
     module = VisionTransformer(**enc.vit, remat=remat, dtype=dtype)
+    check_params_fit(module, enc.params, enc.in_channels, enc.image_size, enc.path)
     return FrozenEncoder(module, enc.params, enc.in_channels, enc.mean, enc.std, enc.path, params_hash(enc.params))

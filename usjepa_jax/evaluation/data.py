@@ -48,6 +48,7 @@ class EvalData:
     num_classes: int
     class_names: tuple[str, ...]
     name: str = "task"
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)  # input files left out: file, reason
 
 
 def _model_input(out: dict, to_input: ToModelInput) -> dict:

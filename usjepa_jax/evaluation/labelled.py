@@ -407,10 +407,12 @@ def load_task(spec: str | TaskSpec, size: int, cache_dir: str | Path, *,
     prep = preprocess_config(data_config)
     directory = prepare_task(task, cache_dir, size, prep, options, labelled.on_error, labelled.workers, progress)
     data = read_prepared_task(directory, task.class_names)
+    # every file left out, at scan or preprocessing time (the manifest keeps both): the results files list them
+    data.skipped = json.loads((directory / prepare_lib.MANIFEST).read_text())["datasets"][spec.name]["skipped"]
     if logger:
         logger(f"task {spec.name} ({spec.layout}, {spec.path}): {len(task.class_names)} classes "
                f"{list(task.class_names)[:8]}, frames train/val/test {len(data.train)}/{len(data.val)}/"
                f"{len(data.test)}, prepared at {size} px in {directory}"
                + (f"; unread {src.describe_extensions(task.scan.unread)}" if task.scan.unread else "")
-               + (f"; {len(task.scan.skipped)} files skipped" if task.scan.skipped else ""))
+               + (f"; {len(data.skipped)} files skipped" if data.skipped else ""))
     return data

@@ -10,9 +10,11 @@ the progress line and ``metrics.jsonl``. The full evaluation is ``python -m usje
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import ml_collections
+import numpy as np
 
 from usjepa_jax.encoders import normalize_images
 from usjepa_jax.evaluation import tasks
@@ -50,6 +52,8 @@ class KnnMonitor:
         """``encoder_params``: the student's current parameters (as sharded in the train state)."""
         x_train = self.extractor(self.train.image, encoder_params)
         x_test = self.extractor(self.test.image, encoder_params)
+        if not (np.isfinite(x_train).all() and np.isfinite(x_test).all()):  # a diverged encoder: no accuracy
+            return {"knn_accuracy": math.nan, "knn_macro_f1": math.nan}
         m = knn_metrics(x_train, self.train.label, x_test, self.test.label, self.num_classes, self.knn.k,
                         self.knn.temperature)
         return {"knn_accuracy": m["accuracy"], "knn_macro_f1": m["macro_f1"]}

@@ -35,6 +35,7 @@ from usjepa_jax.evaluation import labelled, table
 from usjepa_jax.evaluation.config import TASK_NAMES
 from usjepa_jax.evaluation.data import EvalData
 from usjepa_jax.evaluation.features import FeatureExtractor, FeatureStore
+from usjepa_jax.errors import UserError
 
 RUN_ENCODERS = ("student", "teacher", "random")
 
@@ -85,6 +86,9 @@ class TaskRef:
         spec = spec.strip()
         if spec in TASK_NAMES:
             return cls(spec, spec, True)
+        if not Path(spec.partition("=")[2] or spec).expanduser().exists():
+            raise UserError(f"task {spec!r}: neither a simulated task ({', '.join(TASK_NAMES)}) nor an existing "
+                            "path ([NAME=]PATH of an UltraBench folder, class folders or a CSV/JSON list)")
         parsed = labelled.TaskSpec.parse(spec)  # fails naming the path when it does not exist
         return cls(parsed.name, spec, False)
 
@@ -152,7 +156,12 @@ def evaluate_table(config: ml_collections.ConfigDict, encoders: Sequence[str | E
             data.name = ref.name
             task_cache[(ref.name, size)] = data
             task_info[ref.name] = {"spec": ref.spec, "simulated": ref.simulated, "classes": list(data.class_names),
-                                   "examples": {s: len(getattr(data, s)) for s in ("train", "val", "test")}}
+                                   "examples": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
+                                   "skipped": data.skipped}
+            if data.skipped:  # in results.md too: a table over fewer images than the task lists says so
+                notes.append(f"task {ref.name}: {len(data.skipped)} input files skipped (all in results.json, "
+                             f"tasks.{ref.name}.skipped): " + "; ".join(f"{s['file']} ({s['reason']})"
+                                                                         for s in data.skipped[:3]))
             log(f"task {ref.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} train/val/test at {size} px "
                 f"({time.perf_counter() - t:.1f}s)")
         return task_cache[(ref.name, size)]
