@@ -73,7 +73,16 @@ def vit_s16_config():
     return c
 
 
-CASES = {"vit_s16_224": vit_s16_config, "base": base.get_config}
+def peer_config():
+    """The side-by-side case against the official I-JEPA step (the shared peer scripts): predictor 384 x 6, four
+    target blocks at scale 0.075-0.125."""
+    c = vit_s16_config()
+    c.predictor = config_lib.predictor_config(width=384, depth=6, num_heads=6)
+    c.masks.target_scale = (0.075, 0.125)
+    return c
+
+
+CASES = {"vit_s16_224": vit_s16_config, "peer": peer_config, "base": base.get_config}
 
 
 def random_teacher(config) -> targets.FrozenTeacher:
