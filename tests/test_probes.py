@@ -1,4 +1,7 @@
-"""Probes that read patch tokens: the attentive probe (attentive.py) and the dense linear probe (dense.py)."""
+"""Probes that read patch tokens: the attentive probe (attentive.py) and the dense linear probe (dense.py), and
+the segmentation masks of real labelled tasks (labelled.py) that the dense probe reads."""
+
+import json
 
 import numpy as np
 import pytest
@@ -119,3 +122,47 @@ def test_runner_evaluators_on_tokens_of_an_encoder():
     data.train.segmentation = None
     results, _ = run_evaluators(encoder, cfg, data)
     assert not any(k.startswith("toy/dense_probe/") and not k.endswith("seconds") for k in results)
+
+
+def test_ultrabench_segmentation_masks_follow_the_image_geometry(tmp_path):
+    """An UltraBench segmentation task written as UltraBench writes it (paths relative to the dataset folder,
+    ``mask`` and ``scan_mask`` keys, 0/255 masks, a scan region that is cropped): the masks land in the splits'
+    segmentation, as classes 0/1, aligned with the preprocessed images; the ``masks/<name>/`` lookup agrees."""
+    from PIL import Image
+
+    from usjepa_jax.evaluation import labelled
+
+    root = tmp_path / "toy_v1"
+    for sub in ("images", "masks/structures", "masks/scan"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = {"train": [], "val": [], "test": []}
+    for i in range(12):
+        image = rng.integers(20, 60, (64, 48)).astype(np.uint8)
+        seg = np.zeros((64, 48), np.uint8)
+        r, c = rng.integers(12, 36, 2)
+        seg[r:r + 16, c - 8:c + 8] = 255
+        image[seg > 0] = 220
+        scan = np.zeros((64, 48), np.uint8)
+        scan[8:56] = 1  # the scan region: rows 8-55, cropped to it and padded square by the preprocessing
+        name = f"{i:02d}.png"
+        Image.fromarray(image).save(root / "images" / name)
+        Image.fromarray(seg).save(root / "masks/structures" / name)
+        Image.fromarray(scan * 255).save(root / "masks/scan" / name)
+        split = "test" if i >= 8 else "val" if i >= 6 else "train"
+        records[split].append({"image": f"images/{name}", "mask": f"masks/structures/{name}",
+                               "scan_mask": f"masks/scan/{name}", "patient": i})
+    (root / "train_val.json").write_text(json.dumps({"train": records["train"], "val": records["val"]}))
+    (root / "test.json").write_text(json.dumps(records["test"]))
+    cfg = labelled.default_labelled_config()
+    cfg.mask = "mask"
+    data = labelled.load_task(str(root), 32, tmp_path / "cache", labelled=cfg, progress=False)
+    assert (len(data.train), len(data.val), len(data.test)) == (6, 2, 4)
+    for s in (data.train, data.val, data.test):
+        assert s.segmentation.shape == (len(s), 32, 32) and set(np.unique(s.segmentation)) == {0, 1}
+        bright = s.image[..., 0] > 128
+        iou = (bright & (s.segmentation == 1)).sum() / (bright | (s.segmentation == 1)).sum()
+        assert iou > 0.8, iou
+    cfg.mask = "structures"  # no `structures_mask` key: found in masks/structures/ by the image's name
+    again = labelled.load_task(str(root), 32, tmp_path / "cache2", labelled=cfg, progress=False)
+    np.testing.assert_array_equal(again.test.segmentation, data.test.segmentation)

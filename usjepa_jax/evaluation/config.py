@@ -65,6 +65,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
             "video_stride": 1, "h5_key": "", "nifti_axis": -1,  # data/formats.py
             "on_error": "skip",  # an unreadable file: reported (log, cache manifest) and skipped, or 'raise'
             "workers": 0,  # decoder processes for the one-off preprocessing (0: in-process)
+            # A segmentation task: the name of its masks (UltraBench: `mask`, or `<name>_mask` keys, or
+            # masks/<name>/), read into the splits' segmentation for the dense probe; empty: classification only.
+            "mask": "",
         },
     })
 
