@@ -17,7 +17,7 @@ Feature sets (all on the same images of ``simulated_task_data``, at ``config.dat
 - ``student``: the exported encoder of a training run (``--student=RUN``, ``RUN/encoder``); more encoders as
   ``--student=NAME=PATH`` (repeatable: e.g. ``--student=teacher=RUN/teacher``), one column each.
 
-Token readouts: every column is read the same way from tokens of the same patch grid (``config.model.patch_size``;
+Token readouts: every column is read the same way from tokens of the same patch grid (``config.model``'s patch;
 an encoder's own patch size): the oracle's tokens are its tissue fractions per patch (``dense.patch_targets``),
 raw pixels' tokens the pixels of each patch (``features.pixel_tokens``), an encoder's its patch tokens. The oracle
 has no attentive cell on tasks whose label is a simulator parameter rather than tissue (``grade``, ``margin``).
@@ -129,7 +129,7 @@ def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) ->
         featurizers = {"oracle": lambda s: tasks.oracle_features(s, num_codes),
                        "raw_pixels": tasks.raw_pixel_features,
                        **{name: (lambda s, e=e: e(s.image)) for name, e in extractors.items()}}
-        patch = config.model.patch_size
+        patch = encoders["random_init"].module.patch_size  # config.model's patch grid
         token_featurizers = {"oracle": (lambda s: dense.patch_targets(s.segmentation, patch, num_codes), patch),
                              "raw_pixels": (lambda s: pixel_tokens(s.image, patch), patch),
                              **{name: (e.tokens, e.encoder.module.patch_size) for name, e in extractors.items()}}
