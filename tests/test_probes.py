@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from usjepa_jax.evaluation.attentive import AttentiveHead, train_attentive_probe
+from usjepa_jax.evaluation.attentive import AttentiveHead, normalize_tokens, train_attentive_probe
 from usjepa_jax.evaluation.dense import patch_targets, segmentation_metrics, train_dense_probe, upsample_patches
 from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
 
@@ -43,7 +43,8 @@ def test_attentive_probe_finds_the_one_position_mean_pooling_cannot():
 
 
 def test_attentive_head_is_standard_cross_attention():
-    """The folded computation (keys and values never projected per token) equals cross-attention written out."""
+    """The folded computation (keys and values never projected per token, the first LayerNorm's normalisation
+    applied once to the data) equals cross-attention written out."""
     import jax
     import jax.numpy as jnp
 
@@ -67,7 +68,8 @@ def test_attentive_head_is_standard_cross_attention():
         y = y + hidden @ params["fc2"] + params["b2"]
         return y @ params["head_w"] + params["head_b"]
 
-    np.testing.assert_allclose(jax.jit(head.logits)(params, x), jax.jit(reference)(params, x), rtol=1e-4, atol=1e-5)
+    folded = jax.jit(head.logits)(params, normalize_tokens(x))
+    np.testing.assert_allclose(folded, jax.jit(reference)(params, x), rtol=1e-4, atol=1e-5)
 
 
 def test_dense_probe_reads_the_oracle_perfectly():

@@ -11,8 +11,8 @@ Protocol (``config.evals.attentive``; our choices where the V-JEPA image evaluat
 does not transfer to a 2-core CPU):
 - AdamW, lr 1e-3 with a cosine decay to 0 over ``max_epochs`` (as V-JEPA, no warm-up), weight decay 1e-3
   (V-JEPA's), on every parameter;
-- batch 256 (V-JEPA: 16 per GPU), at most 50 epochs with early stopping on the validation cross-entropy,
-  patience 5 (V-JEPA: a fixed 20 epochs); the parameters of the best validation epoch are kept;
+- batch 256 (V-JEPA: 16 per GPU), at most 20 epochs (V-JEPA's fixed count) with early stopping on the
+  validation cross-entropy, patience 5; the parameters of the best validation epoch are kept;
 - 4 heads (or the largest count below that divides the token width: 1 for the oracle's 19 tissue codes), MLP
   ratio 4, width = the token width (no projection in);
 - tokens z-scored per dimension with the train split's statistics over all positions (as the linear probe);
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from usjepa_jax.evaluation.probe import ProbeConfig, TrainedProbe, train_probe
+from usjepa_jax.evaluation.probe import ProbeConfig, TrainedProbe, standardizer, train_probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,22 +71,27 @@ class AttentiveHead:
                 "head_w": dense((d, num_classes)), "head_b": zeros((num_classes,))}
 
     def attention(self, params, x):
-        """Attention weights ``[B, T, H]`` of the query over the tokens ``x [B, T, D]``, and the normed tokens."""
+        """Attention weights ``[B, T, H]`` of the query over tokens ``x [B, T, D]`` normalised by ``normalize_tokens``.
+
+        The first LayerNorm's affine part and the key projection are folded into the query: with ``n_t`` the
+        normalised token, ``(W_k,h^T (s * n_t + b)) . q_h = n_t . (s * W_k,h^T q_h) + const``; the key bias and
+        the LayerNorm bias only shift all scores of a head and cancel in the softmax."""
         d = x.shape[-1]
         h = self.heads(d)
         dh = d // h
-        kv = _layer_norm(x, params["norm1"])
         q = (params["query"] @ params["wq"] + params["bq"]).reshape(h, dh)
-        # W_k,h^T q_h per head: the key projection folded into the query (the key bias only shifts all scores).
         u = jnp.einsum("dhe,he->dh", params["wk"].reshape(d, h, dh), q) / math.sqrt(dh)
-        return jax.nn.softmax(kv @ u, axis=1), kv
+        return jax.nn.softmax(x @ (params["norm1"]["scale"][:, None] * u), axis=1)
 
     def logits(self, params, x):
+        """Class logits ``[B, C]`` of tokens ``x [B, T, D]`` normalised by ``normalize_tokens``."""
         b, _, d = x.shape
         h = self.heads(d)
         dh = d // h
-        a, kv = self.attention(params, x)
-        pooled = jnp.einsum("bth,btd->bhd", a, kv)  # per head, the attention-weighted mean of the normed tokens
+        a = self.attention(params, x)
+        # Per head, the attention-weighted mean of the LayerNormed tokens (the weights sum to one, so the affine
+        # part applies after the mean).
+        pooled = jnp.einsum("bth,btd->bhd", a, x) * params["norm1"]["scale"] + params["norm1"]["bias"]
         v = jnp.einsum("bhd,dhe->bhe", pooled, params["wv"].reshape(d, h, dh)) + params["bv"].reshape(h, dh)
         y = params["query"] + v.reshape(b, d) @ params["wo"] + params["bo"]
         hidden = jax.nn.gelu(_layer_norm(y, params["norm2"]) @ params["fc1"] + params["b1"], approximate=False)
@@ -95,15 +100,24 @@ class AttentiveHead:
 
 
 def _layer_norm(x, p, eps: float = 1e-6):
+    return normalize_tokens(x, eps, xp=jnp) * p["scale"] + p["bias"]
+
+
+def normalize_tokens(x, eps: float = 1e-6, xp=np):
+    """Each token to zero mean and unit variance over its features: the block's first LayerNorm without its affine
+    part, which does not depend on the parameters and so is applied once to the data, not at every step."""
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+    return (x - mean) / xp.sqrt(var + eps)
 
 
 def train_attentive_probe(tokens_train: np.ndarray, y_train: np.ndarray, tokens_val: np.ndarray, y_val: np.ndarray,
                           num_classes: int, cfg: ProbeConfig, head: AttentiveHead = AttentiveHead(), seed: int = 0,
                           pad_to: tuple[int, int] | None = None) -> TrainedProbe:
-    """The attentive probe on tokens ``[N, T, D]``: ``TrainedProbe`` (``evaluate(tokens, y)`` as the linear probe's)."""
+    """The attentive probe on tokens ``[N, T, D]``: ``TrainedProbe`` (``evaluate(tokens, y)`` as the linear probe's;
+    its transform z-scores the tokens with the train statistics, then normalises each token)."""
     if np.ndim(tokens_train) != 3:
         raise ValueError(f"attentive probe: expected tokens [N, T, D], got shape {np.shape(tokens_train)}.")
-    return train_probe(tokens_train, y_train, tokens_val, y_val, num_classes, cfg, seed, pad_to, head=head)
+    z = standardizer(tokens_train) if cfg.standardize else (lambda x: np.asarray(x, np.float32))
+    return train_probe(tokens_train, y_train, tokens_val, y_val, num_classes, cfg, seed, pad_to, head=head,
+                       transform=lambda x: normalize_tokens(z(x)).astype(np.float32))

@@ -207,10 +207,12 @@ class TrainedProbe:
 
 def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int,
                 cfg: ProbeConfig = ProbeConfig(), seed: int = 0, pad_to: tuple[int, int] | None = None,
-                head=LINEAR) -> TrainedProbe:
+                head=LINEAR, transform=None) -> TrainedProbe:
     """``pad_to``: (train, val) sizes to pad to instead of ``padded_size`` (tests: the padding changes nothing).
-    ``head``: the model on the features (``LinearHead``, or the attentive / dense probes' heads)."""
-    transform = standardizer(x_train) if cfg.standardize else (lambda x: np.asarray(x, np.float32))
+    ``head``: the model on the features (``LinearHead``, or the attentive / dense probes' heads); ``transform``:
+    features -> what the head reads, fitted already (default: the z-scoring of ``cfg.standardize``)."""
+    if transform is None:
+        transform = standardizer(x_train) if cfg.standardize else (lambda x: np.asarray(x, np.float32))
     keys = jax.random.split(jax.random.key(seed), cfg.num_seeds)
     n, n_val = len(x_train), len(x_val)
     size, size_val = pad_to or (padded_size(n), padded_size(n_val))
