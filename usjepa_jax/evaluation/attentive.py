@@ -24,8 +24,10 @@ It runs in the linear probe's loop (probe.py: one ``jax.jit``, ``lax.while_loop`
 Cost: with a single query the block is computed in an order that never projects the tokens one by one. The score of
 token ``t`` in head ``h`` is ``(W_k x_t + b_k)_h . q_h / sqrt(d_h) = x_t . (W_k,h^T q_h) / sqrt(d_h) + const``
 (the constant cancels in the softmax), and since the weights sum to one, ``sum_t a_t (W_v x_t + b_v) =
-W_v (sum_t a_t x_t) + b_v``. The result is exactly standard cross-attention, at ``T D H`` rather than ``T D^2``
-operations per example, which is what makes 10k examples x 5 seeds a matter of seconds to a minute on a CPU.
+W_v (sum_t a_t x_t) + b_v``. The first LayerNorm's normalisation does not depend on the parameters, so it is
+applied once to the data (``normalize_tokens``, part of the probe's transform) and only its affine part is
+learned, folded into the query and the pooled tokens in the same way. The result is exactly standard
+cross-attention, at ``T D H`` rather than ``T D^2`` operations per example and step (docs/probes.md: the speed).
 """
 
 from __future__ import annotations
