@@ -25,6 +25,8 @@ from usjepa_jax.evaluation.config import default_eval_config
 from usjepa_jax.evaluation.dense import train_dense_probe
 from usjepa_jax.evaluation.probe import ProbeConfig
 
+CLASSES, SEPARATION = 5, 2.0  # class-centre scale against noise of std 1
+
 
 def timed(fn):
     """(result, wall seconds, CPU seconds of this process, all threads)."""
@@ -38,13 +40,12 @@ def main() -> None:
     p.add_argument("--num", type=int, default=10_000, help="probe-train examples (val and test: a quarter each)")
     p.add_argument("--tokens", type=int, default=64, help="patch tokens per example (a square grid)")
     p.add_argument("--dim", type=int, default=192)
-    p.add_argument("--classes", type=int, default=5)
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--separation", type=float, default=2.0, help="class-centre scale (noise std 1)")
     a = p.parse_args()
+    a.classes = CLASSES
     rng = np.random.default_rng(0)
     n = a.num + 2 * (a.num // 4)
-    centres = rng.standard_normal((a.classes, a.dim)).astype(np.float32) * a.separation
+    centres = rng.standard_normal((a.classes, a.dim)).astype(np.float32) * SEPARATION
     evals = default_eval_config()
 
     def split(x, y):
