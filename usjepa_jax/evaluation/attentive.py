@@ -11,8 +11,9 @@ Protocol (``config.evals.attentive``; our choices where the V-JEPA image evaluat
 does not transfer to a 2-core CPU):
 - AdamW, lr 1e-3 with a cosine decay to 0 over ``max_epochs`` (as V-JEPA, no warm-up), weight decay 1e-3
   (V-JEPA's), on every parameter;
-- batch 256 (V-JEPA: 16 per GPU), at most 20 epochs (V-JEPA's fixed count) with early stopping on the
-  validation cross-entropy, patience 5; the parameters of the best validation epoch are kept;
+- batch 64 (V-JEPA: 16 per GPU), at most 20 epochs (V-JEPA's fixed count) with early stopping on the
+  validation cross-entropy, patience 5; the parameters of the best validation epoch are kept (at batch 256 and 20
+  epochs, 160 steps on 2000 examples left the probe short: docs/probes.md);
 - 4 heads (or the largest count below that divides the token width: 1 for the oracle's 19 tissue codes), MLP
   ratio 4, width = the token width (no projection in);
 - tokens z-scored per dimension with the train split's statistics over all positions (as the linear probe);

@@ -36,7 +36,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
         # Readouts of the patch tokens (not in the default ``evaluators``: select ``attentive_probe`` /
         # ``dense_probe``). Protocols in evaluation/attentive.py and dense.py, docs/probes.md.
         "attentive": {  # one cross-attention block with a learned query (V-JEPA's attentive classifier)
-            "lr": 1e-3, "weight_decay": 1e-3, "batch_size": 256, "max_epochs": 20, "patience": 5, "num_seeds": 5,
+            "lr": 1e-3, "weight_decay": 1e-3, "batch_size": 64, "max_epochs": 20, "patience": 5, "num_seeds": 5,
             "standardize": True, "num_heads": 4, "mlp_ratio": 4.0,
         },
         "dense": {  # per-patch linear map to the segmentation classes (simulated tissue map, real masks)
