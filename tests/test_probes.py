@@ -168,3 +168,11 @@ def test_ultrabench_segmentation_masks_follow_the_image_geometry(tmp_path):
     cfg.mask = "structures"  # no `structures_mask` key: found in masks/structures/ by the image's name
     again = labelled.load_task(str(root), 32, tmp_path / "cache2", labelled=cfg, progress=False)
     np.testing.assert_array_equal(again.test.segmentation, data.test.segmentation)
+
+
+def test_pixel_tokens_follow_the_patch_grid():
+    from usjepa_jax.evaluation.features import pixel_tokens
+
+    image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4, 1)
+    tokens = pixel_tokens(image, 2) * 255  # row-major patches, each patch's pixels row-major
+    np.testing.assert_allclose(tokens[0], [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]], atol=1e-4)
