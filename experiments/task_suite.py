@@ -82,6 +82,8 @@ def token_readouts(data, tokens, patch: int, config, readouts, oracle: bool = Fa
     from usjepa_jax.evaluation.probe import ProbeConfig
 
     evals, out = config.evals, {}
+    if not {"attentive", "dense"} & set(readouts):
+        return out  # the linear probe alone: no tokens needed
     x = {name: tokens(getattr(data, name)) for name in ("train", "val", "test")}
     if "attentive" in readouts and not (oracle and data.train.label_parameters is not None):
         t = time.perf_counter()
