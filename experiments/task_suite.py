@@ -1,9 +1,12 @@
 """The simulated task suite's table: can each task be read from the phantom, the pixels, a random and a trained
-encoder? A linear probe (the paper's protocol, evaluation/probe.py, 5 seeds) on four feature sets per task.
+encoder? A linear probe (the paper's protocol, evaluation/probe.py, 5 seeds) on four feature sets per task, and
+two readouts of the patch tokens (docs/probes.md): the attentive probe (attentive.py) and the dense linear probe
+of the tissue map (dense.py, mIoU / Dice).
 
     python experiments/task_suite.py --out=/tmp/task_suite                                   # oracle, raw, random
     python experiments/task_suite.py --out=/tmp/task_suite --student=/tmp/usjepa_base        # + a trained student
     python experiments/task_suite.py --out=/tmp/task_suite_smoke --config=configs/base.py:smoke   # seconds
+    python experiments/task_suite.py --out=/tmp/task_suite --readouts=linear               # the linear probe only
 
 Feature sets (all on the same images of ``simulated_task_data``, at ``config.data.image_size``):
 - ``oracle``: the phantom's tissue fractions per 8x8-pixel patch and over the whole image (the segmentation,
@@ -14,7 +17,14 @@ Feature sets (all on the same images of ``simulated_task_data``, at ``config.dat
 - ``student``: the exported encoder of a training run (``--student=RUN``, ``RUN/encoder``); more encoders as
   ``--student=NAME=PATH`` (repeatable: e.g. ``--student=teacher=RUN/teacher``), one column each.
 
-Writes ``OUT/task_suite.md`` (table, mean ± std over probe seeds), ``OUT/task_suite.json``,
+Token readouts: every column is read the same way from tokens of the same patch grid (``config.model``'s patch;
+an encoder's own patch size): the oracle's tokens are its tissue fractions per patch (``dense.patch_targets``),
+raw pixels' tokens the pixels of each patch (``features.pixel_tokens``), an encoder's its patch tokens. The oracle
+has no attentive cell on tasks whose label is a simulator parameter rather than tissue (``grade``, ``margin``).
+The linear probe's raw-pixel column stays the flattened image (the paper's comparison), so only the token readouts
+are like for like across columns.
+
+Writes ``OUT/task_suite.md`` (a table per readout, mean ± std over probe seeds), ``OUT/task_suite.json``,
 ``OUT/task_suite.png`` (bars) and ``OUT/contact_<task>.png`` (one row per class: is the label visible?).
 """
 
@@ -32,6 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/base.py", "Config: data, model, evals (tasks, sizes).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
+_READOUTS = flags.DEFINE_list("readouts", ["linear", "attentive", "dense"],
+                              "Which readouts to run: linear (the paper's probe), attentive, dense.")
 _STUDENT = flags.DEFINE_multi_string(
     "student", [], "A training run's workdir (its exported final encoder is probed too), or NAME=PATH with any "
     "encoder load_encoder reads (a run, RUN/teacher, an exported or imported checkpoint); repeat for several.")
@@ -39,6 +51,11 @@ _STUDENT = flags.DEFINE_multi_string(
 KEEP_THRESHOLD = 0.9  # an oracle macro-F1 below this: the task is not kept
 BASE_COLUMNS = ("oracle", "raw_pixels", "random_init")
 LABELS = {"oracle": "oracle (phantom)", "raw_pixels": "raw pixels", "random_init": "random init"}
+READOUTS = ("linear", "attentive", "dense")
+# Each readout's table: (key in a cell, its metric, the table's title).
+TABLES = {"linear": (None, "macro_f1", "linear-probe macro-F1 (mean-pooled tokens)"),
+          "attentive": ("attentive", "macro_f1", "attentive-probe macro-F1"),
+          "dense": ("dense", "miou", "dense-probe mIoU of the tissue map")}
 
 
 def named_encoders(specs: list[str]) -> dict[str, str]:
@@ -59,13 +76,41 @@ def columns(rows: dict) -> list[str]:
     return [c for c, value in next(iter(rows.values())).items() if isinstance(value, dict)]
 
 
-def task_rows(config, students: dict[str, str], out: Path) -> dict:
-    """``{task: {column: {macro_f1_mean, macro_f1_std}, ...}}`` and a contact sheet per task."""
+def token_readouts(data, tokens, patch: int, config, readouts, oracle: bool = False) -> dict:
+    """The attentive and dense probes on ``tokens(split) -> [N, T, D]`` of one column: ``{readout: metrics}``."""
+    from usjepa_jax.evaluation import attentive, dense
+    from usjepa_jax.evaluation.probe import ProbeConfig
+
+    evals, out = config.evals, {}
+    if not {"attentive", "dense"} & set(readouts):
+        return out  # the linear probe alone: no tokens needed
+    x = {name: tokens(getattr(data, name)) for name in ("train", "val", "test")}
+    if "attentive" in readouts and not (oracle and data.train.label_parameters is not None):
+        t = time.perf_counter()
+        head = attentive.AttentiveHead(int(evals.attentive.num_heads), float(evals.attentive.mlp_ratio))
+        probe = attentive.train_attentive_probe(x["train"], data.train.label, x["val"], data.val.label,
+                                                data.num_classes, ProbeConfig.from_config(evals.attentive), head,
+                                                evals.seed)
+        out["attentive"] = probe.evaluate(x["test"], data.test.label)
+        out["attentive"].update(epochs_mean=float(probe.epochs.mean()), seconds=time.perf_counter() - t)
+    if "dense" in readouts:
+        t = time.perf_counter()
+        num_codes = int(max(s.segmentation.max() for s in (data.train, data.val, data.test))) + 1
+        probe = dense.train_dense_probe(x["train"], data.train.segmentation, x["val"], data.val.segmentation,
+                                        num_codes, patch, ProbeConfig.from_config(evals.dense), evals.seed)
+        out["dense"] = probe.evaluate(x["test"], data.test.segmentation)
+        out["dense"].update(epochs_mean=float(probe.probe.epochs.mean()), seconds=time.perf_counter() - t)
+    return out
+
+
+def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) -> dict:
+    """``{task: {column: {macro_f1_mean, macro_f1_std, attentive: {...}, dense: {...}}, ...}}`` and a contact
+    sheet per task."""
     import jax.numpy as jnp
 
     from usjepa_jax.encoders import load_encoder
-    from usjepa_jax.evaluation import plots, tasks
-    from usjepa_jax.evaluation.features import FeatureExtractor, random_encoder
+    from usjepa_jax.evaluation import dense, plots, tasks
+    from usjepa_jax.evaluation.features import FeatureExtractor, pixel_tokens, random_encoder
     from usjepa_jax.evaluation.probe import ProbeConfig
 
     cfg, seed = ProbeConfig.from_config(config.evals.probe), config.evals.seed
@@ -86,29 +131,60 @@ def task_rows(config, students: dict[str, str], out: Path) -> dict:
         featurizers = {"oracle": lambda s: tasks.oracle_features(s, num_codes),
                        "raw_pixels": tasks.raw_pixel_features,
                        **{name: (lambda s, e=e: e(s.image)) for name, e in extractors.items()}}
+        patch = encoders["random_init"].module.patch_size  # config.model's patch grid
+        token_featurizers = {"oracle": (lambda s: dense.patch_targets(s.segmentation, patch, num_codes), patch),
+                             "raw_pixels": (lambda s: pixel_tokens(s.image, patch), patch),
+                             **{name: (e.tokens, e.encoder.module.patch_size) for name, e in extractors.items()}}
         rows[task] = {"num_classes": data.num_classes, "class_names": list(data.class_names),
                       "chance": 1.0 / data.num_classes}
         for column, featurize in featurizers.items():
-            m = tasks.probe_on(data, featurize, cfg, seed)
-            rows[task][column] = {"macro_f1_mean": m["macro_f1_mean"], "macro_f1_std": m["macro_f1_std"]}
-            logging.info("task %s, %s: macro-F1 %.3f ± %.3f", task, column, m["macro_f1_mean"], m["macro_f1_std"])
-        rows[task]["kept"] = rows[task]["oracle"]["macro_f1_mean"] >= KEEP_THRESHOLD
+            rows[task][column] = {}
+            if "linear" in readouts:
+                t = time.perf_counter()
+                m = tasks.probe_on(data, featurize, cfg, seed)
+                rows[task][column] = {"macro_f1_mean": m["macro_f1_mean"], "macro_f1_std": m["macro_f1_std"],
+                                      "seconds": time.perf_counter() - t}
+                logging.info("task %s, %s: linear macro-F1 %.3f ± %.3f", task, column, m["macro_f1_mean"],
+                             m["macro_f1_std"])
+            tokens, token_patch = token_featurizers[column]
+            rows[task][column].update(token_readouts(
+                data, (lambda s, f=tokens: f(s.image)) if column in extractors else tokens, token_patch, config,
+                readouts, oracle=column == "oracle"))
+            for name in ("attentive", "dense"):
+                if name in rows[task][column]:
+                    r = rows[task][column][name]
+                    metric = TABLES[name][1]
+                    logging.info("task %s, %s: %s %s %.3f ± %.3f (%.1fs)", task, column, name, metric,
+                                 r[f"{metric}_mean"], r[f"{metric}_std"], r["seconds"])
+        rows[task]["kept"] = rows[task]["oracle"].get("macro_f1_mean", float("nan")) >= KEEP_THRESHOLD
     return rows
 
 
 def write_table(rows: dict, out: Path, note: str = "") -> Path:
     cols = columns(rows)
-    head = "| task | classes | chance | " + " | ".join(LABELS.get(c, c) for c in cols) + " | kept (oracle >= 0.9) |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for task, r in rows.items():
-        cells = [f"{r[c]['macro_f1_mean']:.3f} ± {r[c]['macro_f1_std']:.3f}" if c in r else "-" for c in cols]
-        lines.append(f"| `{task}` | {r['num_classes']} | {r['chance']:.2f} | " + " | ".join(cells)
-                     + f" | {'yes' if r['kept'] else 'no'} |")
-    text = ("# Simulated task suite: linear-probe macro-F1 (test split, mean ± std over probe seeds)\n\n"
-            + (note + "\n\n" if note else "") + "\n".join(lines) + "\n")
+    sections = []
+    for key, metric, title in TABLES.values():
+        cells_of = {task: [_cell(r[c].get(key, {}) if key else r[c], metric) if c in r else "-" for c in cols]
+                    for task, r in rows.items()}
+        if all(cell == "-" for cells in cells_of.values() for cell in cells):
+            continue  # this readout was not run
+        head = "| task | classes | chance | " + " | ".join(LABELS.get(c, c) for c in cols) + " | kept (oracle >= 0.9) |"
+        lines = [f"## {title}", "", head, "|" + "---|" * (head.count("|") - 1)]
+        for task, r in rows.items():
+            lines.append(f"| `{task}` | {r['num_classes']} | {r['chance']:.2f} | " + " | ".join(cells_of[task])
+                         + f" | {'yes' if r['kept'] else 'no'} |")
+        sections.append("\n".join(lines))
+    text = ("# Simulated task suite (test split, mean ± std over probe seeds)\n\n"
+            + (note + "\n\n" if note else "") + "\n\n".join(sections) + "\n")
     path = out / "task_suite.md"
     path.write_text(text)
     return path
+
+
+def _cell(metrics: dict, metric: str) -> str:
+    if f"{metric}_mean" not in metrics:
+        return "-"
+    return f"{metrics[f'{metric}_mean']:.3f} ± {metrics[f'{metric}_std']:.3f}"
 
 
 def write_plot(rows: dict, out: Path) -> Path:
@@ -149,10 +225,15 @@ def main(argv) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     students = named_encoders(_STUDENT.value)
-    rows = task_rows(config, students, out)
+    unknown = [r for r in _READOUTS.value if r not in READOUTS]
+    if unknown or not _READOUTS.value:
+        raise app.UsageError(f"--readouts={','.join(_READOUTS.value)}: expected some of {READOUTS}.")
+    rows = task_rows(config, students, out, tuple(_READOUTS.value))
     summary = {"rows": rows, "encoders": students, "image_size": config.data.image_size,
                "num_train": config.evals.num_train, "num_val": config.evals.num_val,
                "num_test": config.evals.num_test, "probe_seeds": config.evals.probe.num_seeds,
+               "readouts": list(_READOUTS.value), "attentive": config.evals.attentive.to_dict(),
+               "dense": config.evals.dense.to_dict(),
                "seconds": time.perf_counter() - t0}
     (out / "task_suite.json").write_text(json.dumps(summary, indent=2))
     from usjepa_jax.data import framing, speckle_share

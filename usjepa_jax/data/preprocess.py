@@ -183,6 +183,16 @@ def preprocess_frame(frame: np.ndarray, config: PreprocessConfig = PreprocessCon
     """One decoded frame (``[H, W]`` or ``[H, W, C]``, any dtype; RGB if C >= 3) -> (uint8 image, bool mask).
 
     ``scan_mask``: the scan region as given (no detection); ``region``: a bound on it (bool ``[H, W]``)."""
+    gray, mask, _ = preprocess_with_labels(frame, None, config, scan_mask, region)
+    return gray, mask
+
+
+def preprocess_with_labels(frame: np.ndarray, labels: np.ndarray | None, config: PreprocessConfig = PreprocessConfig(),
+                           scan_mask: np.ndarray | None = None, region: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``preprocess_frame``, and a per-pixel label map (a segmentation mask, class indices ``[H, W]``) taken
+    through the same geometry: the same crop, padding (label 0) and resize (nearest), so it stays aligned with
+    the image."""
     frame = np.asarray(frame)
     if frame.ndim == 3 and frame.shape[-1] == 1:
         frame = frame[..., 0]
@@ -220,8 +230,16 @@ def preprocess_frame(frame: np.ndarray, config: PreprocessConfig = PreprocessCon
         gray = rescale_intensity(gray, mask, *config.rescale_percentiles)
     else:
         gray = np.where(mask, gray, 0).astype(np.uint8)
+    if labels is not None:
+        labels = np.asarray(labels, np.uint8)
+        if labels.shape != gray.shape:
+            labels = np.asarray(Image.fromarray(labels).resize(gray.shape[::-1], Image.NEAREST))
+        if config.crop_to_scan_region:
+            labels, _ = crop_square(labels, mask)
+        if config.size and labels.shape != (int(config.size),) * 2:
+            labels = np.asarray(Image.fromarray(labels).resize((int(config.size),) * 2, Image.NEAREST))
     if config.crop_to_scan_region:
         gray, mask = crop_square(gray, mask)
     if config.size:
         gray, mask = resize(gray, mask, int(config.size))
-    return np.ascontiguousarray(gray, np.uint8), np.ascontiguousarray(mask, bool)
+    return np.ascontiguousarray(gray, np.uint8), np.ascontiguousarray(mask, bool), labels

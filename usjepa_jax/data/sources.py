@@ -486,7 +486,9 @@ def _first(item: dict, keys: Sequence[str], default: Any = None) -> Any:
 
 def json_records(obj: Any, where: str, split: str | None = None) -> list[dict[str, Any]]:
     """``{"path", "label", "split", "group"}`` (None where absent) of each item of the accepted UltraBench JSON
-    shapes (module docstring); ``split`` is the record's own split key or the key of its sub-split list."""
+    shapes (module docstring); ``split`` is the record's own split key or the key of its sub-split list; ``masks``
+    (only when the record names any): its mask paths by key (``mask``, ``scan_mask``, ``<name>_mask``: UltraBench's
+    segmentation tasks)."""
     if isinstance(obj, dict):
         for key in _LIST_KEYS:
             if key in obj and isinstance(obj[key], list):
@@ -506,6 +508,9 @@ def json_records(obj: Any, where: str, split: str | None = None) -> list[dict[st
                 raise ValueError(f"{where}: record without an image path: {item}")
             out.append({"path": str(path), "label": _first(item, LABEL_KEYS), "split": _first(item, SPLIT_KEYS, split),
                         "group": _first(item, GROUP_KEYS)})
+            masks = {k: str(v) for k, v in item.items() if isinstance(v, str) and (k == "mask" or k.endswith("_mask"))}
+            if masks:
+                out[-1]["masks"] = masks
         else:
             raise TypeError(f"{where}: unsupported item {item!r}")
     return out

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ml_collections
 
 # Every evaluator, in the order they run (``evaluators`` names a subset, comma separated).
-EVALUATOR_NAMES = ("collapse", "knn", "linear_probe", "few_shot", "robustness", "speckle_invariance")
+EVALUATOR_NAMES = ("collapse", "knn", "linear_probe", "few_shot", "robustness", "speckle_invariance",
+                   "attentive_probe", "dense_probe")
 POOLINGS = ("mean", "max", "mean_max")
 CORRUPTIONS = ("blur", "contrast", "speckle")
 TASK_NAMES = ("lesion", "organ", "margin", "grade")  # the simulated task suite (tasks.py)
@@ -31,6 +32,16 @@ def default_eval_config() -> ml_collections.ConfigDict:
         "probe": {  # linear probe, the paper's protocol
             "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 32, "max_epochs": 150, "patience": 15, "num_seeds": 5,
             "standardize": True,  # z-score features with the probe-train split's mean/std
+        },
+        # Readouts of the patch tokens (not in the default ``evaluators``: select ``attentive_probe`` /
+        # ``dense_probe``). Protocols in evaluation/attentive.py and dense.py, docs/probes.md.
+        "attentive": {  # one cross-attention block with a learned query (V-JEPA's attentive classifier)
+            "lr": 1e-3, "weight_decay": 1e-3, "batch_size": 64, "max_epochs": 20, "patience": 5, "num_seeds": 5,
+            "standardize": True, "num_heads": 4, "mlp_ratio": 4.0,
+        },
+        "dense": {  # per-patch linear map to the segmentation classes (simulated tissue map, real masks)
+            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 64, "max_epochs": 50, "patience": 5, "num_seeds": 5,
+            "standardize": True,
         },
         "few_shot": {"fractions": (0.01, 0.05, 0.1, 0.5, 1.0)},  # stratified, nested subsets of the train split
         # Cosine k-NN, votes weighted exp(sim / temperature). ``every`` > 0 also runs it as a monitor during
@@ -54,6 +65,9 @@ def default_eval_config() -> ml_collections.ConfigDict:
             "video_stride": 1, "h5_key": "", "nifti_axis": -1,  # data/formats.py
             "on_error": "skip",  # an unreadable file: reported (log, cache manifest) and skipped, or 'raise'
             "workers": 0,  # decoder processes for the one-off preprocessing (0: in-process)
+            # A segmentation task: the name of its masks (UltraBench: `mask`, or `<name>_mask` keys, or
+            # masks/<name>/), read into the splits' segmentation for the dense probe; empty: classification only.
+            "mask": "",
         },
     })
 
@@ -96,10 +110,13 @@ def validate_eval_config(evals: ml_collections.ConfigDict) -> None:
     for key in ("num_train", "num_val", "num_test", "batch_size"):
         if evals[key] < 1:
             raise ValueError(f"config.evals.{key}={evals[key]} must be at least 1.")
-    p = evals.probe
-    for key in ("batch_size", "max_epochs", "num_seeds", "patience"):
-        if p[key] < 1:
-            raise ValueError(f"config.evals.probe.{key}={p[key]} must be at least 1.")
+    for name in ("probe", "attentive", "dense"):
+        p = evals.get(name, None)
+        for key in ("batch_size", "max_epochs", "num_seeds", "patience") if p is not None else ():
+            if p[key] < 1:
+                raise ValueError(f"config.evals.{name}.{key}={p[key]} must be at least 1.")
+    if "attentive" in evals and evals.attentive.num_heads < 1:
+        raise ValueError(f"config.evals.attentive.num_heads={evals.attentive.num_heads} must be at least 1.")
     if any(not 0 < f <= 1 for f in evals.few_shot.fractions):
         raise ValueError(f"config.evals.few_shot.fractions={evals.few_shot.fractions}: each in (0, 1].")
     if any(s not in (0, 1, 2, 3) for s in evals.robustness.severities):
@@ -131,6 +148,8 @@ def shrink_for_smoke(evals: ml_collections.ConfigDict) -> None:
     evals.num_train, evals.num_val, evals.num_test = 60, 30, 30
     evals.batch_size = 32
     evals.probe.max_epochs, evals.probe.patience, evals.probe.num_seeds = 20, 5, 2
+    for name in ("attentive", "dense"):
+        evals[name].max_epochs, evals[name].patience, evals[name].num_seeds = 10, 3, 2
     evals.few_shot.fractions = (0.1, 1.0)
     evals.knn.k = 5
     evals.knn.monitor_num_train, evals.knn.monitor_num_test = 40, 20

@@ -2,7 +2,7 @@
 
 ``FeatureExtractor(encoder, pooling)`` takes a ``FrozenEncoder`` (any exported/imported encoder, or a random init
 wrapped by ``random_encoder``) and maps uint8 images ``[N, H, W, 1]`` to pooled features ``[N, D]`` (float32 numpy),
-or to the patch tokens ``[N, T, D]`` with ``tokens``.
+or to the patch tokens ``[N, T, D]`` with ``tokens``; ``pixel_tokens`` gives raw pixels the same token form.
 
 ``FeatureStore(directory, extractor)`` keeps pooled features on disk, one ``.npy`` per key (an encoder, a task
 split, a corruption): computed once, reused by every later evaluation, and written chunk by chunk (with images/s
@@ -35,6 +35,18 @@ def pool(tokens: jax.Array, pooling: str) -> jax.Array:
     if pooling == "mean_max":
         return jnp.concatenate([tokens.mean(axis=1), tokens.max(axis=1)], axis=-1)
     raise ValueError(f"pooling={pooling!r}: expected mean, max or mean_max.")
+
+
+def pixel_tokens(images: np.ndarray, patch: int) -> np.ndarray:
+    """Raw pixels as tokens: uint8 images ``[N, S, S(, 1)]`` -> ``[N, (S // patch)^2, patch^2]`` in [0, 1], one
+    token per non-overlapping patch in row-major order, as a ViT's patch grid: so the token readouts (attentive,
+    dense) read the pixels exactly as they read an encoder's tokens."""
+    images = np.asarray(images)
+    images = images[..., 0] if images.ndim == 4 else images
+    n, s = images.shape[:2]
+    g = s // patch
+    grid = images[:, :g * patch, :g * patch].reshape(n, g, patch, g, patch).transpose(0, 1, 3, 2, 4)
+    return grid.reshape(n, g * g, patch * patch).astype(np.float32) / 255
 
 
 def random_encoder(model_cfg: ml_collections.ConfigDict, image_size: int, *, mean: float = 0.5, std: float = 0.5,

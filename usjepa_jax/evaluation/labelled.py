@@ -32,6 +32,17 @@ groups without a split), then val (``val_fraction``) from what remains for train
 labels, renumbered 0..K-1 (``class_names`` keeps the originals). A missing or unparsable label, a file listed
 twice, or a class without an example in some split fails, naming the file and the label.
 
+**Segmentation masks** (UltraBench's segmentation tasks; ``config.evals.labelled.mask``, e.g. ``structures`` or
+``regions``, empty for a classification task): a record's mask is the JSON's ``mask`` key when the name is
+``mask``, else its ``<name>_mask`` key (paths relative to the dataset folder, as UltraBench writes them), else the
+file of the image's stem in ``masks/<name>/``. A record without one fails, naming it. Mask pixels are class values
+(0 background); the task's classes are its sorted distinct values over all masks, renumbered 0..K-1 (a 0/255
+mask is two classes). A mask goes through the image's own geometry (``preprocess.preprocess_with_labels``: the
+same crop and padding, nearest resize) and lands in ``Split.segmentation``, which the dense probe reads; its
+arrays are kept beside the prepared frames (``segmentation-<name>.npz``). A segmentation task without class
+labels gets one class, ``all``. Image paths written relative to the dataset folder (``images/...``, as
+UltraBench does) are accepted as well as paths relative to ``images/``.
+
 **Preprocessing** is the pretraining recipe (``config.data.preprocess``: grayscale, inpainting, scan region,
 percentile rescaling, crop, resize to the encoder's input size), done once per task and size by
 ``prepare.prepare_scans`` into ``CACHE/<task>-<size>px-<key>/`` (ArrayRecord shards + manifest: files, frames,
@@ -122,6 +133,7 @@ class _Record:
     group: str
     where: str  # where the record was written (file and line, or the class folder)
     mask_path: str | None = None
+    segmentation_path: str | None = None  # a segmentation task's mask (module docstring)
 
 
 # ------------------------------------------------------------------------------------------------ layouts
@@ -134,7 +146,18 @@ def _split_name(value: Any, where: str) -> str | None:
     return name
 
 
-def _ultrabench_records(spec: TaskSpec) -> list[_Record]:
+def _segmentation_path(root: Path, r: dict, rel: str, name: str, where: str) -> str:
+    """The segmentation mask of one UltraBench record (module docstring), or TaskError naming the record."""
+    keys = ("mask",) if name == "mask" else (f"{name}_mask",)
+    listed = next((r["masks"][k] for k in keys if k in r.get("masks", {})), None)
+    path = str(root / listed) if listed else src._find_mask(root / "masks" / name, rel)
+    if not path or not Path(path).is_file():
+        raise TaskError(f"{where}: no {name!r} segmentation mask for {rel} (looked for the JSON key "
+                        f"{keys[0]!r} and in {root / 'masks' / name})")
+    return path
+
+
+def _ultrabench_records(spec: TaskSpec, mask: str = "") -> list[_Record]:
     root = Path(spec.path)
     out = []
     for fname, default in (("train_val.json", None), ("test.json", "test")):
@@ -147,8 +170,14 @@ def _ultrabench_records(spec: TaskSpec) -> list[_Record]:
             if default is None and split == "test":
                 raise TaskError(f"{where}: {r['path']} is marked test inside train_val.json")
             rel = r["path"]
-            out.append(_Record(str(root / "images" / rel), rel, r["label"], split, str(r["group"] or rel), where,
-                               src._find_mask(root / "masks" / "scan", rel)))
+            image = root / "images" / rel
+            if not image.exists() and (root / rel).is_file():  # written relative to the dataset folder
+                image, rel = root / rel, str(Path(rel).relative_to("images")) if rel.startswith("images/") else rel
+            label = "all" if mask and r["label"] is None else r["label"]
+            scan = r.get("masks", {}).get("scan_mask")
+            out.append(_Record(str(image), rel, label, split, str(r["group"] or rel), where,
+                               str(root / scan) if scan else src._find_mask(root / "masks" / "scan", rel),
+                               _segmentation_path(root, r, rel, mask, where) if mask else None))
     return out
 
 
@@ -296,15 +325,21 @@ class TaskScan:
     spec: TaskSpec
     scan: src.DatasetScan  # entries carry label, split and group
     class_names: tuple[str, ...]
+    segmentation: dict[str, str] | None = None  # entry path -> its segmentation mask (a segmentation task)
+    mask: str = ""
 
 
 def scan_task(spec: TaskSpec, rule: SplitRule = SplitRule(), options: src.FrameOptions = src.DEFAULT_OPTIONS,
-              on_error: str = "skip") -> TaskScan:
+              on_error: str = "skip", mask: str = "") -> TaskScan:
     """The task's files with labels and splits, frames counted (headers only). Unreadable files are skipped
-    (reported in the scan) or raise; a task without readable frames, a bad label or an empty class fails."""
+    (reported in the scan) or raise; a task without readable frames, a bad label or an empty class fails.
+    ``mask``: read the segmentation masks of that name too (UltraBench layout; module docstring)."""
     unread: dict[str, int] = {}
+    if mask and spec.layout != "ultrabench":
+        raise TaskError(f"task {spec.name}: segmentation masks (mask={mask!r}) are read from the UltraBench "
+                        f"layout only; {spec.path} is a {spec.layout} task")
     if spec.layout == "ultrabench":
-        records = _ultrabench_records(spec)
+        records = _ultrabench_records(spec, mask)
     elif spec.layout == "folders":
         records, unread = _folder_records(spec)
     else:
@@ -336,7 +371,8 @@ def scan_task(spec: TaskSpec, rule: SplitRule = SplitRule(), options: src.FrameO
     scan.entries = [src.FileEntry(r.path, r.relpath, kind, n, y, r.mask_path, s, r.group)
                     for (r, kind, n), y, s in zip(entries, labels, splits, strict=True)]
     scan.label_names = list(class_names)
-    return TaskScan(spec, scan, class_names)
+    segmentation = {r.path: r.segmentation_path for r in kept} if mask else None
+    return TaskScan(spec, scan, class_names, segmentation, mask)
 
 
 def preprocess_config(data_config: ml_collections.ConfigDict | None) -> pp.PreprocessConfig:
@@ -395,6 +431,36 @@ def read_prepared_task(directory: str | Path, class_names: Sequence[str]) -> Eva
                     class_names=tuple(class_names))
 
 
+def read_segmentation(task: TaskScan, directory: str | Path, prep: pp.PreprocessConfig,
+                      options: src.FrameOptions = src.DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
+    """The segmentation of every prepared frame, per split, in ``read_prepared_task``'s order: uint8 class indices
+    ``[N, S, S]``, computed once (each frame decoded again for its scan region) and kept in ``directory``."""
+    cache = Path(directory) / f"segmentation-{task.mask}.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            return {split: z[split] for split in SPLITS}
+    entries = {e.relpath: e for e in task.scan.entries}
+    files = src.PreparedStore([directory]).files
+    maps = {split: [] for split in SPLITS}
+    for split in SPLITS:
+        for f in (f for f in files if f["split"] == split):
+            e = entries[f["file"]]
+            seg_path = task.segmentation[e.path]
+            labels = np.asarray(pp.Image.open(seg_path))
+            labels = labels[..., 0] if labels.ndim == 3 else labels
+            scan, region = src.read_mask(e.mask_path), src.file_region(e.path, e.kind)
+            frames = list(src.iter_frames(e.path, e.kind, options))
+            if len(frames) != f["frames"]:
+                raise TaskError(f"{e.path}: {len(frames)} frames decoded, {f['frames']} prepared")
+            maps[split] += [pp.preprocess_with_labels(fr, labels, prep, scan, region)[2] for fr in frames]
+    values = np.unique(np.concatenate([np.unique(m) for ms in maps.values() for m in ms]))
+    lookup = np.zeros(256, np.uint8)
+    lookup[values] = np.arange(len(values))  # mask values -> classes 0..K-1 in sorted order
+    out = {split: lookup[np.stack(ms)] for split, ms in maps.items()}
+    np.savez(cache, **out)
+    return out
+
+
 def load_task(spec: str | TaskSpec, size: int, cache_dir: str | Path, *,
               labelled: ml_collections.ConfigDict | None = None, data_config: ml_collections.ConfigDict | None = None,
               logger: Callable[[str], None] | None = None, progress: bool = True) -> EvalData:
@@ -403,12 +469,16 @@ def load_task(spec: str | TaskSpec, size: int, cache_dir: str | Path, *,
     validate_labelled_config(labelled)
     spec = spec if isinstance(spec, TaskSpec) else TaskSpec.parse(spec)
     options = src.FrameOptions.from_config(labelled)
-    task = scan_task(spec, SplitRule.from_config(labelled), options, labelled.on_error)
+    task = scan_task(spec, SplitRule.from_config(labelled), options, labelled.on_error, labelled.get("mask", ""))
     prep = preprocess_config(data_config)
     directory = prepare_task(task, cache_dir, size, prep, options, labelled.on_error, labelled.workers, progress)
     data = read_prepared_task(directory, task.class_names)
     # every file left out, at scan or preprocessing time (the manifest keeps both): the results files list them
     data.skipped = json.loads((directory / prepare_lib.MANIFEST).read_text())["datasets"][spec.name]["skipped"]
+    if task.mask:
+        maps = read_segmentation(task, directory, dataclasses.replace(prep, size=size), options)
+        for split in SPLITS:
+            getattr(data, split).segmentation = maps[split]
     if logger:
         logger(f"task {spec.name} ({spec.layout}, {spec.path}): {len(task.class_names)} classes "
                f"{list(task.class_names)[:8]}, frames train/val/test {len(data.train)}/{len(data.val)}/"

@@ -8,6 +8,11 @@ draws the initial weights and the shuffling). Features are z-scored with the tra
 Train and validation sets are zero-padded to ``padded_size`` with the real count passed as a traced value, so
 probes of different tasks and few-shot fractions reuse one compilation (the padding takes no part in any step).
 
+The model on the features is a ``head`` (static): ``LinearHead`` here, the paper's probe; the attentive probe
+(attentive.py) and the dense probe (dense.py) bring their own heads and reuse this loop unchanged. Labels are class
+indices ``[N]``, or class fractions ``[N, T, C]`` per token (the dense probe: a soft cross-entropy per token,
+averaged over the tokens).
+
 Metrics: macro-F1 (the paper's headline; averaged over the classes present in the labels or the predictions, as
 scikit-learn does), accuracy, balanced accuracy (mean per-class recall), each as mean and std over seeds.
 """
@@ -53,14 +58,38 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
 
 
 def standardizer(x_train: np.ndarray):
-    mean = x_train.mean(0, keepdims=True)
-    std = x_train.std(0, keepdims=True) + 1e-6
+    """z-score each feature dimension; for tokens ``[N, T, D]`` with statistics over all positions (one scale per
+    dimension, so every position is read alike)."""
+    axes = tuple(range(np.ndim(x_train) - 1))
+    mean = x_train.mean(axes, keepdims=True)
+    std = x_train.std(axes, keepdims=True) + 1e-6
     return lambda x: ((np.asarray(x, np.float32) - mean) / std).astype(np.float32)
 
 
-def _loss(params, x, y, w=None):
-    logits = x @ params["w"] + params["b"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+@dataclasses.dataclass(frozen=True)
+class LinearHead:
+    """``x @ w + b`` on the last axis: the paper's probe on pooled features ``[N, D]``, or a per-token linear map on
+    tokens ``[N, T, D]`` (the dense probe). Initial weights N(0, 0.01^2), zero bias."""
+
+    def init(self, key, feature_shape: tuple[int, ...], num_classes: int) -> dict:
+        return {"w": jax.random.normal(key, (feature_shape[-1], num_classes)) * 0.01, "b": jnp.zeros((num_classes,))}
+
+    def logits(self, params, x):
+        return x @ params["w"] + params["b"]
+
+
+LINEAR = LinearHead()
+
+
+def _loss(params, x, y, w=None, head=LINEAR):
+    """Mean cross-entropy over examples (weighted by ``w`` when given): integer labels ``[N]``, or class fractions
+    ``[N, ..., C]`` (soft labels, the per-token cross-entropy averaged over the tokens of an example)."""
+    logits = head.logits(params, x)
+    if jnp.issubdtype(y.dtype, jnp.floating):
+        ce = optax.softmax_cross_entropy(logits, y)
+        ce = ce.reshape(ce.shape[0], -1).mean(axis=1)
+    else:
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     if w is None:
         return ce.mean()
     return (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
@@ -72,13 +101,13 @@ def padded_size(n: int) -> int:
     return max(64, 1 << (n - 1).bit_length()) if n <= 4096 else -(-n // 1024) * 1024
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "cfg"))
-def _train(keys, x_tr, y_tr, n_tr, x_va, y_va, w_va, *, num_classes: int, cfg: ProbeConfig):
+@functools.partial(jax.jit, static_argnames=("num_classes", "cfg", "head"))
+def _train(keys, x_tr, y_tr, n_tr, x_va, y_va, w_va, *, num_classes: int, cfg: ProbeConfig, head=LINEAR):
     """``x_tr [N, D]`` holds ``n_tr`` real examples then padding (``N`` static, ``n_tr`` traced); ``w_va`` marks
     the real validation examples. Every step the unpadded run would take is taken exactly (batch ``min(batch_size,
     n)``, ``ceil(n / batch)`` steps per epoch, the cosine over ``max_epochs`` x steps); the scan runs the static
     maximum of steps and the steps past ``ceil(n / batch)`` leave the state unchanged."""
-    big_n, d = x_tr.shape
+    big_n = x_tr.shape[0]
     width = min(cfg.batch_size, big_n)  # static batch slots; the first ``batch`` of them are used
     max_steps = math.ceil(big_n / width)
     batch = jnp.minimum(width, n_tr)
@@ -89,12 +118,13 @@ def _train(keys, x_tr, y_tr, n_tr, x_va, y_va, w_va, *, num_classes: int, cfg: P
         return cfg.lr * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(count, total) / total))
 
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    grad_fn = jax.value_and_grad(_loss)
+    loss_fn = functools.partial(_loss, head=head)
+    grad_fn = jax.value_and_grad(loss_fn)
     slot_valid = (jnp.arange(width) < batch).astype(jnp.float32)
 
     def one_seed(key):
         init_key, key = jax.random.split(key)
-        params = {"w": jax.random.normal(init_key, (d, num_classes)) * 0.01, "b": jnp.zeros((num_classes,))}
+        params = head.init(init_key, x_tr.shape[1:], num_classes)
         nan = jnp.full((cfg.max_epochs,), jnp.nan, jnp.float32)
         carry = {"params": params, "opt": tx.init(params), "best": params, "best_val": jnp.inf, "bad": 0, "epoch": 0,
                      "best_epoch": 0, "key": key, "train_hist": nan, "val_hist": nan}
@@ -124,7 +154,7 @@ def _train(keys, x_tr, y_tr, n_tr, x_va, y_va, w_va, *, num_classes: int, cfg: P
                 return jax.lax.cond(i < steps, update, lambda s, _: (s, jnp.float32(0.0)), state, b_idx)
 
             (params, opt), losses = jax.lax.scan(step, (c["params"], c["opt"]), (jnp.arange(max_steps), idx))
-            val = _loss(params, x_va, y_va, w_va)
+            val = loss_fn(params, x_va, y_va, w_va)
             better = val < c["best_val"]
             best = jax.tree.map(lambda a, b: jnp.where(better, a, b), params, c["best"])
             return {"params": params, "opt": opt, "best": best, "best_val": jnp.where(better, val, c["best_val"]),
@@ -144,9 +174,9 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)]) if size > len(x) else x
 
 
-@jax.jit
-def _predict(params, x):
-    return jnp.argmax(jax.vmap(lambda p: x @ p["w"] + p["b"])(params), axis=-1)  # [seeds, N]
+@functools.partial(jax.jit, static_argnames="head")
+def _predict(params, x, head=LINEAR):
+    return jnp.argmax(jax.vmap(lambda p: head.logits(p, x))(params), axis=-1)  # [seeds, N] (or [seeds, N, T])
 
 
 @dataclasses.dataclass
@@ -160,9 +190,10 @@ class TrainedProbe:
     best_epoch: np.ndarray
     train_loss: np.ndarray  # [seeds, max_epochs], NaN after stopping
     val_loss: np.ndarray
+    head: object = LINEAR
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(_predict(self.params, jnp.asarray(self.transform(x))))
+        return np.asarray(_predict(self.params, jnp.asarray(self.transform(x)), self.head))
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Metrics per seed -> ``{name}_mean`` / ``{name}_std`` (std over seeds, ddof 0)."""
@@ -175,20 +206,29 @@ class TrainedProbe:
 
 
 def train_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, num_classes: int,
-                cfg: ProbeConfig = ProbeConfig(), seed: int = 0, pad_to: tuple[int, int] | None = None
-                ) -> TrainedProbe:
-    """``pad_to``: (train, val) sizes to pad to instead of ``padded_size`` (tests: the padding changes nothing)."""
-    transform = standardizer(x_train) if cfg.standardize else (lambda x: np.asarray(x, np.float32))
+                cfg: ProbeConfig = ProbeConfig(), seed: int = 0, pad_to: tuple[int, int] | None = None,
+                head=LINEAR, transform=None) -> TrainedProbe:
+    """``pad_to``: (train, val) sizes to pad to instead of ``padded_size`` (tests: the padding changes nothing).
+    ``head``: the model on the features (``LinearHead``, or the attentive / dense probes' heads); ``transform``:
+    features -> what the head reads, fitted already (default: the z-scoring of ``cfg.standardize``)."""
+    if transform is None:
+        transform = standardizer(x_train) if cfg.standardize else (lambda x: np.asarray(x, np.float32))
     keys = jax.random.split(jax.random.key(seed), cfg.num_seeds)
     n, n_val = len(x_train), len(x_val)
     size, size_val = pad_to or (padded_size(n), padded_size(n_val))
-    out = _train(keys, jnp.asarray(_pad(transform(x_train), size)), jnp.asarray(_pad(np.asarray(y_train, np.int32),
-                 size)), jnp.int32(n), jnp.asarray(_pad(transform(x_val), size_val)),
-                 jnp.asarray(_pad(np.asarray(y_val, np.int32), size_val)),
-                 jnp.asarray(np.arange(size_val) < n_val, jnp.float32), num_classes=num_classes, cfg=cfg)
+    out = _train(keys, jnp.asarray(_pad(transform(x_train), size)), jnp.asarray(_pad(_labels(y_train), size)),
+                 jnp.int32(n), jnp.asarray(_pad(transform(x_val), size_val)),
+                 jnp.asarray(_pad(_labels(y_val), size_val)),
+                 jnp.asarray(np.arange(size_val) < n_val, jnp.float32), num_classes=num_classes, cfg=cfg, head=head)
     out = jax.device_get(out)
     return TrainedProbe(out["params"], transform, num_classes, np.asarray(out["epochs"]),
-                        np.asarray(out["best_epoch"]), np.asarray(out["train_loss"]), np.asarray(out["val_loss"]))
+                        np.asarray(out["best_epoch"]), np.asarray(out["train_loss"]), np.asarray(out["val_loss"]), head)
+
+
+def _labels(y) -> np.ndarray:
+    """Class indices ``[N]`` as int32; class fractions ``[N, T, C]`` (soft labels) as float32."""
+    y = np.asarray(y)
+    return y.astype(np.float32) if y.ndim > 1 else y.astype(np.int32)
 
 
 def stratified_nested_subsets(labels: np.ndarray, fractions, seed: int = 0) -> dict[float, np.ndarray]:

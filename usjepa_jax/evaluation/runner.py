@@ -15,7 +15,11 @@ Evaluators (``config.evals.evaluators``):
 - ``robustness``: the clean probe tested under blur / contrast / speckle at each severity (corruptions.py),
   macro-F1 and its relative drop ``(clean - corrupted) / clean`` (0 at severity 0, where the images are clean);
 - ``speckle_invariance``: M anatomies x K speckle seeds under one acquisition: within- vs across-anatomy cosine
-  similarity and the between-anatomy share of the variance, of pooled embeddings and per patch (metrics.py).
+  similarity and the between-anatomy share of the variance, of pooled embeddings and per patch (metrics.py);
+- ``attentive_probe``: one cross-attention block with a learned query over the patch tokens (attentive.py),
+  the linear probe's metrics;
+- ``dense_probe``: a per-patch linear map to the segmentation (dense.py; the simulator's tissue map or a real
+  task's masks), ``miou`` / ``dice`` / ``pixel_accuracy`` mean and std over seeds; nothing on a task without masks.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 from usjepa_jax import storage
 from usjepa_jax.encoders import FrozenEncoder
 from usjepa_jax.evaluation import config as eval_config_lib
-from usjepa_jax.evaluation import corruptions, metrics, plots
+from usjepa_jax.evaluation import attentive, corruptions, dense, metrics, plots
 from usjepa_jax.evaluation import tasks as tasks_lib
 from usjepa_jax.evaluation.data import EvalData, render_invariance_set
 from usjepa_jax.evaluation.features import FeatureExtractor, FeatureStore, pool
@@ -79,6 +83,13 @@ class EvalContext:
     def features(self, split: str) -> np.ndarray:
         return self._extract(split, getattr(self.data, split).image, lambda: self._fingerprint(split))
 
+    def tokens(self, split: str) -> np.ndarray:
+        """Patch tokens ``[N, T, D]`` of a split, extracted once (kept in memory only: T times the pooled size)."""
+        key = f"tokens/{split}"
+        if key not in self._features:
+            self._features[key] = self.extractor.tokens(getattr(self.data, split).image)
+        return self._features[key]
+
     def corrupted_features(self, name: str, severity: int) -> np.ndarray:
         """Features of the test images under corruption ``name`` at ``severity`` (0: the clean ones)."""
         if severity == 0:
@@ -112,10 +123,16 @@ def eval_knn(ctx: EvalContext) -> dict[str, float]:
                                ctx.data.test.label, ctx.data.num_classes, k.k, k.temperature)
 
 
+def _test_metrics(probe: TrainedProbe, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """A trained probe's test metrics (mean / std over seeds) and how long its seeds trained on average."""
+    out = probe.evaluate(x, y)
+    out.update(epochs_mean=float(probe.epochs.mean()), best_epoch_mean=float(probe.best_epoch.mean()))
+    return out
+
+
 def eval_linear_probe(ctx: EvalContext) -> dict[str, float]:
     probe = ctx.probe()
-    out = probe.evaluate(ctx.features("test"), ctx.data.test.label)
-    out.update(epochs_mean=float(probe.epochs.mean()), best_epoch_mean=float(probe.best_epoch.mean()))
+    out = _test_metrics(probe, ctx.features("test"), ctx.data.test.label)
     path = ctx.figure_path("probe_curves.png")
     if path is not None:
         ctx.figures["probe_curves"] = str(plots.save_probe_curves(probe.train_loss, probe.val_loss, path))
@@ -178,9 +195,32 @@ def eval_speckle_invariance(ctx: EvalContext) -> dict[str, float]:
     return metrics.speckle_invariance(x.reshape(m, k, -1), tokens[:, inside].reshape(m, k, int(inside.sum()), -1))
 
 
+def eval_attentive_probe(ctx: EvalContext) -> dict[str, float]:
+    a = ctx.evals.attentive
+    head = attentive.AttentiveHead(int(a.num_heads), float(a.mlp_ratio))
+    probe = attentive.train_attentive_probe(ctx.tokens("train"), ctx.data.train.label, ctx.tokens("val"),
+                                            ctx.data.val.label, ctx.data.num_classes, ProbeConfig.from_config(a),
+                                            head, ctx.evals.seed)
+    return _test_metrics(probe, ctx.tokens("test"), ctx.data.test.label)
+
+
+def eval_dense_probe(ctx: EvalContext) -> dict[str, float]:
+    d = ctx.data
+    if any(s.segmentation is None for s in (d.train, d.val, d.test)):
+        return {}  # a task without masks (a real classification task): nothing to segment
+    num_classes = int(max(s.segmentation.max() for s in (d.train, d.val, d.test))) + 1
+    probe = dense.train_dense_probe(ctx.tokens("train"), d.train.segmentation, ctx.tokens("val"),
+                                    d.val.segmentation, num_classes, ctx.encoder.module.patch_size,
+                                    ProbeConfig.from_config(ctx.evals.dense), ctx.evals.seed)
+    out = probe.evaluate(ctx.tokens("test"), d.test.segmentation)
+    out.update(epochs_mean=float(probe.probe.epochs.mean()), num_classes=float(num_classes))
+    return out
+
+
 EVALUATORS: dict[str, Callable[[EvalContext], dict[str, float]]] = {
     "collapse": eval_collapse, "knn": eval_knn, "linear_probe": eval_linear_probe, "few_shot": eval_few_shot,
-    "robustness": eval_robustness, "speckle_invariance": eval_speckle_invariance}
+    "robustness": eval_robustness, "speckle_invariance": eval_speckle_invariance,
+    "attentive_probe": eval_attentive_probe, "dense_probe": eval_dense_probe}
 assert tuple(EVALUATORS) == eval_config_lib.EVALUATOR_NAMES
 TASK_FREE = ("speckle_invariance",)  # evaluators with their own data, run once per encoder, not per task
 

@@ -4,8 +4,9 @@
 ``run_evaluators`` returns for it). Written to ``out_dir``:
 
 - ``results.md``: the headline table (rows encoders, columns tasks, linear-probe macro-F1 mean +- std over the
-  probe seeds), then few-shot macro-F1 per training fraction, k-NN accuracy, and the robustness of the clean probe
-  as the relative macro-F1 drop ``(clean - corrupted) / clean`` per corruption and severity (one table per task);
+  probe seeds), the attentive and dense probes' tables when they were run (``READOUTS``), then few-shot
+  macro-F1 per training fraction, k-NN accuracy, and the robustness of the clean probe as the relative macro-F1
+  drop ``(clean - corrupted) / clean`` per corruption and severity (one table per task);
   the best encoder of each column in bold;
 - ``results.json``: every metric, ``{"encoders": {name: info}, "tasks": {name: info}, "results": {encoder:
   {task: {metric: value}}}}``;
@@ -27,6 +28,10 @@ from usjepa_jax.evaluation.plots import _figure, _save
 
 PROBE = "linear_probe/macro_f1"
 TABLE_MD, TABLE_JSON, TABLE_PNG = "results.md", "results.json", "results.png"
+# The readouts of the patch tokens (docs/probes.md), each a table like the headline's when it was run.
+READOUTS = (("attentive_probe/macro_f1", "## Attentive probe (one cross-attention block, learned query), macro-F1"),
+            ("dense_probe/miou", "## Dense linear probe on patch tokens, segmentation mIoU"),
+            ("dense_probe/dice", "## Dense linear probe on patch tokens, segmentation Dice"))
 
 
 def _cell(metrics: dict[str, float] | None, key: str, std: bool = True) -> tuple[float | None, str]:
@@ -88,6 +93,10 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], encoders: Sequence
                   ""]
         lines += _table(encoders, tasks, lambda e, t: (None, " / ".join(
             _cell(get(e, t), f"few_shot/{f}/macro_f1", std=False)[1] for f in fracs)))
+    for key, title in READOUTS:
+        if any(f"{key}_mean" in (get(e, t) or {}) for e in encoders for t in tasks):
+            lines += ["", title, ""]
+            lines += _table(encoders, tasks, lambda e, t, key=key: _cell(get(e, t), key))
     if any("knn/accuracy" in (get(e, t) or {}) for e in encoders for t in tasks):
         lines += ["", "## k-NN (cosine, train -> test), accuracy", ""]
         lines += _table(encoders, tasks, lambda e, t: _cell(get(e, t), "knn/accuracy"))
