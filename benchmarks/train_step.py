@@ -14,7 +14,8 @@ training); each distinct step shape is compiled once before timing, and the numb
 
 FLOPs and MFU (MFU = FLOP/s over a matmul peak measured in the same process with a large float32 matmul on the
 same devices, so a ratio of two measurements on one machine):
-- ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches;
+- ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches (with
+  ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once);
 - ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
   (:func:`useful_flops`: matmuls and attention; backward = 2x forward for the trained student and predictor, the
   frozen teacher forward only). ``mfu`` is the useful one (what the README quotes), ``mfu_xla`` XLA's.
@@ -297,6 +298,12 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
             compiled[shape] = trainer.step.lower(state, trainer.frozen_params, b).compile()
             compile_s += time.perf_counter() - start
     flops_of = {shape: xla_flops(c) for shape, c in compiled.items()}
+    if config.optim.grad_accum_steps > 1:  # XLA counts a loop body once: count the same step without the loop
+        whole = config.copy_and_resolve_references()
+        whole.optim.grad_accum_steps = 1
+        step = train.build_trainer(whole, trainer.source).step
+        flops_of = {(b["context_idx"].shape[1], b["target_idx"].shape[2]):
+                    xla_flops(step.lower(state, trainer.frozen_params, b).compile()) for b in batches}
     first = batches[0]
     state, metrics = compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])](
         state, trainer.frozen_params, first)  # warm-up
