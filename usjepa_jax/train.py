@@ -443,6 +443,10 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
     last: dict[str, float] = {}
     # a batch to check an encoder on before exporting it: held-out images when there are, else the first batch
     probe = val_batches[0] if val_batches else None
+
+    def kept() -> str:  # what a divergence leaves; asked only when the host looks at values, not every step
+        return f"step {manager.latest_step()} in {ckpt_dir}"
+
     try:
         for step in range(start_step + 1, o.total_steps + 1):
             trace.before(step)
@@ -453,9 +457,8 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
             log = every(step, config.log_every, o.total_steps)
             preempted = preemption.reached(step)
             save = every(step, config.checkpoint.every, o.total_steps) or preempted
-            kept = f"step {manager.latest_step()} in {ckpt_dir}"  # what a divergence leaves
             if log or save:
-                last = host_metrics(metrics, step, kept)
+                last = host_metrics(metrics, step, kept())
             if log:
                 last.update(step=step, **throughput(step))
                 logging.info("step %d/%d | loss %.4f | grad %.3g | param %.4g | lr %.3g | wd %.3g | %.2f steps/s | "
@@ -466,7 +469,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
             if val_batches and every(step, config.eval_every, o.total_steps):
                 val = float(np.mean(jax.device_get([trainer.eval_loss(state, trainer.frozen_params,
                                                                       trainer.place_batch(b)) for b in val_batches])))
-                check_finite(dict(val_loss=val), step, kept)
+                check_finite(dict(val_loss=val), step, kept())
                 logging.info("step %d | val_loss %.4f (best %.4f)", step, val, min(val, best))
                 writer.write(step, dict(val_loss=val))
                 # The best encoder is exported, not kept as a checkpoint: orbax's best_fn would choose which train
@@ -476,7 +479,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
                     export_checked(trainer, state, probe, workdir / BEST_ENCODER_DIR, step,
                                    source=dict(run=str(workdir), step=step, val_loss=val))
             if knn_monitor is not None and every(step, config.evals.knn.every, o.total_steps):
-                knn = check_finite(knn_monitor(state.params["encoder"]), step, kept)
+                knn = check_finite(knn_monitor(state.params["encoder"]), step, kept())
                 logging.info("step %d | k-NN monitor: accuracy %.3f, macro-F1 %.3f", step, knn["knn_accuracy"],
                              knn["knn_macro_f1"])
                 writer.write(step, knn)
