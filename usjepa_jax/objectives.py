@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from usjepa_jax.models.vit import patchify  # pixel targets in the patch embedding's order
+
 LOSS_KINDS = ("smooth_l1", "l1", "l2")
 
 
@@ -103,14 +105,6 @@ def latent_prediction_loss(pred: jax.Array, target: jax.Array, valid: jax.Array,
                                     standardize_targets=standardize_targets)
     per_patch = elementwise_loss(pred.astype(jnp.float32), target, kind).mean(axis=-1)
     return masked_block_mean(per_patch, valid)
-
-
-def patchify(images: jax.Array, patch_size: int) -> jax.Array:
-    """``[B, H, W, C]`` -> ``[B, N, p*p*C]`` with patches in row-major grid order, pixels in (row, col, C) order."""
-    batch, height, width, channels = images.shape
-    p = patch_size
-    x = images.reshape(batch, height // p, p, width // p, p, channels)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
 
 
 def normalized_patch_targets(patches: jax.Array, eps: float = 1e-6) -> jax.Array:

@@ -282,6 +282,15 @@ class Transformer(nn.Module):
         return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
 
 
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """``[B, H, W, C]`` -> ``[B, N, p*p*C]`` with patches in row-major grid order, pixels in (row, col, C) order
+    (the order of a ``[p, p, C, width]`` patch-embedding kernel, flattened)."""
+    batch, height, width, channels = images.shape
+    p = patch_size
+    x = images.reshape(batch, height // p, p, width // p, p, channels)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
+
+
 class PatchEmbed(nn.Module):
     """The patch embedding: ``[B, H, W, C]`` images -> ``[B, (H/p) * (W/p), width]`` tokens, row-major.
 
@@ -296,12 +305,11 @@ class PatchEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
-        p, (batch, height, width, channels) = self.patch_size, images.shape
+        p, channels = self.patch_size, images.shape[-1]
         kernel = self.param("kernel", trunc_normal(), (p, p, channels, self.width))
         bias = self.param("bias", nn.initializers.zeros, (self.width,))
-        patches = images.astype(self.dtype).reshape(batch, height // p, p, width // p, p, channels)
-        patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, (height // p) * (width // p), p * p * channels)
-        return patches @ kernel.reshape(p * p * channels, self.width).astype(self.dtype) + bias.astype(self.dtype)
+        kernel = kernel.reshape(p * p * channels, self.width).astype(self.dtype)
+        return patchify(images.astype(self.dtype), p) @ kernel + bias.astype(self.dtype)
 
 
 class VisionTransformer(nn.Module):
