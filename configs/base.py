@@ -1,22 +1,21 @@
-"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (two stages in ~11 minutes).
+"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU: both stages in about 15 minutes.
 
 Run:    python -m usjepa_jax.main --config=configs/base.py --workdir=/tmp/usjepa_base
 Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds;
         every config takes :smoke and :runlocal, usjepa_jax/config.py apply_variants)
 
 Stage 1 trains a pixel-reconstruction teacher (SALT) into <workdir>/teacher, stage 2 the student against it,
-frozen. Reduced scale against the paper: 64x64 input, patch 8 (an 8x8 grid), a 4-layer Ti-width encoder and
-a 2-layer predictor; masks keep the paper's scales but `min_keep` is 4, since at 64 patches a target block of
-scale 0.075-0.125 holds 5-8 patches (the paper's 10 assumes 196). 150 + 300 steps of batch 64: measured on 2
-free CPU cores at commit 5da0a51, stage 1 in 3 min 30 s and stage 2 in 7 min 8 s (~45-55 images/s, simulator
-included). At this budget the student's probe depends on its teacher and can end below the random init's
-(README, the task suite: organ 0.559 to 0.688 against 0.589).
+frozen. The input is in the paper's regime at a CPU's scale: 112 px with patch 8 (a 14 x 14 grid, the paper's
+196 tokens), where speckle is about half of the variance of the per-patch pixel targets, as at the paper's
+224 / 16 (``python -m usjepa_jax.data.synthetic --speckle-share 112/8``; docs/regime.md). A quarter of the
+pretraining images are views framed on a lesion site, as clinical archives hold next to survey scans
+(data/framing.py). Reduced against the paper: a 4-layer Ti-width encoder, a 2-layer predictor, 150 + 300 steps
+of batch 64. Measured times and probe scores over pretraining seeds: docs/regime.md.
 
 Stage-2 targets are layer-normed (I-JEPA) and then standardised per feature over the batch
-(``loss.standardize_targets``, objectives.standardize_features; not in the papers): the 150-step teacher's tokens
-share one direction with 99.9% of their layer-normed energy, and without it the student's loss fell to 0.0003 by
-step 80 and its probe stayed at the random init's (organ 0.586 vs 0.580); with it the loss stays informative
-(0.30 -> 0.08) and the student can reach its teacher (organ 0.688 vs 0.693 at 596b315). README, the task suite.
+(``loss.standardize_targets``, objectives.standardize_features; not in the papers): a short stage-1 teacher's
+tokens share one direction with nearly all of their layer-normed energy, and without the standardisation the
+student's loss falls to almost nothing within a hundred steps and its probe stays at the random init's.
 """
 
 from usjepa_jax import config as config_lib
@@ -27,15 +26,11 @@ def get_config(arg: str | None = None):
     c = config_lib.default_config()
     c.method = "usjepa"
 
-    c.data.image_size = 64
+    c.data.image_size = 112
     c.data.num_train = 20_000
     c.data.num_val = 512
-    c.data.synthetic.image_size = 64  # render at the model's resolution: full speckle, cheap
-    # Pretraining on whole scans only, as the reference runs (README) were measured. A share of views framed on a
-    # lesion site (data/framing.py), as clinical archives hold next to survey scans, is
-    # --config.data.framing.fraction=0.25; it moves here with the 112 px regime (issue 22, docs/regime.md).
-    c.data.framing.fraction = 0.0
-    c.masks.min_keep = 4
+    c.data.synthetic.image_size = 112  # render at the model's resolution: the speckle's grain as acquired
+    c.data.framing.fraction = 0.25  # framed views in the pretraining mixture (the rest whole scans)
     c.loss.standardize_targets = True  # see the module docstring: the short teacher's tokens share one direction
 
     c.model = config_lib.model_config("Ti/8")
@@ -59,6 +54,12 @@ def get_config(arg: str | None = None):
     c.teacher.optim = c.optim.copy_and_resolve_references()
     c.teacher.optim.total_steps = 150
     c.teacher.optim.warmup_steps = 15
+
+    # The paper's linear probe on mean-pooled tokens, and the two readouts of the patch tokens (docs/probes.md),
+    # on the framed `lesion` task and whole-scan `organ`; smaller splits than the default keep evaluation in
+    # minutes at 112 px.
+    c.evals.evaluators = "collapse,knn,linear_probe,attentive_probe,dense_probe,speckle_invariance"
+    c.evals.num_train, c.evals.num_val, c.evals.num_test = 1000, 250, 500
 
     c.log_every = 20
     c.eval_every = 100

@@ -133,17 +133,26 @@ def prerendered(config, out: str | Path, log: Callable[[str], None] = logging.in
     the first time, into a temporary folder renamed when complete); other data sources are returned unchanged."""
     if config.data.source != "synthetic":
         return config
+    from usjepa_jax.data import framing
     from usjepa_jax.data.pipeline import simulator_config
-    from usjepa_jax.data.synthetic import prerender
+    from usjepa_jax.data.synthetic import SyntheticUltrasoundSource, prerender
 
     num = config.data.num_train + config.data.num_val
     sim = simulator_config(config.data)
-    key = hashlib.sha256(json.dumps([dataclasses.asdict(sim), num], sort_keys=True, default=str).encode())
+    fraction = framing.framing_config(config.data)["fraction"]
+    settings = [dataclasses.asdict(sim), num]
+    if fraction > 0:  # the pretraining mixture of whole scans and framed views, as make_source draws it
+        view = framing.framing_from_config(config.data)
+        source = framing.FramedMixtureSource(num, 0, sim, view, fraction)
+        settings += [dataclasses.asdict(view), fraction]
+    else:
+        source = SyntheticUltrasoundSource(num, 0, sim)
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     folder = Path(out) / DATA_DIR / f"synthetic-{key.hexdigest()[:12]}"
     if not folder.exists():
         t = time.perf_counter()
         tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        prerender(tmp, num, sim, seed=0, progress=False)
+        prerender(tmp, num, progress=False, source=source)
         try:
             os.replace(tmp, folder)
         except OSError:  # another shard sharing OUT renamed its identical rendering first: use that one
@@ -175,14 +184,26 @@ def measure_baseline(run: Run, config, workdir: Path, data: dict) -> dict[str, d
     if run.kind == "random":
         from usjepa_jax import evaluate
         return {"random": evaluate.evaluate_run(config, workdir, "random", data=data)}
+    from usjepa_jax.evaluation import dense
+    from usjepa_jax.evaluation.features import pixel_tokens
     from usjepa_jax.evaluation.probe import ProbeConfig
-    from usjepa_jax.evaluation.tasks import oracle_features, probe_on, raw_pixel_features
+    from usjepa_jax.evaluation.tasks import oracle_features, probe_on, raw_pixel_features, token_readouts
+    from usjepa_jax.models.vit import parse_variant
 
-    featurize = raw_pixel_features if run.kind == "raw_pixels" else oracle_features
+    patch = parse_variant(config.model.variant)["patch_size"]  # the encoders' grid: the same token readouts
+    evaluators = set(config.evals.evaluators.split(","))
+    readouts = {name for name in ("attentive", "dense") if f"{name}_probe" in evaluators}
     row = {}
     for task, d in data.items():
+        num_codes = int(max(s.segmentation.max() for s in (d.train, d.val, d.test))) + 1
+        featurize, tokens = {  # per split: features for the linear probe, tokens [N, T, D] for the others
+            "raw_pixels": (raw_pixel_features, lambda s: pixel_tokens(s.image, patch)),
+            "oracle": (lambda s: oracle_features(s, num_codes),
+                       lambda s: dense.patch_targets(s.segmentation, patch, num_codes))}[run.kind]
         m = probe_on(d, featurize, ProbeConfig.from_config(config.evals.probe), config.evals.seed)
         row.update({f"{task}/linear_probe/{k}": v for k, v in m.items()})
+        for name, metrics in token_readouts(d, tokens, patch, config, readouts, run.kind == "oracle").items():
+            row.update({f"{task}/{name}_probe/{k}": v for k, v in metrics.items()})
     if run.kind == "raw_pixels" and "speckle_invariance" in config.evals.evaluators:
         row.update(raw_pixel_invariance(config))
     return {run.kind: row}

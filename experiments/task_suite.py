@@ -76,33 +76,6 @@ def columns(rows: dict) -> list[str]:
     return [c for c, value in next(iter(rows.values())).items() if isinstance(value, dict)]
 
 
-def token_readouts(data, tokens, patch: int, config, readouts, oracle: bool = False) -> dict:
-    """The attentive and dense probes on ``tokens(split) -> [N, T, D]`` of one column: ``{readout: metrics}``."""
-    from usjepa_jax.evaluation import attentive, dense
-    from usjepa_jax.evaluation.probe import ProbeConfig
-
-    evals, out = config.evals, {}
-    if not {"attentive", "dense"} & set(readouts):
-        return out  # the linear probe alone: no tokens needed
-    x = {name: tokens(getattr(data, name)) for name in ("train", "val", "test")}
-    if "attentive" in readouts and not (oracle and data.train.label_parameters is not None):
-        t = time.perf_counter()
-        head = attentive.AttentiveHead(int(evals.attentive.num_heads), float(evals.attentive.mlp_ratio))
-        probe = attentive.train_attentive_probe(x["train"], data.train.label, x["val"], data.val.label,
-                                                data.num_classes, ProbeConfig.from_config(evals.attentive), head,
-                                                evals.seed)
-        out["attentive"] = probe.evaluate(x["test"], data.test.label)
-        out["attentive"].update(epochs_mean=float(probe.epochs.mean()), seconds=time.perf_counter() - t)
-    if "dense" in readouts:
-        t = time.perf_counter()
-        num_codes = int(max(s.segmentation.max() for s in (data.train, data.val, data.test))) + 1
-        probe = dense.train_dense_probe(x["train"], data.train.segmentation, x["val"], data.val.segmentation,
-                                        num_codes, patch, ProbeConfig.from_config(evals.dense), evals.seed)
-        out["dense"] = probe.evaluate(x["test"], data.test.segmentation)
-        out["dense"].update(epochs_mean=float(probe.probe.epochs.mean()), seconds=time.perf_counter() - t)
-    return out
-
-
 def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) -> dict:
     """``{task: {column: {macro_f1_mean, macro_f1_std, attentive: {...}, dense: {...}}, ...}}`` and a contact
     sheet per task."""
@@ -112,6 +85,7 @@ def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) ->
     from usjepa_jax.evaluation import dense, plots, tasks
     from usjepa_jax.evaluation.features import FeatureExtractor, pixel_tokens, random_encoder
     from usjepa_jax.evaluation.probe import ProbeConfig
+    from usjepa_jax.evaluation.tasks import token_readouts
 
     cfg, seed = ProbeConfig.from_config(config.evals.probe), config.evals.seed
     encoders = {"random_init": random_encoder(config.model, config.data.image_size, mean=config.data.mean,

@@ -1344,17 +1344,22 @@ def write_sample(out: str | Path, num: int, size: int = 224, seed: int = 0) -> d
 
 
 def prerender(out: str | Path, num: int, config: SimulatorConfig = SimulatorConfig(), seed: int = 0,
-              shard_size: int = 1024, progress: bool = True) -> dict[str, Any]:
+              shard_size: int = 1024, progress: bool = True,
+              source: SyntheticUltrasoundSource | None = None) -> dict[str, Any]:
     """Render ``SyntheticUltrasoundSource(num, seed, config)`` once into the prepared ArrayRecord format
     (``data/prepare.py``: shards, ``manifest.json``; one file row per image, dataset ``synthetic``, label = lesion
-    class), for accelerator runs: train with ``config.data.source='prepared'``, ``config.data.paths=[out]``."""
+    class), for accelerator runs: train with ``config.data.source='prepared'``, ``config.data.paths=[out]``.
+    ``source``: another simulator source to render instead (e.g. data/framing.py's mixture of framed views), whose
+    own image count, seed and settings then apply."""
     from usjepa_jax.data import prepare
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / prepare.PROGRESS).exists() or (out / prepare.MANIFEST).exists():
         raise FileExistsError(f"{out} already holds prepared data; pre-render into an empty directory")
-    source = SyntheticUltrasoundSource(num, seed, config)
+    if source is None:
+        source = SyntheticUltrasoundSource(num, seed, config)
+    num, seed, config = len(source), source.seed, source.config
     start, shard = time.perf_counter(), None
     with open(out / prepare.PROGRESS, "a") as progress_file:
         for i in range(num):
@@ -1369,7 +1374,8 @@ def prerender(out: str | Path, num: int, config: SimulatorConfig = SimulatorConf
             if progress and (i + 1) % 500 == 0:
                 print(f"[prerender] {i + 1}/{num} images, {(i + 1) / (time.perf_counter() - start):.0f}/s",
                       flush=True)
-    settings = dict(source="synthetic", simulator=_jsonable(dataclasses.asdict(config)), seed=seed, num=num)
+    settings = dict(source="synthetic", simulator=_jsonable(dataclasses.asdict(config)), seed=seed, num=num,
+                    view=repr(source))
     manifest = prepare.write_manifest(out, {}, settings)
     assert manifest["total"]["frames"] == num
     return dict(out=str(out), images=num, shards=len(manifest["shards"]),

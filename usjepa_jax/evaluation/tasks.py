@@ -30,6 +30,7 @@ same type.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import ml_collections
 import numpy as np
@@ -40,7 +41,7 @@ from usjepa_jax.evaluation.config import TASK_NAMES, task_list
 from usjepa_jax.evaluation.data import EvalData, Split, resize_nearest
 
 __all__ = ["TASK_NAMES", "oracle_features", "patch_fractions", "probe_on", "raw_pixel_features",
-           "simulated_task_data", "simulated_task_split", "task_class_names", "task_list"]
+           "simulated_task_data", "simulated_task_split", "task_class_names", "task_list", "token_readouts"]
 
 # Seed streams: > 200, disjoint from data.EVAL_STREAMS (103) and the pretraining streams (0, 1, 2).
 TASK_STREAMS = {"lesion": 200, "organ": 201, "margin": 202, "grade": 203}
@@ -185,3 +186,32 @@ def probe_on(data: EvalData, featurize, probe_cfg, seed: int = 0) -> dict[str, f
     x_tr, x_va, x_te = (featurize(s) for s in (data.train, data.val, data.test))
     probe = train_probe(x_tr, data.train.label, x_va, data.val.label, data.num_classes, probe_cfg, seed)
     return probe.evaluate(x_te, data.test.label)
+
+
+def token_readouts(data, tokens, patch: int, config, readouts, oracle: bool = False) -> dict:
+    """The attentive and dense probes (``readouts``: a subset of ``{"attentive", "dense"}``) on ``tokens(split) ->
+    [N, T, D]`` of one task, with ``config.evals``'s protocols: ``{readout: test metrics}``. Features that are not
+    an encoder's (patch pixels, the oracle's tissue fractions) get the same readouts as the encoders."""
+    from usjepa_jax.evaluation import attentive, dense
+    from usjepa_jax.evaluation.probe import ProbeConfig
+
+    evals, out = config.evals, {}
+    if not {"attentive", "dense"} & set(readouts):
+        return out  # the linear probe alone: no tokens needed
+    x = {name: tokens(getattr(data, name)) for name in ("train", "val", "test")}
+    if "attentive" in readouts and not (oracle and data.train.label_parameters is not None):
+        t = time.perf_counter()
+        head = attentive.AttentiveHead(int(evals.attentive.num_heads), float(evals.attentive.mlp_ratio))
+        probe = attentive.train_attentive_probe(x["train"], data.train.label, x["val"], data.val.label,
+                                                data.num_classes, ProbeConfig.from_config(evals.attentive), head,
+                                                evals.seed)
+        out["attentive"] = probe.evaluate(x["test"], data.test.label)
+        out["attentive"].update(epochs_mean=float(probe.epochs.mean()), seconds=time.perf_counter() - t)
+    if "dense" in readouts:
+        t = time.perf_counter()
+        num_codes = int(max(s.segmentation.max() for s in (data.train, data.val, data.test))) + 1
+        probe = dense.train_dense_probe(x["train"], data.train.segmentation, x["val"], data.val.segmentation,
+                                        num_codes, patch, ProbeConfig.from_config(evals.dense), evals.seed)
+        out["dense"] = probe.evaluate(x["test"], data.test.segmentation)
+        out["dense"].update(epochs_mean=float(probe.probe.epochs.mean()), seconds=time.perf_counter() - t)
+    return out
