@@ -19,9 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from usjepa_jax.config import LOSS_KINDS
 from usjepa_jax.models.vit import patchify  # pixel targets in the patch embedding's order
-
-LOSS_KINDS = ("smooth_l1", "l1", "l2")
 
 
 def elementwise_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
