@@ -151,13 +151,14 @@ def test_end_to_end_smoke(tmp_path):
     """Train the one-stage smoke config (pixel method), then evaluate its encoder (all evaluators), the same
     encoder as a `teacher`, a random init, and the encoder restored from the step-2 train checkpoint."""
     from configs import mae
-    from usjepa_jax import evaluate, train
+    from usjepa_jax import train
+    from usjepa_jax.evaluation.entry import evaluate_run
     from usjepa_jax.evaluation.runner import render_tasks
 
     cfg = mae.get_config("smoke")
     cfg.mesh.data = 1
     train.train_and_evaluate(cfg, tmp_path)
-    results = evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="latest")
+    results = evaluate_run(cfg, tmp_path, encoder="student", checkpoint="latest")
     for key in ("lesion/linear_probe/macro_f1_mean", "lesion/knn/accuracy", "lesion/collapse/rankme",
                 "speckle_invariance/ratio", "lesion/robustness/blur/s3/macro_f1_mean",
                 "lesion/few_shot/10pct/macro_f1_mean"):
@@ -168,10 +169,10 @@ def test_end_to_end_smoke(tmp_path):
     cfg.evals.evaluators, cfg.evals.tasks = "knn,collapse", "lesion"
     cfg.teacher.checkpoint = str(tmp_path / "encoder")
     lesion = render_tasks(cfg)
-    teacher = evaluate.evaluate_run(cfg, tmp_path, encoder="teacher", data=lesion)
+    teacher = evaluate_run(cfg, tmp_path, encoder="teacher", data=lesion)
     assert teacher["lesion/knn/accuracy"] == results["lesion/knn/accuracy"]  # the same encoder, loaded as a teacher
-    evaluate.evaluate_run(cfg, tmp_path, encoder="random", data=lesion)
-    evaluate.evaluate_run(cfg, tmp_path, encoder="student", checkpoint="2", data=lesion)
+    evaluate_run(cfg, tmp_path, encoder="random", data=lesion)
+    evaluate_run(cfg, tmp_path, encoder="student", checkpoint="2", data=lesion)
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert set(saved) == {"student:latest", "teacher", "random", "student:step_2"}
     assert saved["student:step_2"]["content_hash"] != saved["student:latest"]["content_hash"]

@@ -11,7 +11,7 @@ from configs import base
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import SPLITS
 from usjepa_jax.data.synthetic import SyntheticUltrasoundSource, derive_seed
-from usjepa_jax.evaluation import tasks
+from usjepa_jax.evaluation import baselines, dense, tasks
 from usjepa_jax.evaluation.data import EVAL_STREAMS
 from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
 
@@ -81,8 +81,8 @@ def test_oracle_far_above_chance_and_constant_encoder_at_chance(task_data):
     def oracle(split):
         if split.label_parameters is not None:  # what defines a label the segmentation does not hold
             return split.label_parameters  # (grade: parenchyma echogenicity and attenuation; margin: shape)
-        return np.concatenate([tasks.patch_fractions(split.segmentation, size),  # whole image
-                               tasks.patch_fractions(split.segmentation, size // 4)], 1)  # 4x4 cells
+        return np.concatenate([dense.patch_fractions(split.segmentation, size),  # whole image
+                               dense.patch_fractions(split.segmentation, size // 4)], 1)  # 4x4 cells
 
     x = {s: oracle(getattr(d, s)) for s in ("train", "val", "test")}
     probe = train_probe(x["train"], d.train.label, x["val"], d.val.label, d.num_classes, FAST)
@@ -108,7 +108,7 @@ def test_oracle_far_above_chance_and_constant_encoder_at_chance(task_data):
 def test_patch_fractions():
     seg = np.zeros((1, 4, 4), np.uint8)
     seg[0, :2, :2] = 2
-    f = tasks.patch_fractions(seg, 2, num_codes=3).reshape(2, 2, 3)
+    f = dense.patch_fractions(seg, 2, num_codes=3).reshape(2, 2, 3)
     np.testing.assert_allclose(f[0, 0], [0, 0, 1])
     np.testing.assert_allclose(f[1, 1], [1, 0, 0])
     np.testing.assert_allclose(f.sum(-1), 1)
@@ -120,12 +120,12 @@ def test_oracle_features_choose_what_defines_the_label():
     seg = np.zeros((2, 16, 16), np.uint8)
     seg[0, :8, :8] = 2
     split = Split(np.zeros((2, 16, 16, 1), np.uint8), np.ones((2, 16, 16), bool), np.array([0, 1]), segmentation=seg)
-    x = tasks.oracle_features(split, num_codes=3)  # per 8x8 patch (4 x 3) and whole image (3)
+    x = baselines.oracle_features(split, num_codes=3)  # per 8x8 patch (4 x 3) and whole image (3)
     assert x.shape == (2, 4 * 3 + 3)
     np.testing.assert_allclose(x[0, -3:], [0.75, 0, 0.25])
     params = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     split.label_parameters = params  # a task defined by simulator parameters: those alone
-    np.testing.assert_array_equal(tasks.oracle_features(split, num_codes=3), params)
+    np.testing.assert_array_equal(baselines.oracle_features(split, num_codes=3), params)
 
 
 @pytest.mark.parametrize("value,match", [("lesoin", "lesoin"), ("", "at least one"),
@@ -137,7 +137,7 @@ def test_tasks_config_validation(value, match):
 
 
 def test_runner_keys_results_by_task(tmp_path):
-    from usjepa_jax.evaluation import run_evaluators
+    from usjepa_jax.evaluation.runner import run_evaluators
     from usjepa_jax.evaluation.features import random_encoder
     from usjepa_jax.evaluation.runner import by_task, flat
 

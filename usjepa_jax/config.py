@@ -39,7 +39,7 @@ from usjepa_jax.masks import default_mask_config
 DTYPES = ("float32", "bfloat16")
 LOSS_KINDS = ("smooth_l1", "l1", "l2")  # objectives.elementwise_loss
 # ViT name -> (width, depth, mlp_dim, num_heads). big_vision's table; "mu" is a micro model for tests and CPU runs.
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
+VIT_VARIANTS: dict[str, tuple[int, int, int, int]] = {
     "mu": (32, 1, 128, 2),
     "Ti": (192, 12, 768, 3),
     "S": (384, 12, 1536, 6),
@@ -61,13 +61,13 @@ def parse_variant(variant: str) -> dict[str, int]:
     Raises ValueError naming the variant when the name or the patch size is unknown.
     """
     match = re.fullmatch(r"(\w+)/(\d+)", variant)
-    if not match or match.group(1) not in VARIANTS:
+    if not match or match.group(1) not in VIT_VARIANTS:
         raise ValueError(f"Unknown ViT variant {variant!r}: expected '<name>/<patch>' with name in "
-                         f"{sorted(VARIANTS)} and patch in {PATCH_SIZES}, e.g. 'B/16'.")
+                         f"{sorted(VIT_VARIANTS)} and patch in {PATCH_SIZES}, e.g. 'B/16'.")
     patch = int(match.group(2))
     if patch not in PATCH_SIZES:
         raise ValueError(f"ViT variant {variant!r}: patch size {patch} not in {PATCH_SIZES}.")
-    width, depth, mlp_dim, heads = VARIANTS[match.group(1)]
+    width, depth, mlp_dim, heads = VIT_VARIANTS[match.group(1)]
     return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads, patch_size=patch)
 
 

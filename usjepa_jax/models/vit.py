@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 # The variant table and the names a config may give are the config schema's (jax-free, config.py).
-from usjepa_jax.config import ATTENTION_IMPLS, PATCH_SIZES, REMAT_POLICIES, VARIANTS, parse_variant
+from usjepa_jax.config import ATTENTION_IMPLS, PATCH_SIZES, REMAT_POLICIES, parse_variant
+from usjepa_jax.config import VIT_VARIANTS as VARIANTS
 
 POSEMBS = ("sincos2d", "learn", "none")
 INIT_STD = 0.02  # I-JEPA: trunc-normal std 0.02 for every Linear/Conv kernel.
