@@ -12,7 +12,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from tests.test_train import encoder_params, read_metrics, smoke_config
+from tests.conftest import encoder_params, read_metrics, smoke_config
 from usjepa_jax import checkpointing, train
 
 REPO = Path(__file__).resolve().parents[1]

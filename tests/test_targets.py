@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train import smoke_config
+from tests.conftest import smoke_config
 from usjepa_jax import config as config_lib
 from usjepa_jax import objectives, targets, train
 from usjepa_jax.encoders import FrozenEncoder, normalize_images

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from tests.conftest import smoke_config
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import SPLITS
 from usjepa_jax.data.synthetic import SyntheticUltrasoundSource, derive_seed
@@ -16,12 +16,6 @@ from usjepa_jax.evaluation.data import EVAL_STREAMS
 from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
 
 FAST = ProbeConfig(lr=1e-2, max_epochs=100, patience=10, num_seeds=2)
-
-
-def _config(**evals):
-    c = base.get_config("smoke")
-    c.evals.update(evals)
-    return c
 
 
 def available_tasks():
@@ -37,7 +31,8 @@ def available_tasks():
 
 @pytest.fixture(scope="module", params=available_tasks())
 def task_data(request):
-    c = _config(num_train=40 * len(tasks.task_class_names(request.param)), num_val=50, num_test=50)
+    c = smoke_config(evals=dict(num_train=40 * len(tasks.task_class_names(request.param)), num_val=50,
+                                num_test=50))
     return tasks.simulated_task_data(request.param, c.data, c.evals)
 
 
@@ -54,7 +49,7 @@ def test_splits_disjoint_by_anatomy(task_data):
     assert sum(map(len, seeds.values())) == len(set.union(*seeds.values()))  # no anatomy in two splits
     # ... and none of them in the first pretraining anatomies of any split of the config's seed, nor in the other
     # tasks' streams or the speckle-invariance stream
-    c = _config()
+    c = smoke_config()
     pretraining = {SyntheticUltrasoundSource(10_000, derive_seed(c.seed, k)).seeds(i)[0]
                    for k in SPLITS.values() for i in range(10_000)}
     assert not set.union(*seeds.values()) & pretraining
@@ -65,7 +60,7 @@ def test_splits_disjoint_by_anatomy(task_data):
 
 
 def test_splits_fixed():
-    c = _config(num_train=10, num_val=5, num_test=5)
+    c = smoke_config(evals=dict(num_train=10, num_val=5, num_test=5))
     a = tasks.simulated_task_split("lesion", c.data, "val", 5, c.evals.seed)
     b = tasks.simulated_task_split("lesion", c.data, "val", 5, c.evals.seed)
     np.testing.assert_array_equal(a.image, b.image)
@@ -98,7 +93,7 @@ def test_oracle_far_above_chance_and_constant_encoder_at_chance(task_data):
         def embed(self, params, images):
             return jnp.ones((images.shape[0], 4, 8), jnp.float32)
 
-    c = _config()
+    c = smoke_config()
     c.evals.probe.update(max_epochs=20, patience=5, num_seeds=2)
     ctx = EvalContext(Constant(module=type("M", (), {"patch_size": 8})()), c, d)
     m = eval_linear_probe(ctx)
@@ -131,7 +126,7 @@ def test_oracle_features_choose_what_defines_the_label():
 @pytest.mark.parametrize("value,match", [("lesoin", "lesoin"), ("", "at least one"),
                                          ("lesion,lesion", "twice")])
 def test_tasks_config_validation(value, match):
-    c = _config(tasks=value)
+    c = smoke_config(evals=dict(tasks=value))
     with pytest.raises(ValueError, match=f"config.evals.tasks.*{match}"):
         config_lib.validate(c)
 
@@ -142,7 +137,8 @@ def test_runner_keys_results_by_task(tmp_path):
     from usjepa_jax.evaluation.runner import by_task, flat
 
     names = available_tasks()[:2]
-    c = _config(tasks=",".join(names), evaluators="knn,speckle_invariance", num_train=20, num_val=10, num_test=10)
+    c = smoke_config(evals=dict(tasks=",".join(names), evaluators="knn,speckle_invariance", num_train=20,
+                                num_val=10, num_test=10))
     results, figures = run_evaluators(random_encoder(c.model, c.data.image_size), c, out_dir=tmp_path)
     nested = by_task(results)
     assert set(nested) == set(names) | {"all"}
