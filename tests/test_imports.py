@@ -9,8 +9,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "usjepa_jax"
 
 
 def test_config_imports_without_jax():
-    """``import usjepa_jax.config`` (and building and validating a config) loads no jax, flax or optax."""
-    code = ("import sys; from usjepa_jax import config as c; c.validate(c.default_config()); "
+    """``import usjepa_jax.config`` (and building and validating a config) loads no jax, flax or optax; nor does
+    the training command's module before it has checked its flags and config (``main.py``)."""
+    code = ("import sys; from usjepa_jax import config as c; c.validate(c.default_config()); import usjepa_jax.main; "
             "print(sorted(m for m in ('jax', 'flax', 'optax', 'grain') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True,
                             timeout=120)

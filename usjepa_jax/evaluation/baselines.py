@@ -26,8 +26,8 @@ def oracle_features(split: Split, num_codes: int | None = None) -> np.ndarray:
     ``ORACLE_PATCH``-pixel patch and over the whole image (a linear function of the per-patch ones, but a probe
     trained on a few thousand images finds them far more easily when given directly). Tasks defined by simulator
     parameters (``LABEL_PARAMETERS``: the grade's parenchyma echogenicity and attenuation, the margin's boundary
-    harmonics): those parameters alone (measured at 400 training images: grade 0.99 macro-F1 on them alone, 0.93
-    with the whole-image fractions added, 0.42 with the per-patch fractions added too)."""
+    harmonics): those parameters alone (adding tissue fractions to them only makes the probe's job harder;
+    experiments/task_suite.py measures the oracle per task)."""
     if split.label_parameters is not None:
         return split.label_parameters
     size = split.segmentation.shape[1]

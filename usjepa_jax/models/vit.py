@@ -111,7 +111,7 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array |
     """``softmax(q k^T / sqrt(d) | mask) v`` for ``q, k, v [B, L, H, d]`` -> ``[B, L, H, d]``, written for XLA:CPU.
 
     The same function as ``jax.nn.dot_product_attention(q, k, v, mask=mask)`` (tested to float tolerance), but
-    measured 2-3x faster on CPU (benchmarks/train_step.py, README "Performance"): the heads are moved in front
+    faster on CPU (benchmarks/train_step.py, docs/performance.md): the heads are moved in front
     once (``[B, H, L, d]``, so both dots are plain batched matmuls instead of XLA:CPU's strided ones), the scale is
     applied to ``q`` (``L*d`` multiplies, not ``L*L``), and the softmax normalisation divides the ``[.., L, d]``
     output instead of the ``[.., L, L]`` weights. Masked keys get the dtype's lowest value (exp -> 0); every row
