@@ -392,12 +392,13 @@ def _usjepa_keys(c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_usjepa(config: ml_collections.ConfigDict) -> None:
+    """A cache holds un-augmented targets; a teacher trained here (stage 1) is a model of its own to check."""
     if config.teacher.cache:
         _check(not config.data.augment.enabled, "data.augment.enabled", config.data.augment.enabled,
                "False with teacher.cache: the augmentations (random resized crop, flips, blur, speckle, contrast) "
                "change the images on the fly, but the cached targets are the teacher's embeddings of the "
                "un-augmented images; turn augmentation off or drop teacher.cache")
-    if _usjepa_stage1(config) is not None:
+    if _trains_its_teacher(config):
         _validate_model("teacher.model", config.teacher.model, config.data.image_size)
         _validate_optim("teacher.optim", config.teacher.optim)
         _check(parse_variant(config.teacher.model.variant)["patch_size"]
@@ -423,10 +424,15 @@ def _usjepa_variants(c: ml_collections.ConfigDict, variants: set[str]) -> None:
         o.grad_accum_steps = 1  # 8 images a step, sharded over up to 8 devices
 
 
+def _trains_its_teacher(config: ml_collections.ConfigDict) -> bool:
+    """No teacher given (no checkpoint, no cache): stage 1 trains one."""
+    return not config.teacher.checkpoint and not config.teacher.cache
+
+
 def _usjepa_stage1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
-    """SALT stage 1 when no teacher is given (no checkpoint, no cache): pixel reconstruction with the teacher's
-    encoder, decoder and optimisation, the same data, masks, mesh and checkpointing."""
-    if config.teacher.checkpoint or config.teacher.cache:
+    """SALT stage 1 when no teacher is given: pixel reconstruction with the teacher's encoder, decoder and
+    optimisation, the same data, masks, mesh and checkpointing."""
+    if not _trains_its_teacher(config):
         return None
     stage1 = ml_collections.ConfigDict(config.to_dict())
     stage1.method = "pixel"

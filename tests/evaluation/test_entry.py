@@ -10,11 +10,13 @@ def test_end_to_end_smoke(tmp_path):
     encoder as a `teacher`, a random init, and the encoder restored from the step-2 train checkpoint."""
     from configs import mae
     from usjepa_jax import train
+    from usjepa_jax.evaluation.config import default_eval_config
     from usjepa_jax.evaluation.entry import evaluate_run
     from usjepa_jax.evaluation.runner import render_tasks
 
     cfg = mae.get_config("smoke")
     cfg.mesh.data = 1
+    cfg.evals.evaluators = default_eval_config().evaluators  # the probe's evaluators (base.py: the token readouts)
     train.train_and_evaluate(cfg, tmp_path)
     results = evaluate_run(cfg, tmp_path, encoder="student", checkpoint="latest")
     for key in ("lesion/linear_probe/macro_f1_mean", "lesion/knn/accuracy", "lesion/collapse/rankme",
