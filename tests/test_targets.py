@@ -1,5 +1,5 @@
 """Every target source through the one interface (targets.py): width, state, [B, N, D] targets, update, loss;
-and a new method added as one module (tests/methods/edges.py) plus a config value trains through the unchanged
+and a new method added as one module (tests/edges_method.py) plus a config value trains through the unchanged
 trainer."""
 
 import jax
@@ -81,10 +81,10 @@ def test_source_interface(setup, name):
 
 
 def test_a_new_method_is_one_module_and_a_config_value(monkeypatch):
-    """tests/methods/edges.py, as docs/adding_a_method.md says: registered on import, its keys in every default
+    """tests/edges_method.py, as docs/adding_a_method.md says: registered on import, its keys in every default
     config, its checks run only when it is chosen, trained by the unchanged trainer."""
     monkeypatch.setattr(config_lib, "METHODS", dict(config_lib.METHODS))  # the registry as it was after the test
-    from tests.methods import edges
+    from tests import edges_method as edges
 
     config_lib.register_method(edges.METHOD)  # (again: the module may have been imported before)
     config = smoke_config(**{"method": "edges", "edges.scale": 2.0})
