@@ -36,12 +36,10 @@ that does not read (or does not exist) is skipped with a warning and listed in `
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
 from ml_collections import config_flags
 
-from usjepa_jax import cli, layout
+from usjepa_jax import cli
 from usjepa_jax import config as config_lib
 from usjepa_jax.evaluation import entry
 from usjepa_jax.evaluation.table import TABLE_MD
@@ -74,7 +72,7 @@ def main(argv: list[str]) -> None:
                              encoders=_ENCODERS.value, tasks=_TASKS.value, out=_OUT.value, cache_dir=_CACHE_DIR.value,
                              strict=_STRICT.value)
     if _ENCODERS.value or _TASKS.value:
-        out = Path(_OUT.value or Path(_WORKDIR.value) / layout.EVAL_DIR / "table")
+        out = entry.table_dir(_WORKDIR.value, _OUT.value)
         print((out / TABLE_MD).read_text())
         print(f"Results table: {out / TABLE_MD} (+ .json, .png)")
         return

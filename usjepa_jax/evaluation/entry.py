@@ -25,6 +25,13 @@ from usjepa_jax.evaluation.suite import evaluate_table
 RESULTS_FILE = "results.json"
 
 
+def table_dir(workdir: str | None, out: str | None) -> Path:
+    """Where table mode writes: ``out``, else ``WORKDIR/eval/table``."""
+    if out is None and not workdir:
+        raise UserError("--out is required without --workdir.")
+    return Path(out) if out else Path(workdir) / layout.EVAL_DIR / "table"
+
+
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str | Path, encoder: str = "student",
                  checkpoint: str = "latest", data=None) -> dict[str, float]:
     """Run ``config.evals`` on one encoder of the run; merge the results into ``RUN/eval/results.json``.
@@ -69,9 +76,7 @@ def evaluate(config: ml_collections.ConfigDict, *, workdir: str | None = None, e
         config.evals.labelled = config.evals.get("labelled", None) or default_labelled_config()
         config.evals.labelled.on_error = "raise"
     if encoders or tasks:
-        out = out or (str(Path(workdir) / layout.EVAL_DIR / "table") if workdir else None)
-        if out is None:
-            raise UserError("--out is required without --workdir.")
+        out = table_dir(workdir, out)
         encoders = encoders or (["student"] if workdir else ["random"])
         tasks = tasks or [t.strip() for t in str(config.evals.get("tasks", "lesion")).split(",") if t.strip()]
         return evaluate_table(config, encoders, tasks, out, workdir=workdir, cache_dir=cache_dir, log=log)
