@@ -97,6 +97,30 @@ def test_bad_labels_and_empty_classes_fail_naming_file_and_label(tmp_path):
         labelled.scan_task(labelled.TaskSpec.parse(str(tmp_path / "only")))
 
 
+def test_ultrabench_segmentation_masks_follow_the_image_geometry(tmp_path):
+    """An UltraBench segmentation task written as UltraBench writes it (paths relative to the dataset folder,
+    ``mask`` and ``scan_mask`` keys, 0/255 masks, a scan region that is cropped): the masks land in the splits'
+    segmentation, as classes 0/1, aligned with the preprocessed images; the ``masks/<name>/`` lookup agrees."""
+    root = tmp_path / "toy_v1"
+    for sub in ("images", "masks/structures", "masks/scan"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    records = {"train": [], "val": [], "test": []}
+    for i in range(12):
+        image = rng.integers(20, 60, (64, 48)).astype(np.uint8)
+        seg = np.zeros((64, 48), np.uint8)
+        r, c = rng.integers(12, 36, 2)
+        seg[r:r + 16, c - 8:c + 8] = 255
+        image[seg > 0] = 220
+        scan = np.zeros((64, 48), np.uint8)
+        scan[8:56] = 1  # the scan region: rows 8-55, cropped to it and padded square by the preprocessing
+        name = f"{i:02d}.png"
+        Image.fromarray(image).save(root / "images" / name)
+        Image.fromarray(seg).save(root / "masks/structures" / name)
+        Image.fromarray(scan * 255).save(root / "masks/scan" / name)
+        split = "test" if i >= 8 else "val" if i >= 6 else "train"
+        records[split].append({"image": f"images/{name}", "mask": f"masks/structures/{name}",
+                               "scan_mask": f"masks/scan/{name}", "patient": i})
     (root / "train_val.json").write_text(json.dumps({"train": records["train"], "val": records["val"]}))
     (root / "test.json").write_text(json.dumps(records["test"]))
     cfg = labelled.default_labelled_config()
