@@ -1,4 +1,4 @@
-"""Cine video, HDF5 and MetaImage inputs (data/formats.py), DICOM ultrasound regions, and nothing ignored silently:
+"""Cine video, HDF5 and MetaImage inputs (data/containers.py), DICOM ultrasound regions, and nothing ignored silently:
 each container written here by its own library (or by hand for MetaImage's text header) prepares into the right
 number of frames; unread extensions are listed; a folder without a readable frame fails naming it."""
 
@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from test_sources import dicom_file, speckle
 
-from usjepa_jax.data import formats, prepare
+from usjepa_jax.data import containers, decoders, prepare, scanning
 from usjepa_jax.data import preprocess as pp
 from usjepa_jax.data import sources as src
 
@@ -65,17 +65,17 @@ def test_video_prepares_into_every_frame_or_a_stride(tmp_path):
     clip = frames_of(7)
     write_video(folder / "a.avi", clip, "ffv1")  # lossless: frames compare exactly
     write_video(folder / "b.mp4", frames_of(5), "mpeg4")
-    scan = src.scan_files(folder)
+    scan = scanning.scan_files(folder)
     assert {e.relpath: (e.kind, e.frames) for e in scan.entries} == {"a.avi": ("video", 7), "b.mp4": ("video", 5)}
-    assert np.array_equal(src.read_frame(str(folder / "a.avi"), "video", 3)[..., 0], clip[3])
-    strided = src.FrameOptions(video_stride=3)
-    assert src.count_frames(str(folder / "a.avi"), "video", strided) == 3  # frames 0, 3, 6
-    assert np.array_equal(list(src.iter_frames(str(folder / "a.avi"), "video", strided))[2][..., 0], clip[6])
+    assert np.array_equal(decoders.read_frame(str(folder / "a.avi"), "video", 3)[..., 0], clip[3])
+    strided = decoders.FrameOptions(video_stride=3)
+    assert decoders.count_frames(str(folder / "a.avi"), "video", strided) == 3  # frames 0, 3, 6
+    assert np.array_equal(list(decoders.iter_frames(str(folder / "a.avi"), "video", strided))[2][..., 0], clip[6])
 
     m = prepare.prepare([str(folder)], str(tmp_path / "out"), size=32, progress=False)
     assert m["datasets"]["echo"]["frames"] == 12 and not m["datasets"]["echo"]["skipped"]
     m = prepare.prepare([str(folder)], str(tmp_path / "out2"), size=32, progress=False,
-                        frame_options=src.FrameOptions(video_stride=2))
+                        frame_options=decoders.FrameOptions(video_stride=2))
     assert {f["file"]: f["frames"] for f in m["files"]} == {"a.avi": 4, "b.mp4": 3}
 
 
@@ -95,17 +95,17 @@ def test_hdf5_stacks_default_key_and_explicit_key(tmp_path):
         f["group/b"] = vol4
     with h5py.File(folder / "frame.h5", "w") as f:
         f["us"] = stack[0]  # one 2-D frame
-    assert src.count_frames(str(folder / "stack.h5"), "hdf5") == 5
-    assert np.array_equal(src.read_frame(str(folder / "stack.h5"), "hdf5", 4), stack[4])
-    with pytest.raises(formats.FormatError, match="group/a.*group/b"):  # ambiguous: names both, asks for a key
-        src.count_frames(str(folder / "two.hdf5"), "hdf5")
-    key = src.FrameOptions(h5_key="group/b")
-    assert src.count_frames(str(folder / "two.hdf5"), "hdf5", key) == 6
-    assert np.array_equal(src.read_frame(str(folder / "two.hdf5"), "hdf5", 4, key), vol4[1, 1])
-    with pytest.raises(formats.FormatError, match="no dataset 'nope'"):
-        src.count_frames(str(folder / "two.hdf5"), "hdf5", src.FrameOptions(h5_key="nope"))
+    assert decoders.count_frames(str(folder / "stack.h5"), "hdf5") == 5
+    assert np.array_equal(decoders.read_frame(str(folder / "stack.h5"), "hdf5", 4), stack[4])
+    with pytest.raises(containers.FormatError, match="group/a.*group/b"):  # ambiguous: names both, asks for a key
+        decoders.count_frames(str(folder / "two.hdf5"), "hdf5")
+    key = decoders.FrameOptions(h5_key="group/b")
+    assert decoders.count_frames(str(folder / "two.hdf5"), "hdf5", key) == 6
+    assert np.array_equal(decoders.read_frame(str(folder / "two.hdf5"), "hdf5", 4, key), vol4[1, 1])
+    with pytest.raises(containers.FormatError, match="no dataset 'nope'"):
+        decoders.count_frames(str(folder / "two.hdf5"), "hdf5", decoders.FrameOptions(h5_key="nope"))
 
-    scan = src.scan_files(folder)  # two.hdf5 is reported as skipped, with the reason
+    scan = scanning.scan_files(folder)  # two.hdf5 is reported as skipped, with the reason
     assert {e.relpath: e.frames for e in scan.entries} == {"stack.h5": 5, "frame.h5": 1}
     assert [s["file"] for s in scan.skipped] == ["two.hdf5"] and "h5_key" in scan.skipped[0]["reason"]
     m = prepare.prepare([str(folder)], str(tmp_path / "out"), size=32, progress=False)
@@ -123,20 +123,20 @@ def test_metaimage_volumes_raw_zraw_and_mha(tmp_path):
     write_mhd(folder, "vol", vol)
     write_mhd(folder, "seq", seq, compressed=True, element_type="MET_UCHAR")
     write_mhd(folder, "one", image, element_type="MET_FLOAT", local=True)
-    scan = src.scan_files(folder)
+    scan = scanning.scan_files(folder)
     assert {e.relpath: (e.kind, e.frames) for e in scan.entries} == {
         "one.mha": ("metaimage", 1), "seq.mhd": ("metaimage", 6), "vol.mhd": ("metaimage", 4)}
     assert scan.unread == {}  # vol.raw / seq.zraw are the headers' data, not unread files
-    assert np.array_equal(src.read_frame(str(folder / "vol.mhd"), "metaimage", 2), vol[2])
-    assert np.array_equal(src.read_frame(str(folder / "seq.mhd"), "metaimage", 5), seq[5])
-    assert np.array_equal(src.read_frame(str(folder / "one.mha"), "metaimage", 0), image)
+    assert np.array_equal(decoders.read_frame(str(folder / "vol.mhd"), "metaimage", 2), vol[2])
+    assert np.array_equal(decoders.read_frame(str(folder / "seq.mhd"), "metaimage", 5), seq[5])
+    assert np.array_equal(decoders.read_frame(str(folder / "one.mha"), "metaimage", 0), image)
     m = prepare.prepare([str(folder)], str(tmp_path / "out"), size=32, progress=False)
     assert m["datasets"]["camus"]["frames"] == 11 and m["datasets"]["camus"]["unread"] == {}
 
     (folder / "vol.raw").write_bytes(b"\0" * 10)  # truncated data: the file is skipped with the reason
-    formats._metaimage_array.cache_clear()
-    scan = src.FilesSource("camus", src.scan_files(folder).entries, RAW, on_error="raise")
-    with pytest.raises(src.BadFileError, match="bytes of data"):
+    containers._metaimage_array.cache_clear()
+    scan = src.FilesSource("camus", scanning.scan_files(folder).entries, RAW, on_error="raise")
+    with pytest.raises(decoders.BadFileError, match="bytes of data"):
         [scan[i] for i in range(len(scan))]
 
 
@@ -149,12 +149,12 @@ def test_dicom_ultrasound_regions_bound_the_scan_region(tmp_path):
         r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x0, y0, x1, y1
     ds.SequenceOfUltrasoundRegions = Sequence([tissue, other])
     ds.save_as(tmp_path / "us.dcm")
-    region = src.file_region(str(tmp_path / "us.dcm"), "dicom")
+    region = decoders.file_region(str(tmp_path / "us.dcm"), "dicom")
     expected = np.zeros((64, 64), bool)
     expected[5:55, 10:50] = True  # the tissue region only (the other one is a Doppler/graphics region)
     assert np.array_equal(region, expected)
-    assert src.file_region(dicom_file("MR_small.dcm"), "dicom") is None
-    frame = src.read_frame(str(tmp_path / "us.dcm"), "dicom", 0)
+    assert decoders.file_region(dicom_file("MR_small.dcm"), "dicom") is None
+    frame = decoders.read_frame(str(tmp_path / "us.dcm"), "dicom", 0)
     _, mask = pp.preprocess_frame(frame, RAW, region=region)
     assert np.array_equal(mask, expected)
     _, detected = pp.preprocess_frame(frame, pp.PreprocessConfig(crop_to_scan_region=False), region=region)
@@ -182,12 +182,12 @@ def test_unread_extensions_are_listed_and_a_folder_without_frames_fails(tmp_path
     only.mkdir()
     for name in ("a.txt", "b.txt", "c.json", "clip.xyz"):
         (only / name).write_text("x")
-    with pytest.raises(src.NoFramesError, match=r"only_unsupported: no readable frame.*\.txt x2.*\.json x1"):
+    with pytest.raises(scanning.NoFramesError, match=r"only_unsupported: no readable frame.*\.txt x2.*\.json x1"):
         prepare.prepare([str(only)], str(tmp_path / "out2"), size=32, progress=False)
     assert prepare.main(["--input", str(only), "--output", str(tmp_path / "out3"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "only_unsupported: no readable frame" in err and ".txt x2" in err and "video: .avi" in err
     # Training from such a folder fails the same way, before any compute.
     from ml_collections import ConfigDict
-    with pytest.raises(src.NoFramesError, match="only_unsupported"):
+    with pytest.raises(scanning.NoFramesError, match="only_unsupported"):
         src.dataset_sources(ConfigDict({"source": "files", "paths": [str(only)], "image_size": 32}), "train")

@@ -227,7 +227,7 @@ def test_bad_labels_and_empty_classes_fail_naming_file_and_label(tmp_path):
     only = tmp_path / "only" / "x"
     only.mkdir(parents=True)
     (only / "a.txt").write_text("x")
-    from usjepa_jax.data.sources import NoFramesError
+    from usjepa_jax.data.scanning import NoFramesError
     with pytest.raises(NoFramesError, match=r"only: no readable frame.*\.txt x1"):
         labelled.scan_task(labelled.TaskSpec.parse(str(tmp_path / "only")))
 

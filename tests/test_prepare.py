@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from test_sources import speckle, write_dicoms, write_ultrabench
 
-from usjepa_jax.data import pipeline, prepare
+from usjepa_jax.data import pipeline, prepare, shards
 from usjepa_jax.data import sources as src
 from usjepa_jax.masks import MultiBlockMaskSampler, patch_valid_from_scan_mask
 
@@ -44,7 +44,7 @@ def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "_process", interrupting)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare(inputs, str(out), workers=0, size=32, shard_size=8, progress=False)
-    done_first = {f["file"] for r in prepare._read_progress(out) if r.get("type") == "shard" for f in r["files"]}
+    done_first = {f["file"] for r in shards.read_progress(out) if r.get("type") == "shard" for f in r["files"]}
     assert len(done_first) == 5 and not (out / "manifest.json").exists()
     (out / "shard-00042.array_record").write_bytes(b"partial")  # a shard cut by a kill: removed on rerun
 
@@ -68,9 +68,9 @@ def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
     clean = prepare.prepare(inputs, str(tmp_path / "clean"), workers=0, size=32, shard_size=8, progress=False)
     key = [(f["dataset"], f["file"], f["frames"]) for f in clean["files"]]
     assert key == [(f["dataset"], f["file"], f["frames"]) for f in m["files"]]
-    a = src.PreparedSource("all", src.PreparedStore([out]).shard_paths, src.PreparedStore([out]).files)
-    b = src.PreparedSource("all", src.PreparedStore([tmp_path / "clean"]).shard_paths,
-                           src.PreparedStore([tmp_path / "clean"]).files)
+    a = shards.PreparedSource("all", shards.PreparedStore([out]).shard_paths, shards.PreparedStore([out]).files)
+    b = shards.PreparedSource("all", shards.PreparedStore([tmp_path / "clean"]).shard_paths,
+                           shards.PreparedStore([tmp_path / "clean"]).files)
     for i in range(0, len(a), 5):
         assert np.array_equal(a[i]["image"], b[i]["image"]) and a.provenance(i) == b.provenance(i)
     # A third run has nothing left to do; other settings are refused.

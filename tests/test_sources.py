@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_files
 
-from usjepa_jax.data import mixture, pipeline
+from usjepa_jax.data import decoders, mixture, pipeline, scanning
 from usjepa_jax.data import preprocess as pp
 from usjepa_jax.data import sources as src
 from usjepa_jax.data.synthetic import SimulatorConfig, render
@@ -55,7 +55,7 @@ def write_images(folder):
 # ------------------------------------------------------------------------------------------------ images
 def test_image_folder_every_mode_and_depth(tmp_path):
     expected = write_images(tmp_path / "imgs")
-    scan = src.scan_files(tmp_path / "imgs")
+    scan = scanning.scan_files(tmp_path / "imgs")
     assert scan.name == "imgs" and not scan.skipped
     assert {e.relpath: e.frames for e in scan.entries} == expected
     source = src.FilesSource(scan.name, scan.entries, pp.PreprocessConfig(size=32))
@@ -69,12 +69,12 @@ def test_image_folder_every_mode_and_depth(tmp_path):
     assert [source.provenance(i) for i in range(len(source)) if source.provenance(i)["file"] == "cine.tiff"] == [
         {"dataset": "imgs", "file": "cine.tiff", "frame": k} for k in range(3)]
     # 8-bit is kept as is; 16-bit is mapped min..max to 0..255 (the percentile rescaling then sets the contrast).
-    g8, g16 = (pp.preprocess_frame(src.read_frame(str(tmp_path / "imgs" / n), "image", 0), RAW)[0]
+    g8, g16 = (pp.preprocess_frame(decoders.read_frame(str(tmp_path / "imgs" / n), "image", 0), RAW)[0]
                for n in ("gray8.png", "gray16.png"))
     g = speckle().astype(float)
     assert np.array_equal(g8, speckle())
     assert np.abs(g16 - (g - g.min()) * 255 / (g.max() - g.min())).max() <= 1
-    assert src.read_frame(str(tmp_path / "imgs" / "palette.png"), "image", 0).shape == (48, 64, 3)
+    assert decoders.read_frame(str(tmp_path / "imgs" / "palette.png"), "image", 0).shape == (48, 64, 3)
 
 
 # ------------------------------------------------------------------------------------------------ DICOM
@@ -105,7 +105,7 @@ def write_dicoms(folder):
 
 def test_dicom_formats_frames_and_colour(tmp_path):
     expected = write_dicoms(tmp_path / "dcm")
-    scan = src.scan_files(tmp_path / "dcm")
+    scan = scanning.scan_files(tmp_path / "dcm")
     assert not scan.skipped
     assert {e.relpath: e.frames for e in scan.entries} == expected
     source = src.FilesSource("dcm", scan.entries, pp.PreprocessConfig(size=24), on_error="raise")
@@ -115,16 +115,16 @@ def test_dicom_formats_frames_and_colour(tmp_path):
         assert el["image"].shape == (24, 24) and el["image"].dtype == np.uint8 and el["scan_mask"].any()
     d = str(tmp_path / "dcm")
     # Cine frames are distinct examples; YBR is converted to RGB; palette goes through its LUT.
-    f0, f9 = (src.read_frame(f"{d}/examples_ybr_color.dcm", "dicom", k) for k in (0, 9))
+    f0, f9 = (decoders.read_frame(f"{d}/examples_ybr_color.dcm", "dicom", k) for k in (0, 9))
     assert f0.shape == (240, 320, 3) and not np.array_equal(f0, f9)
-    assert np.array_equal(f9, list(src.iter_frames(f"{d}/examples_ybr_color.dcm", "dicom"))[9])
-    ybr = src.read_frame(f"{d}/SC_rgb_dcmtk_+eb+cy+n1.dcm", "dicom", 0).astype(int)
-    rgb = src.read_frame(str(dicom_file("SC_rgb_dcmtk_+eb+cr.dcm")), "dicom", 0).astype(int)
+    assert np.array_equal(f9, list(decoders.iter_frames(f"{d}/examples_ybr_color.dcm", "dicom"))[9])
+    ybr = decoders.read_frame(f"{d}/SC_rgb_dcmtk_+eb+cy+n1.dcm", "dicom", 0).astype(int)
+    rgb = decoders.read_frame(str(dicom_file("SC_rgb_dcmtk_+eb+cr.dcm")), "dicom", 0).astype(int)
     assert np.abs(ybr - rgb).mean() < 5  # the same picture, one stored as YBR_FULL
-    assert src.read_frame(f"{d}/examples_palette.dcm", "dicom", 0).shape == (350, 800, 3)
+    assert decoders.read_frame(f"{d}/examples_palette.dcm", "dicom", 0).shape == (350, 800, 3)
     # MONOCHROME1 is the inverse of MONOCHROME2.
-    m1 = pp.preprocess_frame(src.read_frame(f"{d}/mono1", "dicom", 0), RAW)[0].astype(int)
-    m2 = pp.preprocess_frame(src.read_frame(f"{d}/MR_small.dcm", "dicom", 0), RAW)[0].astype(int)
+    m1 = pp.preprocess_frame(decoders.read_frame(f"{d}/mono1", "dicom", 0), RAW)[0].astype(int)
+    m2 = pp.preprocess_frame(decoders.read_frame(f"{d}/MR_small.dcm", "dicom", 0), RAW)[0].astype(int)
     assert np.abs(m1 - (255 - m2)).max() <= 1
 
 
@@ -138,14 +138,15 @@ def test_nifti_volumes_and_cine(tmp_path):
     vol4 = rng.random((8, 9, 3, 2)).astype(np.float32)
     for name, arr in (("vol.nii.gz", vol), ("cine.nii", cine), ("vol4.nii.gz", vol4)):
         nib.save(nib.Nifti1Image(arr, np.eye(4)), folder / name)
-    scan = src.scan_files(folder)
+    scan = scanning.scan_files(folder)
     assert {e.relpath: e.frames for e in scan.entries} == {"vol.nii.gz": 5, "cine.nii": 7, "vol4.nii.gz": 6}
-    assert np.allclose(src.read_frame(str(folder / "vol.nii.gz"), "nifti", 3), vol[:, :, 3])
-    assert np.array_equal(src.read_frame(str(folder / "cine.nii"), "nifti", 6), cine[:, :, 0, 6])
-    assert np.allclose(src.read_frame(str(folder / "vol4.nii.gz"), "nifti", 4), vol4[:, :, 1, 1])
-    assert src.count_frames(str(folder / "vol.nii.gz"), "nifti", src.FrameOptions(nifti_axis=0)) == 16
-    assert np.allclose(src.read_frame(str(folder / "vol.nii.gz"), "nifti", 2, src.FrameOptions(nifti_axis=0)), vol[2])
-    frames = list(src.iter_frames(str(folder / "vol4.nii.gz"), "nifti"))
+    assert np.allclose(decoders.read_frame(str(folder / "vol.nii.gz"), "nifti", 3), vol[:, :, 3])
+    assert np.array_equal(decoders.read_frame(str(folder / "cine.nii"), "nifti", 6), cine[:, :, 0, 6])
+    assert np.allclose(decoders.read_frame(str(folder / "vol4.nii.gz"), "nifti", 4), vol4[:, :, 1, 1])
+    assert decoders.count_frames(str(folder / "vol.nii.gz"), "nifti", decoders.FrameOptions(nifti_axis=0)) == 16
+    axis0 = decoders.FrameOptions(nifti_axis=0)
+    assert np.allclose(decoders.read_frame(str(folder / "vol.nii.gz"), "nifti", 2, axis0), vol[2])
+    frames = list(decoders.iter_frames(str(folder / "vol4.nii.gz"), "nifti"))
     assert len(frames) == 6 and np.allclose(frames[4], vol4[:, :, 1, 1])
 
 
@@ -172,7 +173,7 @@ def write_ultrabench(root, name="busi_v1", n=12, n_test=4):
 
 def test_ultrabench_layout_labels_masks_and_splits(tmp_path):
     d = write_ultrabench(tmp_path / "ub")
-    scan = src.scan_ultrabench(d)
+    scan = scanning.scan_ultrabench(d)
     assert scan.name == "busi_v1" and scan.label_names == ["benign", "malignant", "normal"]
     assert sum(e.split == "test" for e in scan.entries) == 4 and all(e.mask_path for e in scan.entries)
     assert [e.label for e in scan.entries[:4]] == [0, 1, 2, 0]
@@ -189,12 +190,12 @@ def test_ultrabench_layout_labels_masks_and_splits(tmp_path):
     assert not files["train"] & files["val"] and files["val"]
     # Other JSON shapes: a plain list of names, and sub-split dicts.
     def pairs(obj):
-        return [(r["path"], r["label"], r["split"]) for r in src.json_records(obj, "x")]
+        return [(r["path"], r["label"], r["split"]) for r in scanning.json_records(obj, "x")]
 
     assert pairs(["a.png", "b.png"]) == [("a.png", None, None), ("b.png", None, None)]
     assert pairs({"train": [{"file": "a.png", "class": 1}], "val": ["b.png"]}) == [
         ("a.png", 1, "train"), ("b.png", None, "val")]
-    assert src.json_records([{"path": "c.avi", "label": "x", "split": "test", "patient": "p7"}], "x") == [
+    assert scanning.json_records([{"path": "c.avi", "label": "x", "split": "test", "patient": "p7"}], "x") == [
         {"path": "c.avi", "label": "x", "split": "test", "group": "p7"}]
 
 
@@ -206,13 +207,13 @@ def test_corrupt_files_are_skipped_and_reported_or_raise(tmp_path, caplog):
     shutil.copy(dicom_file("MR_small.dcm"), folder / "cut.dcm")
     (folder / "cut.dcm").write_bytes((folder / "cut.dcm").read_bytes()[:200])
     with caplog.at_level(logging.WARNING):
-        scan = src.scan_files(folder, on_error="skip")
+        scan = scanning.scan_files(folder, on_error="skip")
     assert sorted(s["file"] for s in scan.skipped) == ["broken.png", "cut.dcm"]
     assert all(s["reason"] for s in scan.skipped)
     assert "broken.png" in caplog.text and "cut.dcm" in caplog.text
     assert len(scan.entries) == 9  # nothing else lost
-    with pytest.raises(src.BadFileError, match="broken.png"):
-        src.scan_files(folder, on_error="raise")
+    with pytest.raises(decoders.BadFileError, match="broken.png"):
+        scanning.scan_files(folder, on_error="raise")
 
 
 def test_decode_failure_after_scan_skips_to_next_frame_or_raises(tmp_path, caplog):
@@ -222,14 +223,14 @@ def test_decode_failure_after_scan_skips_to_next_frame_or_raises(tmp_path, caplo
         Image.fromarray(speckle(seed=i)).save(folder / f"{i}.jpg")
     data = (folder / "1.jpg").read_bytes()
     (folder / "1.jpg").write_bytes(data[: len(data) // 3])  # header fine, pixels truncated
-    scan = src.scan_files(folder)
+    scan = scanning.scan_files(folder)
     assert len(scan.entries) == 3
     skip = src.FilesSource("jpgs", scan.entries, RAW, on_error="skip")
     with caplog.at_level(logging.WARNING):
         el = skip[1]
     assert "1.jpg" in caplog.text and el["index"] == 1
     assert np.array_equal(el["image"], skip[2]["image"])  # deterministic replacement: the next good frame
-    with pytest.raises(src.BadFileError, match="1.jpg"):
+    with pytest.raises(decoders.BadFileError, match="1.jpg"):
         src.FilesSource("jpgs", scan.entries, RAW, on_error="raise")[1]
 
 

@@ -259,13 +259,13 @@ def test_probe_presets_are_clinical():
 
 
 def test_prerender_into_the_prepared_arrayrecord_format(tmp_path):
-    from usjepa_jax.data import sources
+    from usjepa_jax.data import shards
 
     config = sim.SimulatorConfig(image_size=32)
     summary = sim.prerender(tmp_path / "pre", 5, config, seed=3, shard_size=2, progress=False)
     assert summary["images"] == 5 and summary["shards"] == 3
-    store = sources.PreparedStore([tmp_path / "pre"])
-    prepared = sources.PreparedSource("synthetic", store.shard_paths, store.files)
+    store = shards.PreparedStore([tmp_path / "pre"])
+    prepared = shards.PreparedSource("synthetic", store.shard_paths, store.files)
     rendered = sim.SyntheticUltrasoundSource(5, 3, config)
     for i in range(5):
         np.testing.assert_array_equal(prepared[i]["image"], rendered[i]["image"])

@@ -10,7 +10,8 @@ import pytest
 from configs import base
 from usjepa_jax import config as config_lib
 from usjepa_jax.data.pipeline import SPLITS
-from usjepa_jax.data.synthetic import SyntheticUltrasoundSource, derive_seed
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.synthetic import SyntheticUltrasoundSource
 from usjepa_jax.evaluation import tasks
 from usjepa_jax.evaluation.data import EVAL_STREAMS
 from usjepa_jax.evaluation.probe import ProbeConfig, train_probe

@@ -27,7 +27,9 @@ from PIL import Image
 
 from usjepa_jax.data import framing
 from usjepa_jax.data.preprocess import default_preprocess_dict
-from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource, derive_seed
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.sources import make_real_source
+from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/sources.py
@@ -72,7 +74,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         on_error="skip",  # a bad file is logged and skipped ('skip') or fails the run ('raise')
         nifti_axis=-1,  # NIfTI frames: slices along this axis (volumes) / time points (2-D+t)
         video_stride=1,  # cine video (.avi/.mp4): every k-th frame
-        h5_key="",  # HDF5: the dataset holding the frames ('' = the only image-like one, data/formats.py)
+        h5_key="",  # HDF5: the dataset holding the frames ('' = the only image-like one, data/containers.py)
         preprocess=default_preprocess_dict(),  # raw sources only (prepared data was preprocessed once)
         shuffle=True,  # reshuffle the train split every epoch (val/test are never shuffled)
         worker_count=0,  # grain worker processes (0: in the training process)
@@ -95,7 +97,6 @@ def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
     if data_config.source != "synthetic":
-        from usjepa_jax.data.sources import make_real_source
         return make_real_source(data_config, split, seed)
     num = data_config.num_train if split == "train" else data_config.num_val
     fraction = framing.framing_config(data_config)["fraction"]

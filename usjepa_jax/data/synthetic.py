@@ -117,6 +117,9 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from usjepa_jax.data import shards
+from usjepa_jax.data.seeding import derive_seed
+
 SPEED_OF_SOUND = 1.540  # mm per microsecond (1540 m/s): lambda[mm] = SPEED_OF_SOUND / f[MHz]
 
 CLASS_NAMES = ("none", "cyst", "hypoechoic_solid", "hyperechoic_solid", "calcified")
@@ -197,11 +200,6 @@ class SimulatorConfig:
             value = getattr(self, f.name)
             if f.type == "tuple[float, float]" and not (len(value) == 2 and value[0] <= value[1]):
                 raise ValueError(f"SimulatorConfig.{f.name}={value!r}: expected a (low, high) range.")
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (e.g. ``(seed, index, stream)``), identical on every machine."""
-    return int(np.random.SeedSequence([int(p) % 2**63 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 # ------------------------------------------------------------------------------------------------ resolution
@@ -1351,20 +1349,19 @@ def prerender(out: str | Path, num: int, config: SimulatorConfig = SimulatorConf
     class), for accelerator runs: train with ``config.data.source='prepared'``, ``config.data.paths=[out]``.
     ``source``: another simulator source to render instead (e.g. data/framing.py's mixture of framed views), whose
     own image count, seed and settings then apply."""
-    from usjepa_jax.data import prepare
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (out / prepare.PROGRESS).exists() or (out / prepare.MANIFEST).exists():
+    if (out / shards.PROGRESS).exists() or (out / shards.MANIFEST).exists():
         raise FileExistsError(f"{out} already holds prepared data; pre-render into an empty directory")
     if source is None:
         source = SyntheticUltrasoundSource(num, seed, config)
     num, seed, config = len(source), source.seed, source.config
     start, shard = time.perf_counter(), None
-    with open(out / prepare.PROGRESS, "a") as progress_file:
+    with open(out / shards.PROGRESS, "a") as progress_file:
         for i in range(num):
             if shard is None:
-                shard = prepare._ShardWriter(out, i // shard_size, prepare.DEFAULT_OPTIONS, progress_file)
+                shard = shards.ShardWriter(out, i // shard_size, shards.WRITER_OPTIONS, progress_file)
             ex = source[i]
             row = dict(dataset="synthetic", file=f"{i:08d}", label=int(ex["label"]), split="train_val")
             shard.add_file(row, [(ex["image"], ex["scan_mask"])], i)
@@ -1376,7 +1373,7 @@ def prerender(out: str | Path, num: int, config: SimulatorConfig = SimulatorConf
                       flush=True)
     settings = dict(source="synthetic", simulator=_jsonable(dataclasses.asdict(config)), seed=seed, num=num,
                     view=repr(source))
-    manifest = prepare.write_manifest(out, {}, settings)
+    manifest = shards.write_manifest(out, {}, settings)
     assert manifest["total"]["frames"] == num
     return dict(out=str(out), images=num, shards=len(manifest["shards"]),
                 seconds=round(time.perf_counter() - start, 2))

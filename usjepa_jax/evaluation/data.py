@@ -15,7 +15,8 @@ import ml_collections
 import numpy as np
 
 from usjepa_jax.data.pipeline import ToModelInput, simulator_config
-from usjepa_jax.data.synthetic import derive_seed, render
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.synthetic import render
 
 EVAL_STREAMS = {"invariance": 103}  # 100-102 were the splits of the single lesion task, now tasks.py's streams
 
