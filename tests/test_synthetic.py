@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from usjepa_jax.data import synthetic as sim
+from usjepa_jax.data.simulator.acquisition import ScanGeometry, lateral_fwhm_mm
 
 SMALL = sim.SimulatorConfig(image_size=96)
-LINEAR = sim.ScanGeometry("linear", 40.0, 38.0)
+LINEAR = ScanGeometry("linear", 40.0, 38.0)
 
 
 def base_training_size() -> int:
@@ -72,7 +73,7 @@ def test_speckle_grain_in_mm_matches_the_psf_theory():
     z = (np.arange(grid.axial) + 0.5) * grid.dz_mm
     for band in np.array_split(np.arange(grid.axial), 6):
         measured = correlation_fwhm(intensity[band], 1) * grid.dline
-        expected = float(np.mean(sim.lateral_fwhm_mm(z[band], pulse["frequency_mhz"], pulse["f_number"],
+        expected = float(np.mean(lateral_fwhm_mm(z[band], pulse["frequency_mhz"], pulse["f_number"],
                                                      pulse["focal_mm"], LINEAR.probe.aperture_mm)))
         assert measured == pytest.approx(expected, rel=0.2), (z[band].mean(), measured, expected)
     # The linear probe resolves finer in range than across: axial grain finer than lateral.

@@ -29,7 +29,8 @@ from usjepa_jax.data import framing
 from usjepa_jax.data.preprocess import default_preprocess_dict
 from usjepa_jax.data.seeding import derive_seed
 from usjepa_jax.data.sources import make_real_source
-from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource
+from usjepa_jax.data.simulator.config import SimulatorConfig
+from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/sources.py

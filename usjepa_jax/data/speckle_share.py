@@ -29,7 +29,8 @@ import dataclasses
 import numpy as np
 
 from usjepa_jax.data.seeding import derive_seed
-from usjepa_jax.data.synthetic import SimulatorConfig, render
+from usjepa_jax.data.simulator.config import SimulatorConfig
+from usjepa_jax.data.simulator.render import render
 
 SHARE_STREAM = 300  # anatomy and speckle seeds of the measure: a stream of its own, not a task's or pretraining's
 DEFAULT_ANATOMIES = 32
