@@ -26,13 +26,13 @@ import scipy.ndimage
 from PIL import Image
 
 from usjepa_jax.data import framing
-from usjepa_jax.data.preprocess import default_preprocess_dict
+from usjepa_jax.data.preprocess import default_preprocess_dict, resize_square
 from usjepa_jax.data.seeding import derive_seed
 from usjepa_jax.data.sources import make_real_source
 from usjepa_jax.data.simulator.config import SimulatorConfig
 from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
 
-SPLITS = {"train": 0, "val": 1, "test": 2}
+SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # split -> seed stream of its images: derive_seed(seed, stream)
 SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/sources.py
 
 
@@ -95,25 +95,19 @@ def simulator_config(data_config: ml_collections.ConfigDict) -> SimulatorConfig:
 def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
     if data_config.source not in SOURCES:
         raise ValueError(f"config.data.source={data_config.source!r}: expected one of {SOURCES}.")
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
+    if split not in SPLIT_STREAMS:
+        raise ValueError(f"split={split!r}: expected one of {tuple(SPLIT_STREAMS)}.")
     if data_config.source != "synthetic":
         return make_real_source(data_config, split, seed)
     num = data_config.num_train if split == "train" else data_config.num_val
     fraction = framing.framing_config(data_config)["fraction"]
     if fraction > 0:  # whole scans and framed views, as clinical archives hold both
-        return framing.FramedMixtureSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config),
+        return framing.FramedMixtureSource(num, derive_seed(seed, SPLIT_STREAMS[split]), simulator_config(data_config),
                                            framing.framing_from_config(data_config), fraction)
-    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config))
+    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLIT_STREAMS[split]), simulator_config(data_config))
 
 
 # ------------------------------------------------------------------------------------------------ transforms
-def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
-    if array.shape[:2] == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), resample))
-
-
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """The scan mask resized with the image's own (bilinear) filter, kept where it has any weight (uint8 0/1).
 
@@ -122,7 +116,7 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """
     if mask.shape == (size, size):
         return mask.astype(np.uint8)
-    return (_resize(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
+    return (resize_square(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
 
 
 class Augment(grain.transforms.RandomMap):
@@ -141,7 +135,7 @@ class Augment(grain.transforms.RandomMap):
             w = int(min(size, round(size * np.sqrt(scale * ratio))))
             h = int(min(size, round(size * np.sqrt(scale / ratio))))
             top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-            image = _resize(image[top:top + h, left:left + w], size, Image.BILINEAR)
+            image = resize_square(image[top:top + h, left:left + w], size, Image.BILINEAR)
             mask = _resize_mask(mask[top:top + h, left:left + w], size)
         if c["hflip"] and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -175,7 +169,7 @@ class ToModelInput(grain.transforms.Map):
         self.image_size = image_size
 
     def map(self, element: dict) -> dict:
-        image = _resize(element["image"], self.image_size, Image.BILINEAR)
+        image = resize_square(element["image"], self.image_size, Image.BILINEAR)
         mask = _resize_mask(element["scan_mask"], self.image_size)
         return dict(image=image[..., None], scan_mask=mask, label=np.int32(element["label"]),
                     index=np.int32(element["index"]))

@@ -13,8 +13,10 @@ import dataclasses
 
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from usjepa_jax.data.pipeline import ToModelInput, simulator_config
+from usjepa_jax.data.preprocess import resize_square
 from usjepa_jax.data.seeding import derive_seed
 from usjepa_jax.data.synthetic import render
 
@@ -87,8 +89,4 @@ def render_invariance_set(data_config: ml_collections.ConfigDict, num_anatomies:
 
 
 def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if array.shape[:2] == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.NEAREST))
+    return resize_square(array, size, Image.NEAREST)
