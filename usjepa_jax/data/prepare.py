@@ -7,10 +7,10 @@
 Inputs may mix formats (image folders, DICOM incl. cine loops, NIfTI, cine video ``.avi/.mp4`` with
 ``--video-stride``, HDF5 with ``--h5-key``, MetaImage ``.mhd/.raw``, UltraBench dataset folders or a folder of them:
 ``decoders.py``, ``containers.py``, ``scanning.py``); files of other extensions are counted by extension in the
-manifest (``unread``) and the log, and an input without any readable frame fails naming it. Each input folder is one dataset named after the
-folder (an UltraBench folder: its own name). Files are decoded and preprocessed (``preprocess.py``: grayscale,
-inpainting, scan region, percentile rescaling, crop, resize to ``--size``) in ``--workers`` processes; the main
-process writes the frames to ``shard-NNNNN.array_record`` files (one record per frame, ``shards.encode_record``:
+manifest (``unread``) and the log, and an input without any readable frame fails naming it. Each input folder is
+one dataset named after the folder (an UltraBench folder: its own name). Files are decoded and preprocessed
+(``preprocess.py``: grayscale, inpainting, scan region, percentile rescaling, crop, resize to ``--size``) in
+``--workers`` processes; the main process writes the frames to ``shard-NNNNN.array_record`` files (one record per frame, ``shards.encode_record``:
 header + uint8 image + bit-packed scan mask) and, when a shard is complete and closed, appends its files to
 ``progress.jsonl``. A file's frames never straddle shards.
 
@@ -27,7 +27,6 @@ the frame order does not depend on worker timing. UltraBench ``test.json`` files
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import multiprocessing
@@ -37,6 +36,8 @@ import time
 import zlib
 from pathlib import Path
 from typing import Any
+
+from absl import flags
 
 from usjepa_jax import run_log
 from usjepa_jax.data import preprocess as pp
@@ -188,33 +189,52 @@ def prepare_scans(scans: dict[str, DatasetScan], output: str | Path, *, workers:
     return manifest
 
 
+def flag_values() -> flags.FlagValues:
+    """The command's flags, in their own ``FlagValues`` (nothing shared with ``main``'s or ``evaluate``'s)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_multi_string("input", None, "a dataset folder or file (repeatable)", flag_values=fv)
+    flags.DEFINE_string("output", None, "the prepared directory", flag_values=fv)
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "decoder processes (0: in-process)", flag_values=fv)
+    flags.DEFINE_integer("size", 224, "output size in pixels", flag_values=fv)
+    flags.DEFINE_integer("shard-size", 1024, "frames per shard (a file is never split)", flag_values=fv)
+    flags.DEFINE_enum("on-error", "skip", ON_ERROR, "an unreadable file: skip it (listed) or raise", flag_values=fv)
+    flags.DEFINE_integer("nifti-axis", -1, "NIfTI: slice along this axis", flag_values=fv)
+    flags.DEFINE_integer("video-stride", 1, "cine video: every k-th frame", flag_values=fv)
+    flags.DEFINE_string("h5-key", "", "HDF5: the dataset holding the frames (default: the only image-like one)",
+                        flag_values=fv)
+    flags.DEFINE_bool("include-test", False, "also UltraBench test.json files", flag_values=fv)
+    flags.DEFINE_string("options", WRITER_OPTIONS, "ArrayRecord writer options, e.g. group_size:1,zstd:3",
+                        flag_values=fv)
+    for step in ("grayscale", "inpaint", "detect-scan-region", "crop-to-scan-region"):
+        flags.DEFINE_bool(f"no-{step}", False, f"skip the preprocessing step {step}", flag_values=fv)
+    flags.DEFINE_bool("no-rescale", False, "no 2-98 percentile rescaling", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "no progress bar", flag_values=fv)
+    return fv
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m usjepa_jax.data.prepare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True, help="a dataset folder or file (repeatable)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoder processes (0: in-process)")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--shard-size", type=int, default=1024, help="frames per shard (a file is never split)")
-    p.add_argument("--on-error", choices=ON_ERROR, default="skip")
-    p.add_argument("--nifti-axis", type=int, default=-1, help="NIfTI: slice along this axis")
-    p.add_argument("--video-stride", type=int, default=1, help="cine video: every k-th frame")
-    p.add_argument("--h5-key", default="", help="HDF5: the dataset holding the frames (default: the only "
-                   "image-like one)")
-    p.add_argument("--include-test", action="store_true", help="also UltraBench test.json files")
-    p.add_argument("--options", default=WRITER_OPTIONS, help="ArrayRecord writer options, e.g. group_size:1,zstd:3")
-    for step in ("grayscale", "inpaint", "detect_scan_region", "crop_to_scan_region"):
-        p.add_argument(f"--no-{step.replace('_', '-')}", dest=step, action="store_false")
-    p.add_argument("--no-rescale", dest="rescale", action="store_false", help="no 2-98 percentile rescaling")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    prep = pp.PreprocessConfig(grayscale=a.grayscale, inpaint=a.inpaint, detect_scan_region=a.detect_scan_region,
-                               crop_to_scan_region=a.crop_to_scan_region,
-                               rescale_percentiles=pp.PreprocessConfig.rescale_percentiles if a.rescale else None)
+    fv, prog = flag_values(), "python -m usjepa_jax.data.prepare"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(f"usage: {prog} --input DIR [--input DIR ...] --output DIR [flags]\n\n{__doc__}\n{fv.get_help()}")
+        return 0
     try:
-        m = prepare(a.input, a.output, workers=a.workers, size=a.size, shard_size=a.shard_size,
-                    on_error=a.on_error, preprocess=prep, include_test=a.include_test, options=a.options,
-                    frame_options=FrameOptions(a.nifti_axis, a.video_stride, a.h5_key), progress=not a.quiet)
+        fv([prog, *argv])
+        if not fv["input"].value or not fv["output"].value:
+            raise flags.Error("--input and --output are required")
+    except flags.Error as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    a = {name: fv[name].value for name in fv}
+    prep = pp.PreprocessConfig(grayscale=not a["no-grayscale"], inpaint=not a["no-inpaint"],
+                               detect_scan_region=not a["no-detect-scan-region"],
+                               crop_to_scan_region=not a["no-crop-to-scan-region"],
+                               rescale_percentiles=None if a["no-rescale"] else pp.PreprocessConfig.rescale_percentiles)
+    try:
+        m = prepare(a["input"], a["output"], workers=a["workers"], size=a["size"], shard_size=a["shard-size"],
+                    on_error=a["on-error"], preprocess=prep, include_test=a["include-test"], options=a["options"],
+                    frame_options=FrameOptions(a["nifti-axis"], a["video-stride"], a["h5-key"]),
+                    progress=not a["quiet"])
     except KeyboardInterrupt:
         print("\ninterrupted: finished shards are kept; rerun the same command to continue.", file=sys.stderr)
         return 130
@@ -228,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if d["unread"]:
             print(f"  not read (not a frame format): {describe_extensions(d['unread'])}", file=sys.stderr)
     t = m["throughput"]
-    print(f"wrote {a.output}: {m['total']['frames']} frames in {len(m['shards'])} shards; this run {t['frames']} "
+    print(f"wrote {a['output']}: {m['total']['frames']} frames in {len(m['shards'])} shards; this run {t['frames']} "
           f"frames in {t['seconds']:.1f} s ({t['frames_per_second']} frames/s)", file=sys.stderr)
     return 0
 
