@@ -10,9 +10,9 @@ Inputs may mix formats (image folders, DICOM incl. cine loops, NIfTI, cine video
 manifest (``unread``) and the log, and an input without any readable frame fails naming it. Each input folder is
 one dataset named after the folder (an UltraBench folder: its own name). Files are decoded and preprocessed
 (``preprocess.py``: grayscale, inpainting, scan region, percentile rescaling, crop, resize to ``--size``) in
-``--workers`` processes; the main process writes the frames to ``shard-NNNNN.array_record`` files (one record per frame, ``shards.encode_record``:
-header + uint8 image + bit-packed scan mask) and, when a shard is complete and closed, appends its files to
-``progress.jsonl``. A file's frames never straddle shards.
+``--workers`` processes; the main process writes the frames to ``shard-NNNNN.array_record`` files (one record
+per frame, ``shards.encode_record``: header + uint8 image + bit-packed scan mask) and, when a shard is complete and
+closed, appends its files to ``progress.jsonl``. A file's frames never straddle shards.
 
 Resume: an interrupted run (Ctrl-C, kill, crash) loses at most the open shard; rerunning the same command deletes
 shards that ``progress.jsonl`` does not list and continues with the files it does not list (finished files are
