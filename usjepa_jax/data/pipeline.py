@@ -218,6 +218,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
     iter_ds = ds.to_iter_dataset()
     if data_config.worker_count > 0:
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count,
-                                                                   per_worker_buffer_size=data_config.worker_buffer_size))
+        options = grain.MultiprocessingOptions(num_workers=data_config.worker_count,
+                                               per_worker_buffer_size=data_config.worker_buffer_size)
+        iter_ds = iter_ds.mp_prefetch(options)
     return iter_ds

@@ -24,8 +24,8 @@ from usjepa_jax.data.simulator.scenes import sample_anatomy
 from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
 
 __all__ = ["CLASS_NAMES", "GEOMETRIES", "GRADES", "LESION_SEGMENT", "MARGINS", "ORGANS", "PROBES", "SEG",
-           "SEGMENTATION_NAMES", "SOLID_LESIONS", "TASK_CLASSES", "Probe", "SimulatorConfig", "SyntheticUltrasoundSource",
-           "bmode_homogeneous", "cnr_table", "contact_sheet", "derive_seed", "lesion_cnr", "main", "prerender",
+           "SEGMENTATION_NAMES", "SOLID_LESIONS", "TASK_CLASSES", "Probe", "SimulatorConfig",
+           "SyntheticUltrasoundSource", "bmode_homogeneous", "cnr_table", "contact_sheet", "derive_seed", "lesion_cnr", "main", "prerender",
            "psf_fwhm_mm", "render", "render_homogeneous", "sample_anatomy", "write_sample"]
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""The scanner: resolution (PSF widths) in physical units, scan geometry, acquisition grid, scan conversion."""
+"""The scanner: resolution (PSF widths) in physical units, scan geometry, acquisition grid, scan conversion.
+
+The formulas (pulse-echo FWHMs, the grid's samples per FWHM, anti-aliased scan conversion) and why they were
+chosen: ``docs/simulator.md``, Physics."""
 
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ def axial_fwhm_mm(frequency_mhz: float, bandwidth: float) -> float:
 
 def lateral_fwhm_mm(z_mm: np.ndarray | float, frequency_mhz: float, f_number: float, focal_mm: float,
                     aperture_mm: float) -> np.ndarray:
-    """Pulse-echo lateral FWHM ``W(z)`` (module docstring): ``lambda F`` at the focus, widening away from it."""
+    """Pulse-echo lateral FWHM ``W(z)`` (docs/simulator.md): ``lambda F`` at the focus, widening away from it."""
     lam = SPEED_OF_SOUND / frequency_mhz
     z = np.asarray(z_mm, np.float64)
     f_tx = max(f_number, focal_mm / aperture_mm)  # transmit F-number at the focus

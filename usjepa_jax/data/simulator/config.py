@@ -1,4 +1,9 @@
-"""The simulator's settings: the label names of its tasks, the probe presets and ``SimulatorConfig``."""
+"""The simulator's settings: the label names of its tasks, the probe presets and ``SimulatorConfig``.
+
+Tasks (``TASK_CLASSES``): ``lesion`` (none / cyst / hypoechoic / hyperechoic / calcified), ``organ`` (scene
+families with their own layout), ``margin`` of a solid lesion (smooth oval / lobulated / spiculated), ``grade``
+(3 diffuse grades of the organ's parenchyma). ``SEGMENTATION_NAMES``: the tissue codes of the segmentation map.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""Rendering: scatterers through the PSF (IQ), attenuation and TGC, log compression, scan conversion, overlays."""
+"""Rendering: scatterers through the PSF (IQ), attenuation and TGC, log compression, scan conversion, overlays.
+
+``render(anatomy_seed, speckle_seed, config, *, acquisition_seed=None, scene=None, return_envelope=False)``
+returns a dict: ``image`` uint8 ``[S, S]`` (B-mode, black outside the scan), ``scan_mask`` bool ``[S, S]``,
+``segmentation`` uint8 ``[S, S]`` (a tissue code per pixel, index into ``SEGMENTATION_NAMES``), ``label`` (the
+lesion class, index into ``CLASS_NAMES``), ``labels`` (one entry per task of ``TASK_CLASSES``, -1 where the task
+does not apply) and ``params`` (the acquisition and anatomy parameters). ``scene`` optionally fixes any of
+``{"organ", "lesion", "margin", "grade"}``; the draws of every other quantity do not depend on which are fixed.
+Each key and the physics in full: ``docs/simulator.md``.
+"""
 
 from __future__ import annotations
 
@@ -102,7 +111,7 @@ def log_compress(iq: np.ndarray, display: dict) -> np.ndarray:
 def render(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig = SimulatorConfig(), *,
            return_envelope: bool = False, acquisition_seed: int | None = None,
            scene: dict | None = None) -> dict[str, Any]:
-    """One B-mode image (see the module docstring for the returned keys, ``scene`` and ``labels``).
+    """One B-mode image (the module docstring lists the returned keys).
 
     ``acquisition_seed``: when given, the scanner settings (probe, depth, pulse, display, overlay) come from this
     seed instead of the anatomy seed, and only the scene from ``anatomy_seed`` (laid out for that probe's field
