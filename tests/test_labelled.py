@@ -166,7 +166,7 @@ def test_val_rule_is_seeded_stratified_and_keeps_groups_together(tmp_path):
 
 
 def test_frames_of_one_video_stay_in_one_split(tmp_path):
-    from test_formats import write_video
+    from data.test_containers import write_video  # a data-test builder; shared: tests/conftest.py
 
     root = tmp_path / "cine"
     frames = {}

@@ -1,27 +1,13 @@
-"""Cine video, HDF5 and MetaImage inputs (data/containers.py), DICOM ultrasound regions, and nothing ignored silently:
-each container written here by its own library (or by hand for MetaImage's text header) prepares into the right
-number of frames; unread extensions are listed; a folder without a readable frame fails naming it."""
+"""Cine video, HDF5 and MetaImage inputs (data/containers.py): each container written here by its own library
+(or by hand for MetaImage's text header) prepares into the right number of frames."""
 
-import json
 import zlib
 
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-from test_sources import dicom_file, speckle
 
 from usjepa_jax.data import containers, decoders, prepare, scanning
-from usjepa_jax.data import preprocess as pp
 from usjepa_jax.data import sources as src
-
-RAW = pp.PreprocessConfig(inpaint=False, detect_scan_region=False, rescale_percentiles=None,
-                          crop_to_scan_region=False)
-
-
-def frames_of(n, h=48, w=64):
-    return [speckle(h, w, seed=k) for k in range(n)]
 
 
 def write_video(path, frames, codec="ffv1", fps=10):
@@ -58,8 +44,7 @@ def write_mhd(folder, stem, array, compressed=False, element_type="MET_SHORT", l
         (folder / name).write_bytes(data)
 
 
-# ------------------------------------------------------------------------------------------------ video
-def test_video_prepares_into_every_frame_or_a_stride(tmp_path):
+def test_video_prepares_into_every_frame_or_a_stride(tmp_path, frames_of):
     folder = tmp_path / "echo"
     folder.mkdir()
     clip = frames_of(7)
@@ -79,7 +64,6 @@ def test_video_prepares_into_every_frame_or_a_stride(tmp_path):
     assert {f["file"]: f["frames"] for f in m["files"]} == {"a.avi": 4, "b.mp4": 3}
 
 
-# ------------------------------------------------------------------------------------------------ HDF5
 def test_hdf5_stacks_default_key_and_explicit_key(tmp_path):
     h5py = pytest.importorskip("h5py")
     folder = tmp_path / "h5"
@@ -112,8 +96,7 @@ def test_hdf5_stacks_default_key_and_explicit_key(tmp_path):
     assert m["datasets"]["h5"]["frames"] == 6
 
 
-# ------------------------------------------------------------------------------------------------ MetaImage
-def test_metaimage_volumes_raw_zraw_and_mha(tmp_path):
+def test_metaimage_volumes_raw_zraw_and_mha(tmp_path, raw_config):
     folder = tmp_path / "camus"
     folder.mkdir()
     rng = np.random.default_rng(1)
@@ -135,59 +118,6 @@ def test_metaimage_volumes_raw_zraw_and_mha(tmp_path):
 
     (folder / "vol.raw").write_bytes(b"\0" * 10)  # truncated data: the file is skipped with the reason
     containers._metaimage_array.cache_clear()
-    scan = src.FilesSource("camus", scanning.scan_files(folder).entries, RAW, on_error="raise")
+    scan = src.FilesSource("camus", scanning.scan_files(folder).entries, raw_config, on_error="raise")
     with pytest.raises(decoders.BadFileError, match="bytes of data"):
         [scan[i] for i in range(len(scan))]
-
-
-# ------------------------------------------------------------------------------------------------ DICOM regions
-def test_dicom_ultrasound_regions_bound_the_scan_region(tmp_path):
-    ds = pydicom.dcmread(dicom_file("MR_small.dcm"))  # 64 x 64
-    tissue, other = Dataset(), Dataset()
-    for r, (x0, y0, x1, y1, fmt) in ((tissue, (10, 5, 49, 54, 1)), (other, (0, 56, 63, 63, 3))):
-        r.RegionSpatialFormat, r.RegionDataType = fmt, 1
-        r.RegionLocationMinX0, r.RegionLocationMinY0, r.RegionLocationMaxX1, r.RegionLocationMaxY1 = x0, y0, x1, y1
-    ds.SequenceOfUltrasoundRegions = Sequence([tissue, other])
-    ds.save_as(tmp_path / "us.dcm")
-    region = decoders.file_region(str(tmp_path / "us.dcm"), "dicom")
-    expected = np.zeros((64, 64), bool)
-    expected[5:55, 10:50] = True  # the tissue region only (the other one is a Doppler/graphics region)
-    assert np.array_equal(region, expected)
-    assert decoders.file_region(dicom_file("MR_small.dcm"), "dicom") is None
-    frame = decoders.read_frame(str(tmp_path / "us.dcm"), "dicom", 0)
-    _, mask = pp.preprocess_frame(frame, RAW, region=region)
-    assert np.array_equal(mask, expected)
-    _, detected = pp.preprocess_frame(frame, pp.PreprocessConfig(crop_to_scan_region=False), region=region)
-    assert detected.any() and not (detected & ~expected).any()  # detection stays inside the bound
-    m = prepare.prepare([str(tmp_path)], str(tmp_path / "out"), size=32, progress=False,
-                        preprocess=pp.PreprocessConfig(detect_scan_region=False))
-    assert m["total"]["frames"] == 1
-
-
-# ------------------------------------------------------------------------------------------------ nothing silent
-def test_unread_extensions_are_listed_and_a_folder_without_frames_fails(tmp_path, capsys, caplog):
-    from PIL import Image
-
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    Image.fromarray(speckle()).save(mixed / "a.png")
-    for name in ("notes.txt", "readme.txt", "labels.csv", "scan.xyz", "NOEXT"):
-        (mixed / name).write_text("x")
-    m = prepare.prepare([str(mixed)], str(tmp_path / "out"), size=32, progress=False)
-    assert m["datasets"]["mixed"]["unread"] == {".txt": 2, ".csv": 1, ".xyz": 1, "(none)": 1}
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["datasets"]["mixed"]["unread"][".txt"] == 2
-    assert "5 files not read" in caplog.text and ".txt x2" in caplog.text
-
-    only = tmp_path / "only_unsupported"
-    only.mkdir()
-    for name in ("a.txt", "b.txt", "c.json", "clip.xyz"):
-        (only / name).write_text("x")
-    with pytest.raises(scanning.NoFramesError, match=r"only_unsupported: no readable frame.*\.txt x2.*\.json x1"):
-        prepare.prepare([str(only)], str(tmp_path / "out2"), size=32, progress=False)
-    assert prepare.main(["--input", str(only), "--output", str(tmp_path / "out3"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "only_unsupported: no readable frame" in err and ".txt x2" in err and "video: .avi" in err
-    # Training from such a folder fails the same way, before any compute.
-    from ml_collections import ConfigDict
-    with pytest.raises(scanning.NoFramesError, match="only_unsupported"):
-        src.dataset_sources(ConfigDict({"source": "files", "paths": [str(only)], "image_size": 32}), "train")

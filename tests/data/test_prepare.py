@@ -2,34 +2,15 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-from test_sources import speckle, write_dicoms, write_ultrabench
 
 from usjepa_jax.data import pipeline, prepare, shards
 from usjepa_jax.data import sources as src
 from usjepa_jax.masks import MultiBlockMaskSampler, patch_valid_from_scan_mask
 
 
-def make_inputs(root):
-    imgs = root / "pngs"
-    imgs.mkdir(parents=True)
-    for i in range(6):
-        Image.fromarray(speckle(40, 50, i)).save(imgs / f"{i}.png")
-    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
-    dcm = root / "dicoms"
-    write_dicoms(dcm)
-    nii = root / "nifti"
-    nii.mkdir()
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((30, 40, 4)).astype(np.float32), np.eye(4)),
-             nii / "vol.nii.gz")
-    write_ultrabench(root / "ub", n=5, n_test=2)
-    return [str(imgs), str(dcm), str(nii), str(root / "ub" / "busi_v1")]
-
-
-def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
+def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch, make_inputs):
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "prepared"
     # First run: interrupted after 5 files (shard_size 8: at least one shard completes before).
@@ -81,7 +62,7 @@ def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
         prepare.prepare(inputs, str(out), workers=0, size=64, progress=False)
 
 
-def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys):
+def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys, make_inputs):
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "prepared"
     args = [a for i in inputs for a in ("--input", i)]
