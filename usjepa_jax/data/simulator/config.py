@@ -87,3 +87,8 @@ class SimulatorConfig:
             value = getattr(self, f.name)
             if f.type == "tuple[float, float]" and not (len(value) == 2 and value[0] <= value[1]):
                 raise ValueError(f"SimulatorConfig.{f.name}={value!r}: expected a (low, high) range.")
+
+
+def jsonable(params: dict) -> dict:
+    """A parameter dict (``render``'s ``params``, a ``SimulatorConfig`` as a dict), its tuples as lists, for JSON."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}

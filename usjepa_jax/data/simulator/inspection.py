@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from usjepa_jax.data.simulator.config import (CLASS_NAMES, LESION_SEGMENT, SEGMENTATION_NAMES, TASK_CLASSES,
-                                              SimulatorConfig)
-from usjepa_jax.data.simulator.prerender import jsonable
+                                              SimulatorConfig, jsonable)
 from usjepa_jax.data.simulator.render import render
 from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
 

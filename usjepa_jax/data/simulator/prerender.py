@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from usjepa_jax.data import shards
-from usjepa_jax.data.simulator.config import SimulatorConfig
+from usjepa_jax.data.simulator.config import SimulatorConfig, jsonable
 from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
 
 
@@ -49,7 +49,3 @@ def prerender(out: str | Path, num: int, config: SimulatorConfig = SimulatorConf
     assert manifest["total"]["frames"] == num
     return dict(out=str(out), images=num, shards=len(manifest["shards"]),
                 seconds=round(time.perf_counter() - start, 2))
-
-
-def jsonable(params: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}
