@@ -117,36 +117,15 @@ def _raw_config():
                                crop_to_scan_region=False)
 
 
-@pytest.fixture(name="dicom_file")
-def _dicom_file():
-    return dicom_file
+def _served(builder):
+    """A fixture that hands the test ``builder`` itself, under the builder's own name."""
+    return pytest.fixture(name=builder.__name__)(lambda: builder)
 
 
-@pytest.fixture(name="speckle")
-def _speckle():
-    return speckle
-
-
-@pytest.fixture(name="frames_of")
-def _frames_of():
-    return frames_of
-
-
-@pytest.fixture(name="write_images")
-def _write_images():
-    return write_images
-
-
-@pytest.fixture(name="write_dicoms")
-def _write_dicoms():
-    return write_dicoms
-
-
-@pytest.fixture(name="write_ultrabench")
-def _write_ultrabench():
-    return write_ultrabench
-
-
-@pytest.fixture(name="make_inputs")
-def _make_inputs():
-    return make_inputs
+dicom_file_fixture = _served(dicom_file)
+speckle_fixture = _served(speckle)
+frames_of_fixture = _served(frames_of)
+write_images_fixture = _served(write_images)
+write_dicoms_fixture = _served(write_dicoms)
+write_ultrabench_fixture = _served(write_ultrabench)
+make_inputs_fixture = _served(make_inputs)

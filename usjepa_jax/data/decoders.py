@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -319,3 +319,24 @@ def read_mask(path: str | None) -> np.ndarray | None:
     with Image.open(path) as im:
         arr = np.asarray(im.convert("L"))
     return arr > 0
+
+
+# ------------------------------------------------------------------------------------------------ frames of files
+class FrameIndex:
+    """One flat index over the frames of some files, file by file: ``locate(i) -> (the file, its frame)``."""
+
+    def __init__(self, files: Sequence, frames_per_file: Sequence[int]):
+        self.files = files
+        counts = np.array(frames_per_file, np.int64)
+        self._file = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
+        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self._file.size)
+
+    def file_of(self, index: int) -> int:
+        return int(self._file[index])
+
+    def locate(self, index: int) -> tuple[Any, int]:
+        f = int(self._file[index])
+        return self.files[f], int(index - self._starts[f])

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from usjepa_jax.data.decoders import BadFileError
+from usjepa_jax.data.decoders import BadFileError, FrameIndex
 
 RECORD_MAGIC = b"USJ1"
 _HEADER = struct.Struct("<4sHHiiI")  # magic, height, width, label, frame, crc32 of "<dataset>/<file>"
@@ -167,26 +167,20 @@ class PreparedSource:
     def __init__(self, name: str, shard_paths: Sequence[str], files: Sequence[dict[str, Any]]):
         self.name, self.shard_paths = name, list(shard_paths)
         self.files = [{k: f[k] for k in ("dataset", "file", "shard_id", "offset", "frames")} for f in files]
-        counts = np.array([f["frames"] for f in self.files], np.int64)
-        self._file = np.repeat(np.arange(len(self.files), dtype=np.int32), counts)
-        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.frames = FrameIndex(self.files, [f["frames"] for f in self.files])
 
     def __len__(self) -> int:
-        return int(self._file.size)
-
-    def _locate(self, index: int) -> tuple[dict, int]:
-        f = int(self._file[index])
-        return self.files[f], int(index - self._starts[f])
+        return len(self.frames)
 
     def provenance(self, index: int) -> dict[str, Any]:
-        f, frame = self._locate(index)
+        f, frame = self.frames.locate(index)
         return {"dataset": f["dataset"], "file": f["file"], "frame": frame}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} frames")
-        f, frame = self._locate(index)
+        f, frame = self.frames.locate(index)
         data = shard_reader(self.shard_paths[f["shard_id"]]).read([f["offset"] + frame])[0]
         r = decode_record(data)
         return {"image": r["image"], "scan_mask": r["scan_mask"], "label": r["label"], "index": np.int32(index)}

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from usjepa_jax.data import preprocess as pp
-from usjepa_jax.data.decoders import (DEFAULT_FRAME_OPTIONS, BadFileError, FrameOptions, file_region, read_frame,
-                                      read_mask)
+from usjepa_jax.data.decoders import (DEFAULT_FRAME_OPTIONS, BadFileError, FrameIndex, FrameOptions, file_region,
+                                      read_frame, read_mask)
 from usjepa_jax.data.mixture import ConcatSource, MixtureSource, SubsetSource
 from usjepa_jax.data.scanning import (FileEntry, check_on_error, is_ultrabench, require_frames, scan_input,
                                       scan_ultrabench)
@@ -51,17 +51,14 @@ class FilesSource:
         check_on_error(on_error)
         self.name, self.entries = name, list(entries)
         self.preprocess, self.on_error, self.options = preprocess, on_error, options
-        counts = np.array([e.frames for e in self.entries], np.int64)
-        self._file = np.repeat(np.arange(len(self.entries), dtype=np.int32), counts)
-        self._starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.frames = FrameIndex(self.entries, [e.frames for e in self.entries])
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
-        return int(self._file.size)
+        return len(self.frames)
 
     def locate(self, index: int) -> tuple[FileEntry, int]:
-        f = int(self._file[index])
-        return self.entries[f], int(index - self._starts[f])
+        return self.frames.locate(index)
 
     def provenance(self, index: int) -> dict[str, Any]:
         entry, frame = self.locate(index)
@@ -81,7 +78,7 @@ class FilesSource:
             raise IndexError(f"index {index} out of range for {n} frames")
         for k in range(n):
             i = (index + k) % n
-            f = int(self._file[i])
+            f = self.frames.file_of(i)
             if f in self._bad:
                 continue
             try:
