@@ -160,7 +160,7 @@ def test_a_method_is_a_config_with_overrides():
 def test_pretraining_data_keeps_the_configs_mixture_of_framed_views(tmp_path):
     from configs import base
     from usjepa_jax.data import framing, shards
-    from usjepa_jax.data.pipeline import simulator_config
+    from usjepa_jax.data.settings import simulator_config
 
     config = base.get_config("smoke")
     config.data.num_train, config.data.num_val = 6, 2

@@ -9,7 +9,7 @@ import pytest
 
 from configs import base
 from usjepa_jax import config as config_lib
-from usjepa_jax.data.pipeline import SPLIT_STREAMS
+from usjepa_jax.data.settings import SPLIT_STREAMS
 from usjepa_jax.data.seeding import derive_seed
 from usjepa_jax.data.synthetic import SyntheticUltrasoundSource
 from usjepa_jax.evaluation import tasks

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from usjepa_jax.data import pipeline, prepare, shards
+from usjepa_jax.data import pipeline, prepare, settings, shards
 from usjepa_jax.data import sources as src
 from usjepa_jax.masks import MultiBlockMaskSampler, patch_valid_from_scan_mask
 
@@ -72,7 +72,7 @@ def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys
     m = json.loads((out / "manifest.json").read_text())
     assert m["total"]["frames"] == 57 and (out / m["shards"][0]["name"]).exists()
 
-    c = pipeline.default_data_config()
+    c = settings.default_data_config()
     c.source, c.paths, c.image_size, c.val_fraction, c.num_val = "prepared", [str(out)], 32, 0.3, 8
     c.cap_per_dataset = 10  # the 30-frame cine is capped per epoch
     train = pipeline.make_source(c, "train", 0)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from usjepa_jax.data import decoders, pipeline, prepare, scanning
+from usjepa_jax.data import decoders, pipeline, prepare, scanning, settings
 from usjepa_jax.data import sources as src
 
 
@@ -19,7 +19,7 @@ def test_ultrabench_layout_labels_masks_and_splits(tmp_path, write_ultrabench, r
     assert [e.label for e in scan.entries[:4]] == [0, 1, 2, 0]
     source = src.FilesSource(scan.name, scan.entries, raw_config)
     assert source[0]["scan_mask"].sum() == 30 * 24  # the given mask, not a detected one
-    c = pipeline.default_data_config()
+    c = settings.default_data_config()
     c.source, c.paths, c.image_size, c.val_fraction = "ultrabench", [str(tmp_path / "ub")], 32, 0.3
     files = {}
     for split in ("train", "val", "test"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from usjepa_jax.data import decoders, pipeline, scanning
+from usjepa_jax.data import decoders, pipeline, scanning, settings
 from usjepa_jax.data import sources as src
 
 
@@ -40,7 +40,7 @@ def test_holdout_is_deterministic_about_five_percent_and_by_file(tmp_path, speck
     for i in range(30):
         pages = [Image.fromarray(speckle(16, 16, 100 * i + s)) for s in range(4)]
         pages[0].save(folder / f"loop{i:02d}.tiff", save_all=True, append_images=pages[1:])
-    c = pipeline.default_data_config()
+    c = settings.default_data_config()
     c.source, c.paths, c.image_size, c.val_fraction = "files", [str(folder)], 16, 0.2
     c.preprocess.detect_scan_region = False
     frames = {}
@@ -61,7 +61,7 @@ def test_holdout_is_deterministic_about_five_percent_and_by_file(tmp_path, speck
 def test_raw_files_feed_build_dataset(tmp_path, write_images, write_dicoms):
     write_images(tmp_path / "a")
     write_dicoms(tmp_path / "b")
-    c = pipeline.default_data_config()
+    c = settings.default_data_config()
     c.source, c.paths, c.image_size, c.val_fraction = "files", [str(tmp_path / "a"), str(tmp_path / "b")], 32, 0.0
     batch = next(iter(pipeline.build_dataset(c, global_batch_size=6, seed=0)))
     assert batch["image"].shape == (6, 32, 32, 1) and batch["scan_mask"].shape == (6, 32, 32)

@@ -28,8 +28,9 @@ import dataclasses
 
 import numpy as np
 
-from usjepa_jax.data.pipeline import ToModelInput, simulator_config
+from usjepa_jax.data.pipeline import ToModelInput
 from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import simulator_config
 from usjepa_jax.data.simulator.config import SimulatorConfig
 from usjepa_jax.data.simulator.render import render
 

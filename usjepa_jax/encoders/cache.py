@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 
 from usjepa_jax import objectives, run_log, sharding
-from usjepa_jax.data.pipeline import SPLIT_STREAMS, build_dataset
+from usjepa_jax.data.pipeline import build_dataset
+from usjepa_jax.data.settings import SPLIT_STREAMS
 from usjepa_jax.encoders import load_encoder, params_hash, read_encoder
 
 MANIFEST = "cache.json"

@@ -15,9 +15,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from usjepa_jax.data.pipeline import ToModelInput, simulator_config
+from usjepa_jax.data.pipeline import ToModelInput
 from usjepa_jax.data.preprocess import resize_square
 from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import simulator_config
 from usjepa_jax.data.synthetic import render
 
 EVAL_STREAMS = {"invariance": 103}  # 100-102 were the splits of the single lesion task, now tasks.py's streams
