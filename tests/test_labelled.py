@@ -166,7 +166,7 @@ def test_val_rule_is_seeded_stratified_and_keeps_groups_together(tmp_path):
 
 
 def test_frames_of_one_video_stay_in_one_split(tmp_path):
-    from test_formats import write_video
+    from data.test_containers import write_video  # a data-test builder; shared: tests/conftest.py
 
     root = tmp_path / "cine"
     frames = {}
@@ -227,7 +227,7 @@ def test_bad_labels_and_empty_classes_fail_naming_file_and_label(tmp_path):
     only = tmp_path / "only" / "x"
     only.mkdir(parents=True)
     (only / "a.txt").write_text("x")
-    from usjepa_jax.data.sources import NoFramesError
+    from usjepa_jax.data.scanning import NoFramesError
     with pytest.raises(NoFramesError, match=r"only: no readable frame.*\.txt x1"):
         labelled.scan_task(labelled.TaskSpec.parse(str(tmp_path / "only")))
 

@@ -17,7 +17,7 @@ import ml_collections
 
 from usjepa_jax import layout, objectives, targets
 from usjepa_jax.data import framing
-from usjepa_jax.data.pipeline import default_data_config
+from usjepa_jax.data.settings import default_data_config
 from usjepa_jax.evaluation.config import TASK_NAMES, default_eval_config, validate_eval_config
 from usjepa_jax.masks import default_mask_config
 from usjepa_jax.models import vit

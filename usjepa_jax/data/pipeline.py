@@ -15,7 +15,6 @@ host-to-device traffic 4x smaller; the trainer normalises on device with ``data.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import grain
@@ -26,92 +25,29 @@ import scipy.ndimage
 from PIL import Image
 
 from usjepa_jax.data import framing
-from usjepa_jax.data.preprocess import default_preprocess_dict
-from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource, derive_seed
-
-SPLITS = {"train": 0, "val": 1, "test": 2}
-SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/sources.py
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The ``config.data`` subtree. Every key is overridable from the command line (``--config.data.KEY=...``)."""
-    simulator = {k: list(v) if isinstance(v, tuple) else v
-                 for k, v in dataclasses.asdict(SimulatorConfig()).items()}
-    return ml_collections.ConfigDict(dict(
-        source="synthetic",  # the built-in simulator (data/synthetic.py); the only source so far
-        image_size=224,  # model input (square, pixels); rendered images are resized to it (bilinear)
-        num_train=100_000,  # images per epoch of the train split
-        num_val=1_000,  # held-out images of the val split, rendered from a disjoint seed stream
-        mean=0.5, std=0.5,  # on-device normalisation (image / 255 - mean) / std, applied by the trainer
-        # SimulatorConfig fields (ranges are [low, high], sampled per image from its anatomy seed);
-        # synthetic.image_size is the render resolution, independent of the model's image_size.
-        synthetic=simulator,
-        # Views framed on the lesion site (data/framing.py): which simulated tasks are framed, the share of
-        # framed views among the pretraining images, and the window (size in lesion diameters, jitter).
-        framing=framing.default_framing_config(),
-        augment=dict(
-            enabled=False,  # master switch; off = augmentation-free (I-JEPA sense), the paper's list is opt-in
-            random_resized_crop=True,  # crop a random area fraction / aspect ratio, resized back
-            random_resized_crop_scale=(0.6, 1.0),  # area fraction of the crop
-            random_resized_crop_ratio=(0.75, 4 / 3),  # aspect ratio (w / h) of the crop, log-uniform
-            hflip=True,  # horizontal flip with probability 1/2
-            vflip=True,  # vertical flip with probability 1/2
-            blur_prob=0.5, blur_sigma=(0.2, 1.5),  # Gaussian blur: probability (0 = off), sigma range (px)
-            # multiplicative correlated speckle I * (1 + eta * K), K unit-variance noise smoothed with
-            # speckle_correlation (px): probability (0 = off), range of eta's scale
-            speckle_prob=0.5, speckle_sigma=(0.05, 0.3), speckle_correlation=1.5,
-            contrast_prob=0.5, contrast_range=(0.7, 1.3),  # contrast about the in-scan median: probability, factor
-        ),
-        # Real data (source files | ultrabench | prepared; data/sources.py, data/mixture.py): input directories,
-        # optional dataset-name filter, per-dataset epoch cap N_t, hold-out fraction (by file), bad-file policy.
-        paths=[],
-        datasets=[],
-        cap_per_dataset=50_000,
-        mixture_epochs=1,  # capped-dataset epochs per pass of the train source (fresh subsets each), mixture.py
-        val_fraction=0.05,
-        on_error="skip",  # a bad file is logged and skipped ('skip') or fails the run ('raise')
-        nifti_axis=-1,  # NIfTI frames: slices along this axis (volumes) / time points (2-D+t)
-        video_stride=1,  # cine video (.avi/.mp4): every k-th frame
-        h5_key="",  # HDF5: the dataset holding the frames ('' = the only image-like one, data/formats.py)
-        preprocess=default_preprocess_dict(),  # raw sources only (prepared data was preprocessed once)
-        shuffle=True,  # reshuffle the train split every epoch (val/test are never shuffled)
-        worker_count=0,  # grain worker processes (0: in the training process)
-        worker_buffer_size=2,  # batches buffered per worker
-    ))
-
-
-def simulator_config(data_config: ml_collections.ConfigDict) -> SimulatorConfig:
-    fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
-    unknown = set(data_config.synthetic) - fields
-    if unknown:
-        raise ValueError(f"config.data.synthetic: unknown keys {sorted(unknown)}; known: {sorted(fields)}.")
-    values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in data_config.synthetic.items()}
-    return SimulatorConfig(**values)
+from usjepa_jax.data.preprocess import resize_square
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import SOURCES, SPLIT_STREAMS, simulator_config
+from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
+from usjepa_jax.data.sources import make_real_source
 
 
 def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
     if data_config.source not in SOURCES:
         raise ValueError(f"config.data.source={data_config.source!r}: expected one of {SOURCES}.")
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
+    if split not in SPLIT_STREAMS:
+        raise ValueError(f"split={split!r}: expected one of {tuple(SPLIT_STREAMS)}.")
     if data_config.source != "synthetic":
-        from usjepa_jax.data.sources import make_real_source
         return make_real_source(data_config, split, seed)
     num = data_config.num_train if split == "train" else data_config.num_val
     fraction = framing.framing_config(data_config)["fraction"]
     if fraction > 0:  # whole scans and framed views, as clinical archives hold both
-        return framing.FramedMixtureSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config),
+        return framing.FramedMixtureSource(num, derive_seed(seed, SPLIT_STREAMS[split]), simulator_config(data_config),
                                            framing.framing_from_config(data_config), fraction)
-    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config))
+    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLIT_STREAMS[split]), simulator_config(data_config))
 
 
 # ------------------------------------------------------------------------------------------------ transforms
-def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
-    if array.shape[:2] == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), resample))
-
-
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """The scan mask resized with the image's own (bilinear) filter, kept where it has any weight (uint8 0/1).
 
@@ -120,7 +56,7 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """
     if mask.shape == (size, size):
         return mask.astype(np.uint8)
-    return (_resize(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
+    return (resize_square(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
 
 
 class Augment(grain.transforms.RandomMap):
@@ -139,7 +75,7 @@ class Augment(grain.transforms.RandomMap):
             w = int(min(size, round(size * np.sqrt(scale * ratio))))
             h = int(min(size, round(size * np.sqrt(scale / ratio))))
             top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-            image = _resize(image[top:top + h, left:left + w], size, Image.BILINEAR)
+            image = resize_square(image[top:top + h, left:left + w], size, Image.BILINEAR)
             mask = _resize_mask(mask[top:top + h, left:left + w], size)
         if c["hflip"] and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -173,7 +109,7 @@ class ToModelInput(grain.transforms.Map):
         self.image_size = image_size
 
     def map(self, element: dict) -> dict:
-        image = _resize(element["image"], self.image_size, Image.BILINEAR)
+        image = resize_square(element["image"], self.image_size, Image.BILINEAR)
         mask = _resize_mask(element["scan_mask"], self.image_size)
         return dict(image=image[..., None], scan_mask=mask, label=np.int32(element["label"]),
                     index=np.int32(element["index"]))
@@ -222,6 +158,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
     iter_ds = ds.to_iter_dataset()
     if data_config.worker_count > 0:
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count,
-                                                                   per_worker_buffer_size=data_config.worker_buffer_size))
+        options = grain.MultiprocessingOptions(num_workers=data_config.worker_count,
+                                               per_worker_buffer_size=data_config.worker_buffer_size)
+        iter_ds = iter_ds.mp_prefetch(options)
     return iter_ds
