@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import flags  # noqa: E402
 
-from usjepa_jax.data import pipeline, synthetic  # noqa: E402
+from usjepa_jax.data import pipeline, settings, synthetic  # noqa: E402
 from usjepa_jax.masks import MultiBlockMaskSampler  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def simulator_rate(size: int, seconds: float) -> dict:
 
 
 def pipeline_rate(size: int, workers: int, batch: int, seconds: float) -> dict:
-    config = pipeline.default_data_config()
+    config = settings.default_data_config()
     config.image_size = size
     config.synthetic.image_size = size
     config.worker_count = workers

@@ -134,7 +134,7 @@ def prerendered(config, out: str | Path, log: Callable[[str], None] = logging.in
     if config.data.source != "synthetic":
         return config
     from usjepa_jax.data import framing
-    from usjepa_jax.data.pipeline import simulator_config
+    from usjepa_jax.data.settings import simulator_config
     from usjepa_jax.data.synthetic import SyntheticUltrasoundSource, prerender
 
     num = config.data.num_train + config.data.num_val

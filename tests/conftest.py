@@ -179,3 +179,21 @@ def random_vit(posemb="sincos2d", class_token=False, image=32, in_channels=1, se
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda s: (0.2 * rng.normal(size=s.shape)).astype(np.float32), shapes)
     return module, params
+
+
+def write_video(path, frames, codec="ffv1", fps=10):
+    """A grayscale cine clip of ``frames`` (PyAV; the test is skipped without it)."""
+    import pytest
+
+    av = pytest.importorskip("av")
+    h, w = frames[0].shape
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv420p" if codec != "ffv1" else "gray"
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(f, format="gray")
+            for packet in stream.encode(frame.reformat(format=stream.pix_fmt)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -108,9 +108,9 @@ def test_main_warns_loudly_when_an_accelerator_config_finds_only_the_cpu():
 
 def test_a_missing_decoder_fails_once_naming_its_extra(tmp_path, monkeypatch):
     """Without pydicom, a folder of DICOMs is an install problem, not a folder of broken files to skip."""
-    from usjepa_jax.data import sources
+    from usjepa_jax.data import scanning
 
     (tmp_path / "a.dcm").write_bytes(b"\0" * 132)
     monkeypatch.setitem(sys.modules, "pydicom", None)  # import pydicom -> ImportError
     with pytest.raises(ImportError, match=r"DICOM files needs .*'pydicom'.*usjepa_jax\[dicom\]"):
-        sources.scan_files(tmp_path)
+        scanning.scan_files(tmp_path)

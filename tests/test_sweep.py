@@ -159,15 +159,15 @@ def test_a_method_is_a_config_with_overrides():
 
 def test_pretraining_data_keeps_the_configs_mixture_of_framed_views(tmp_path):
     from configs import base
-    from usjepa_jax.data import framing, sources
-    from usjepa_jax.data.pipeline import simulator_config
+    from usjepa_jax.data import framing, shards
+    from usjepa_jax.data.settings import simulator_config
 
     config = base.get_config("smoke")
     config.data.num_train, config.data.num_val = 6, 2
     config.data.framing.fraction = 0.5
     prepared_config = sweep.prerendered(config, tmp_path, lambda _: None)
-    store = sources.PreparedStore(prepared_config.data.paths)
-    prepared = sources.PreparedSource("synthetic", store.shard_paths, store.files)
+    store = shards.PreparedStore(prepared_config.data.paths)
+    prepared = shards.PreparedSource("synthetic", store.shard_paths, store.files)
     mixture = framing.FramedMixtureSource(8, 0, simulator_config(config.data), framing.framing_from_config(config.data), 0.5)
     assert {mixture.is_framed(i) for i in range(8)} == {True, False}  # both kinds in these 8 images
     for i in range(8):

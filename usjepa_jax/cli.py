@@ -50,7 +50,7 @@ def _raised_here(exc: BaseException) -> bool:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    from usjepa_jax.data.sources import BadFileError  # an input file that does not read (here: only on error)
+    from usjepa_jax.data.decoders import BadFileError  # an input file that does not read (here: only on error)
 
     return (isinstance(exc, (UserError, app.UsageError, MissingBackendError, BadFileError, *_FILE_ERRORS))
             or (isinstance(exc, ValueError) and _raised_here(exc)))

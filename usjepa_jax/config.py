@@ -31,8 +31,7 @@ import ml_collections
 
 from usjepa_jax import layout
 from usjepa_jax.data import framing
-from usjepa_jax.data.preprocess import default_preprocess_dict
-from usjepa_jax.data.synthetic import SimulatorConfig
+from usjepa_jax.data.settings import default_data_config
 from usjepa_jax.evaluation.config import TASK_NAMES, default_eval_config, shrink_for_smoke, validate_eval_config
 from usjepa_jax.masks import default_mask_config
 
@@ -175,53 +174,6 @@ def optim_config() -> ml_collections.ConfigDict:
     ))
 
 
-def data_config() -> ml_collections.ConfigDict:
-    """The ``config.data`` subtree. Every key is overridable from the command line (``--config.data.KEY=...``)."""
-    simulator = {k: list(v) if isinstance(v, tuple) else v
-                 for k, v in dataclasses.asdict(SimulatorConfig()).items()}
-    return ml_collections.ConfigDict(dict(
-        source="synthetic",  # the built-in simulator (data/synthetic.py); the only source so far
-        image_size=224,  # model input (square, pixels); rendered images are resized to it (bilinear)
-        num_train=100_000,  # images per epoch of the train split
-        num_val=1_000,  # held-out images of the val split, rendered from a disjoint seed stream
-        mean=0.5, std=0.5,  # on-device normalisation (image / 255 - mean) / std, applied by the trainer
-        # SimulatorConfig fields (ranges are [low, high], sampled per image from its anatomy seed);
-        # synthetic.image_size is the render resolution, independent of the model's image_size.
-        synthetic=simulator,
-        # Views framed on the lesion site (data/framing.py): which simulated tasks are framed, the share of
-        # framed views among the pretraining images, and the window (size in lesion diameters, jitter).
-        framing=framing.default_framing_config(),
-        augment=dict(
-            enabled=False,  # master switch; off = augmentation-free (I-JEPA sense), the paper's list is opt-in
-            random_resized_crop=True,  # crop a random area fraction / aspect ratio, resized back
-            random_resized_crop_scale=(0.6, 1.0),  # area fraction of the crop
-            random_resized_crop_ratio=(0.75, 4 / 3),  # aspect ratio (w / h) of the crop, log-uniform
-            hflip=True,  # horizontal flip with probability 1/2
-            vflip=True,  # vertical flip with probability 1/2
-            blur_prob=0.5, blur_sigma=(0.2, 1.5),  # Gaussian blur: probability (0 = off), sigma range (px)
-            # multiplicative correlated speckle I * (1 + eta * K), K unit-variance noise smoothed with
-            # speckle_correlation (px): probability (0 = off), range of eta's scale
-            speckle_prob=0.5, speckle_sigma=(0.05, 0.3), speckle_correlation=1.5,
-            contrast_prob=0.5, contrast_range=(0.7, 1.3),  # contrast about the in-scan median: probability, factor
-        ),
-        # Real data (source files | ultrabench | prepared; data/sources.py, data/mixture.py): input directories,
-        # optional dataset-name filter, per-dataset epoch cap N_t, hold-out fraction (by file), bad-file policy.
-        paths=[],
-        datasets=[],
-        cap_per_dataset=50_000,
-        mixture_epochs=1,  # capped-dataset epochs per pass of the train source (fresh subsets each), mixture.py
-        val_fraction=0.05,
-        on_error="skip",  # a bad file is logged and skipped ('skip') or fails the run ('raise')
-        nifti_axis=-1,  # NIfTI frames: slices along this axis (volumes) / time points (2-D+t)
-        video_stride=1,  # cine video (.avi/.mp4): every k-th frame
-        h5_key="",  # HDF5: the dataset holding the frames ('' = the only image-like one, data/formats.py)
-        preprocess=default_preprocess_dict(),  # raw sources only (prepared data was preprocessed once)
-        shuffle=True,  # reshuffle the train split every epoch (val/test are never shuffled)
-        worker_count=0,  # grain worker processes (0: in the training process)
-        worker_buffer_size=2,  # batches buffered per worker
-    ))
-
-
 def default_config() -> ml_collections.ConfigDict:
     """Every shared key, then the keys of every registered method (``METHODS``), so that ``--config.method=X``
     and X's keys can be set on any config file."""
@@ -236,7 +188,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = model_config("B/16")
     c.predictor = predictor_config()
     c.masks = default_mask_config()
-    c.data = data_config()
+    c.data = default_data_config()  # data/settings.py
     c.loss = ml_collections.ConfigDict(dict(
         kind="smooth_l1",  # latent loss: smooth_l1 (beta 1) | l1 (SALT stage 2) | l2
         normalize_targets=True,  # layer-norm teacher targets over features (I-JEPA); US-JEPA is silent

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import LABELLED_SIZE, geometry_images, write_csv
+from tests.conftest import LABELLED_SIZE, geometry_images, write_csv, write_video
 from usjepa_jax.evaluation import labelled
 
 
@@ -32,8 +32,6 @@ def test_val_rule_is_seeded_stratified_and_keeps_groups_together(tmp_path):
 
 
 def test_frames_of_one_video_stay_in_one_split(tmp_path):
-    from test_formats import write_video
-
     root = tmp_path / "cine"
     frames = {}
     for i, (img, geo) in enumerate(geometry_images(18, seed=4)):
@@ -92,7 +90,7 @@ def test_bad_labels_and_empty_classes_fail_naming_file_and_label(tmp_path):
     only = tmp_path / "only" / "x"
     only.mkdir(parents=True)
     (only / "a.txt").write_text("x")
-    from usjepa_jax.data.sources import NoFramesError
+    from usjepa_jax.data.scanning import NoFramesError
     with pytest.raises(NoFramesError, match=r"only: no readable frame.*\.txt x1"):
         labelled.scan_task(labelled.TaskSpec.parse(str(tmp_path / "only")))
 

@@ -9,8 +9,9 @@ import pytest
 
 from tests.conftest import smoke_config
 from usjepa_jax import config as config_lib
-from usjepa_jax.data.pipeline import SPLITS
-from usjepa_jax.data.synthetic import SyntheticUltrasoundSource, derive_seed
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import SPLIT_STREAMS
+from usjepa_jax.data.synthetic import SyntheticUltrasoundSource
 from usjepa_jax.evaluation import baselines, dense, tasks
 from usjepa_jax.evaluation.data import EVAL_STREAMS
 from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
@@ -51,7 +52,7 @@ def test_splits_disjoint_by_anatomy(task_data):
     # tasks' streams or the speckle-invariance stream
     c = smoke_config()
     pretraining = {SyntheticUltrasoundSource(10_000, derive_seed(c.seed, k)).seeds(i)[0]
-                   for k in SPLITS.values() for i in range(10_000)}
+                   for k in SPLIT_STREAMS.values() for i in range(10_000)}
     assert not set.union(*seeds.values()) & pretraining
     others = {a for name in tasks.TASK_NAMES if name != task_data.name
               for a in tasks.anatomy_seeds(name, "train", 200, c.evals.seed)[0]}

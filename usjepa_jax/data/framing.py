@@ -38,12 +38,16 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from usjepa_jax.data import synthetic
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.simulator.config import CLASS_NAMES, SimulatorConfig
+from usjepa_jax.data.simulator.render import render
+from usjepa_jax.data.simulator.scenes import sample_anatomy
+from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
 
 FRAMING_STREAM = 6  # anatomy-seed stream of the window's jitter (the anatomy uses 1, 3 and 4)
 MIXTURE_STREAM = 2  # index stream of the pretraining source's framed-or-whole draw (0, 1: anatomy and speckle)
 SITE_CLASS = 2  # the solid lesion whose site and diameter frame every class (hypoechoic; cysts share its draw)
-CALCIFIED = synthetic.CLASS_NAMES.index("calcified")
+CALCIFIED = CLASS_NAMES.index("calcified")
 
 
 def default_framing_config() -> dict[str, Any]:
@@ -115,17 +119,17 @@ def task_framing(data_config, task: str) -> Framing | None:
 
 
 # ------------------------------------------------------------------------------------------------ the window
-def lesion_site(anatomy_seed: int, config: synthetic.SimulatorConfig, scene: dict | None = None,
+def lesion_site(anatomy_seed: int, config: SimulatorConfig, scene: dict | None = None,
                 acquisition_seed: int | None = None) -> dict[str, float]:
     """The site a framed view is centred on, in mm: the lesion's centre (``x_mm``, ``z_mm``) or, without a lesion,
     the would-be one's; ``diameter_mm``: the solid lesion's this anatomy would hold, whatever its class."""
-    anatomy = synthetic.sample_anatomy(anatomy_seed, config, scene, acquisition_seed)
+    anatomy = sample_anatomy(anatomy_seed, config, scene, acquisition_seed)
     site = anatomy.lesion
     diameter = site["diameter_mm"] if site is not None else None
     if anatomy.label in (0, CALCIFIED):  # cysts and solid lesions share the size draw; these two do not
         # The same anatomy with a solid lesion: every draw is made whatever the class, so the scene, probe and
         # layout are this anatomy's, and its lesion lies where this one's would.
-        solid = synthetic.sample_anatomy(anatomy_seed, config, {**(scene or {}), "lesion": SITE_CLASS},
+        solid = sample_anatomy(anatomy_seed, config, {**(scene or {}), "lesion": SITE_CLASS},
                                          acquisition_seed).lesion
         site, diameter = site or solid, solid["diameter_mm"]
     side, top, _ = anatomy.geometry.field_mm()
@@ -134,7 +138,7 @@ def lesion_site(anatomy_seed: int, config: synthetic.SimulatorConfig, scene: dic
 
 def window(site: dict[str, float], framing: Framing, anatomy_seed: int) -> dict[str, float]:
     """The jittered square window around ``site`` (mm): centre ``x_mm``, ``z_mm`` and ``side_mm``."""
-    rng = np.random.default_rng(synthetic.derive_seed(anatomy_seed, FRAMING_STREAM))
+    rng = np.random.default_rng(derive_seed(anatomy_seed, FRAMING_STREAM))
     dx, dz = rng.uniform(-1.0, 1.0, 2) * framing.position_jitter * site["diameter_mm"]
     scale = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(framing.scale_jitter))
     return dict(x_mm=site["x_mm"] + float(dx), z_mm=site["z_mm"] + float(dz),
@@ -151,12 +155,12 @@ def crop(array: np.ndarray, box: tuple[float, float, float, float], size: int, r
     return np.asarray(Image.fromarray(padded).resize((size, size), resample, box=shifted))
 
 
-def render_framed(anatomy_seed: int, speckle_seed: int, config: synthetic.SimulatorConfig, framing: Framing, *,
+def render_framed(anatomy_seed: int, speckle_seed: int, config: SimulatorConfig, framing: Framing, *,
                   scene: dict | None = None, acquisition_seed: int | None = None) -> dict[str, Any]:
-    """A framed view: ``synthetic.render``'s keys at ``config.image_size``, cut from a render at
+    """A framed view: ``render``'s keys at ``config.image_size``, cut from a render at
     ``framing.render_size`` around the lesion site; ``params["window"]`` holds the window in mm."""
     big = dataclasses.replace(config, image_size=framing.render_size, overlay_prob=0.0)
-    out = synthetic.render(anatomy_seed, speckle_seed, big, scene=scene, acquisition_seed=acquisition_seed)
+    out = render(anatomy_seed, speckle_seed, big, scene=scene, acquisition_seed=acquisition_seed)
     site = lesion_site(anatomy_seed, big, scene, acquisition_seed)
     win = window(site, framing, anatomy_seed)
     px = framing.render_size / site["field_mm"]  # pixels per mm of the render
@@ -173,20 +177,20 @@ def render_framed(anatomy_seed: int, speckle_seed: int, config: synthetic.Simula
 
 
 # ------------------------------------------------------------------------------------------------ pretraining
-class FramedMixtureSource(synthetic.SyntheticUltrasoundSource):
+class FramedMixtureSource(SyntheticUltrasoundSource):
     """The simulator's pretraining source with ``fraction`` of its images framed views (the others whole scans).
 
     Whether image ``index`` is framed is drawn from ``(seed, index)``: the mixture is the same on every machine
     and in every worker, and a framed view's window is fixed by its anatomy seed."""
 
     def __init__(self, num_examples: int, seed: int = 0,
-                 config: synthetic.SimulatorConfig = synthetic.SimulatorConfig(), framing: Framing = Framing(),
+                 config: SimulatorConfig = SimulatorConfig(), framing: Framing = Framing(),
                  fraction: float = 0.0, **kwargs):
         super().__init__(num_examples, seed, config, **kwargs)
         self.framing, self.fraction = framing, float(fraction)
 
     def is_framed(self, index: int) -> bool:
-        draw = np.random.default_rng(synthetic.derive_seed(self.seed, index, MIXTURE_STREAM)).random()
+        draw = np.random.default_rng(derive_seed(self.seed, index, MIXTURE_STREAM)).random()
         return bool(draw < self.fraction)
 
     def render_index(self, index: int) -> dict[str, Any]:

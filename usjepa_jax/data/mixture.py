@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from usjepa_jax.data.synthetic import derive_seed
+from usjepa_jax.data.seeding import derive_seed
 
 DEFAULT_CAP = 50_000
 

@@ -15,7 +15,6 @@ host-to-device traffic 4x smaller; the trainer normalises on device with ``data.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import grain
@@ -25,46 +24,30 @@ import numpy as np
 import scipy.ndimage
 from PIL import Image
 
-from usjepa_jax.config import data_config as default_data_config  # the schema is config.py's (jax-free)
 from usjepa_jax.data import framing
-from usjepa_jax.data.synthetic import SimulatorConfig, SyntheticUltrasoundSource, derive_seed
-
-SPLITS = {"train": 0, "val": 1, "test": 2}
-SOURCES = ("synthetic", "files", "ultrabench", "prepared")  # real data: data/sources.py
-
-
-def simulator_config(data_config: ml_collections.ConfigDict) -> SimulatorConfig:
-    fields = {f.name for f in dataclasses.fields(SimulatorConfig)}
-    unknown = set(data_config.synthetic) - fields
-    if unknown:
-        raise ValueError(f"config.data.synthetic: unknown keys {sorted(unknown)}; known: {sorted(fields)}.")
-    values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in data_config.synthetic.items()}
-    return SimulatorConfig(**values)
+from usjepa_jax.data.preprocess import resize_square
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import SOURCES, SPLIT_STREAMS, simulator_config
+from usjepa_jax.data.simulator.source import SyntheticUltrasoundSource
+from usjepa_jax.data.sources import make_real_source
 
 
 def make_source(data_config: ml_collections.ConfigDict, split: str, seed: int):
     if data_config.source not in SOURCES:
         raise ValueError(f"config.data.source={data_config.source!r}: expected one of {SOURCES}.")
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
+    if split not in SPLIT_STREAMS:
+        raise ValueError(f"split={split!r}: expected one of {tuple(SPLIT_STREAMS)}.")
     if data_config.source != "synthetic":
-        from usjepa_jax.data.sources import make_real_source
         return make_real_source(data_config, split, seed)
     num = data_config.num_train if split == "train" else data_config.num_val
     fraction = framing.framing_config(data_config)["fraction"]
     if fraction > 0:  # whole scans and framed views, as clinical archives hold both
-        return framing.FramedMixtureSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config),
+        return framing.FramedMixtureSource(num, derive_seed(seed, SPLIT_STREAMS[split]), simulator_config(data_config),
                                            framing.framing_from_config(data_config), fraction)
-    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLITS[split]), simulator_config(data_config))
+    return SyntheticUltrasoundSource(num, derive_seed(seed, SPLIT_STREAMS[split]), simulator_config(data_config))
 
 
 # ------------------------------------------------------------------------------------------------ transforms
-def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
-    if array.shape[:2] == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), resample))
-
-
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """The scan mask resized with the image's own (bilinear) filter, kept where it has any weight (uint8 0/1).
 
@@ -73,7 +56,7 @@ def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """
     if mask.shape == (size, size):
         return mask.astype(np.uint8)
-    return (_resize(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
+    return (resize_square(mask.astype(np.uint8) * np.uint8(255), size, Image.BILINEAR) > 0).astype(np.uint8)
 
 
 class Augment(grain.transforms.RandomMap):
@@ -92,7 +75,7 @@ class Augment(grain.transforms.RandomMap):
             w = int(min(size, round(size * np.sqrt(scale * ratio))))
             h = int(min(size, round(size * np.sqrt(scale / ratio))))
             top, left = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-            image = _resize(image[top:top + h, left:left + w], size, Image.BILINEAR)
+            image = resize_square(image[top:top + h, left:left + w], size, Image.BILINEAR)
             mask = _resize_mask(mask[top:top + h, left:left + w], size)
         if c["hflip"] and rng.random() < 0.5:
             image, mask = image[:, ::-1], mask[:, ::-1]
@@ -126,7 +109,7 @@ class ToModelInput(grain.transforms.Map):
         self.image_size = image_size
 
     def map(self, element: dict) -> dict:
-        image = _resize(element["image"], self.image_size, Image.BILINEAR)
+        image = resize_square(element["image"], self.image_size, Image.BILINEAR)
         mask = _resize_mask(element["scan_mask"], self.image_size)
         return dict(image=image[..., None], scan_mask=mask, label=np.int32(element["label"]),
                     index=np.int32(element["index"]))
@@ -175,6 +158,7 @@ def build_dataset(data_config: ml_collections.ConfigDict, *, global_batch_size: 
     ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
     iter_ds = ds.to_iter_dataset()
     if data_config.worker_count > 0:
-        iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count,
-                                                                   per_worker_buffer_size=data_config.worker_buffer_size))
+        options = grain.MultiprocessingOptions(num_workers=data_config.worker_count,
+                                               per_worker_buffer_size=data_config.worker_buffer_size)
+        iter_ds = iter_ds.mp_prefetch(options)
     return iter_ds

@@ -6,13 +6,13 @@
 
 Inputs may mix formats (image folders, DICOM incl. cine loops, NIfTI, cine video ``.avi/.mp4`` with
 ``--video-stride``, HDF5 with ``--h5-key``, MetaImage ``.mhd/.raw``, UltraBench dataset folders or a folder of them:
-``sources.py``, ``formats.py``); files of other extensions are counted by extension in the manifest (``unread``) and
-the log, and an input without any readable frame fails naming it. Each input folder is one dataset named after the
-folder (an UltraBench folder: its own name). Files are decoded and preprocessed (``preprocess.py``: grayscale,
-inpainting, scan region, percentile rescaling, crop, resize to ``--size``) in ``--workers`` processes; the main
-process writes the frames to ``shard-NNNNN.array_record`` files (one record per frame, ``sources.encode_record``:
-header + uint8 image + bit-packed scan mask) and, when a shard is complete and closed, appends its files to
-``progress.jsonl``. A file's frames never straddle shards.
+``decoders.py``, ``containers.py``, ``scanning.py``); files of other extensions are counted by extension in the
+manifest (``unread``) and the log, and an input without any readable frame fails naming it. Each input folder is
+one dataset named after the folder (an UltraBench folder: its own name). Files are decoded and preprocessed
+(``preprocess.py``: grayscale, inpainting, scan region, percentile rescaling, crop, resize to ``--size``) in
+``--workers`` processes; the main process writes the frames to ``shard-NNNNN.array_record`` files (one record
+per frame, ``shards.encode_record``: header + uint8 image + bit-packed scan mask) and, when a shard is complete and
+closed, appends its files to ``progress.jsonl``. A file's frames never straddle shards.
 
 Resume: an interrupted run (Ctrl-C, kill, crash) loses at most the open shard; rerunning the same command deletes
 shards that ``progress.jsonl`` does not list and continues with the files it does not list (finished files are
@@ -27,9 +27,8 @@ the frame order does not depend on worker timing. UltraBench ``test.json`` files
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -38,80 +37,43 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from absl import flags
+
 from usjepa_jax import run_log
 from usjepa_jax.data import preprocess as pp
-from usjepa_jax.data import sources as src
+from usjepa_jax.data.decoders import (DEFAULT_FRAME_OPTIONS, BadFileError, FrameOptions, file_region, iter_frames,
+                                      read_mask)
+from usjepa_jax.data.scanning import ON_ERROR, DatasetScan, NoFramesError, describe_extensions, scan_input
+from usjepa_jax.data.shards import (PROGRESS, SHARD_SUFFIX, VERSION, WRITER_OPTIONS, ShardWriter, append_line,
+                                    read_progress, write_manifest)
 
-PROGRESS = "progress.jsonl"
-MANIFEST = "manifest.json"
-VERSION = 1
-DEFAULT_OPTIONS = "group_size:1"  # random access: one record per chunk
+log = logging.getLogger(__name__)
 
 
 def _process(task: tuple) -> tuple[int, list | None, str | None]:
     """Worker: decode + preprocess every frame of one file -> (task id, [(image, mask), ...] or None, error)."""
     tid, path, kind, mask_path, prep, options = task
     try:
-        mask, region = src.read_mask(mask_path), src.file_region(path, kind)
-        frames = [pp.preprocess_frame(f, prep, mask, region) for f in src.iter_frames(path, kind, options)]
+        mask, region = read_mask(mask_path), file_region(path, kind)
+        frames = [pp.preprocess_frame(f, prep, mask, region) for f in iter_frames(path, kind, options)]
         if not frames:
-            raise src.BadFileError("no frames")
+            raise BadFileError("no frames")
         return tid, frames, None
     except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
         return tid, None, f"{type(exc).__name__}: {exc}"
 
 
-class _ShardWriter:
-    """The open shard; on close its files are appended to progress.jsonl (the completion records)."""
-
-    def __init__(self, output: Path, number: int, options: str, progress_file):
-        from array_record.python import array_record_module
-        self.name = f"shard-{number:05d}{src.SHARD_SUFFIX}"
-        self.writer = array_record_module.ArrayRecordWriter(str(output / self.name), options)
-        self.records, self.files, self.progress_file = 0, [], progress_file
-
-    def add_file(self, row: dict[str, Any], frames: list, file_id: int) -> None:
-        row = dict(row, shard=self.name, offset=self.records, frames=len(frames))
-        for k, (image, mask) in enumerate(frames):
-            self.writer.write(src.encode_record(image, mask, row["label"], k, file_id))
-        self.records += len(frames)
-        self.files.append(row)
-
-    def close(self) -> None:
-        self.writer.close()
-        _append(self.progress_file, {"type": "shard", "name": self.name, "records": self.records, "files": self.files})
-
-
-def _append(f, record: dict) -> None:
-    f.write(json.dumps(record) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _read_progress(output: Path) -> list[dict]:
-    path = output / PROGRESS
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: its shard is not complete
-            break
-    return out
-
-
 def prepare(inputs: list[str], output: str, *, workers: int = 0, size: int = 224, shard_size: int = 1024,
             on_error: str = "skip", preprocess: pp.PreprocessConfig | dict | None = None,
-            frame_options: src.FrameOptions = src.DEFAULT_OPTIONS, include_test: bool = False,
-            options: str = DEFAULT_OPTIONS, progress: bool = True) -> dict[str, Any]:
+            frame_options: FrameOptions = DEFAULT_FRAME_OPTIONS, include_test: bool = False,
+            options: str = WRITER_OPTIONS, progress: bool = True) -> dict[str, Any]:
     """Prepare (or continue preparing) ``output`` from ``inputs``; returns the manifest. An input without any
     readable frame fails (``sources.NoFramesError``, naming it and the extensions it holds)."""
-    if on_error not in src.ON_ERROR:
-        raise ValueError(f"on_error={on_error!r}: expected one of {src.ON_ERROR}")
-    scans: dict[str, src.DatasetScan] = {}
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error={on_error!r}: expected one of {ON_ERROR}")
+    scans: dict[str, DatasetScan] = {}
     for path in inputs:
-        for scan in src.scan_input(path, on_error, frame_options):
+        for scan in scan_input(path, on_error, frame_options):
             if scan.name in scans:
                 raise ValueError(f"two inputs give the dataset name {scan.name!r} ({scans[scan.name].root} and "
                                  f"{scan.root}): rename one folder.")
@@ -121,10 +83,10 @@ def prepare(inputs: list[str], output: str, *, workers: int = 0, size: int = 224
                          options=options, progress=progress)
 
 
-def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, workers: int = 0, size: int = 224,
+def prepare_scans(scans: dict[str, DatasetScan], output: str | Path, *, workers: int = 0, size: int = 224,
                   shard_size: int = 1024, on_error: str = "skip", preprocess: pp.PreprocessConfig | dict | None = None,
-                  frame_options: src.FrameOptions = src.DEFAULT_OPTIONS, include_test: bool = False,
-                  options: str = DEFAULT_OPTIONS, progress: bool = True, extra_settings: dict | None = None
+                  frame_options: FrameOptions = DEFAULT_FRAME_OPTIONS, include_test: bool = False,
+                  options: str = WRITER_OPTIONS, progress: bool = True, extra_settings: dict | None = None
                   ) -> dict[str, Any]:
     """Prepare already scanned datasets (``prepare`` after its scan; labelled evaluation tasks, whose files and
     labels come from their own layouts). ``extra_settings`` join the settings a rerun must match."""
@@ -137,7 +99,7 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- state of a previous run: finished shards and skipped files; partial shards are removed.
-    records = _read_progress(out)
+    records = read_progress(out)
     config_rec = next((r for r in records if r.get("type") == "config"), None)
     if config_rec is not None and config_rec["settings"] != settings:
         raise ValueError(f"{out} was prepared with other settings {config_rec['settings']} (now {settings}); "
@@ -146,7 +108,7 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
     done = {(f["dataset"], f["file"]) for s in shards for f in s["files"]}
     failed = {(r["dataset"], r["file"]): r["reason"] for r in records if r.get("type") == "skipped"}
     listed = {s["name"] for s in shards}
-    for p in out.glob(f"shard-*{src.SHARD_SUFFIX}"):
+    for p in out.glob(f"shard-*{SHARD_SUFFIX}"):
         if p.name not in listed:
             p.unlink()
     next_shard = 1 + max((int(s["name"][6:11]) for s in shards), default=-1)
@@ -176,7 +138,7 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
         meter.update(frames)
     with open(out / PROGRESS, "a") as pf:
         if config_rec is None:
-            _append(pf, {"type": "config", "settings": settings})
+            append_line(pf, {"type": "config", "settings": settings})
         shard = None
         pool = None
         try:
@@ -190,14 +152,15 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
                 row = rows[tid]
                 if error is not None:
                     if on_error == "raise":
-                        raise src.BadFileError(f"{row['dataset']}/{row['file']}: {error}")
-                    src.log.warning("skipping %s/%s: %s", row["dataset"], row["file"], error)
-                    _append(pf, {"type": "skipped", "dataset": row["dataset"], "file": row["file"], "reason": error})
+                        raise BadFileError(f"{row['dataset']}/{row['file']}: {error}")
+                    log.warning("skipping %s/%s: %s", row["dataset"], row["file"], error)
+                    append_line(pf, {"type": "skipped", "dataset": row["dataset"], "file": row["file"],
+                                     "reason": error})
                     failed[(row["dataset"], row["file"])] = error
                     count(0)
                     continue
                 if shard is None:
-                    shard = _ShardWriter(out, next_shard, options, pf)
+                    shard = ShardWriter(out, next_shard, options, pf)
                     next_shard += 1
                 shard.add_file(row, frames, zlib.crc32(f"{row['dataset']}/{row['file']}".encode()))
                 count(len(frames))
@@ -226,68 +189,56 @@ def prepare_scans(scans: dict[str, src.DatasetScan], output: str | Path, *, work
     return manifest
 
 
-def write_manifest(out: Path, scans: dict[str, src.DatasetScan], settings: dict) -> dict[str, Any]:
-    """``manifest.json`` from progress.jsonl (the durable record) and the scans (scan-time skipped files)."""
-    records = _read_progress(out)
-    shards = [r for r in records if r.get("type") == "shard"]
-    files = sorted(({**f} for s in shards for f in s["files"]), key=lambda f: (f["dataset"], f["file"]))
-    datasets: dict[str, dict[str, Any]] = {}
-    for name, scan in scans.items():
-        datasets[name] = {"root": scan.root, "files": 0, "frames": 0, "skipped": list(scan.skipped),
-                          "label_names": scan.label_names, "unread": dict(sorted(scan.unread.items()))}
-
-    def entry(name: str) -> dict[str, Any]:
-        return datasets.setdefault(name, {"root": None, "files": 0, "frames": 0, "skipped": [], "label_names": None,
-                                          "unread": {}})
-
-    for f in files:
-        d = entry(f["dataset"])
-        d["files"] += 1
-        d["frames"] += f["frames"]
-    for r in records:
-        if r.get("type") == "skipped":
-            d = entry(r["dataset"])
-            d["skipped"].append({"file": r["file"], "reason": r["reason"]})
-    manifest = {"version": VERSION, "settings": settings, "datasets": datasets,
-                "shards": [{"name": s["name"], "records": s["records"]} for s in shards], "files": files,
-                "total": {"files": len(files), "frames": sum(f["frames"] for f in files)}}
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / MANIFEST)
-    return manifest
+def flag_values() -> flags.FlagValues:
+    """The command's flags, in their own ``FlagValues`` (nothing shared with ``main``'s or ``evaluate``'s)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_multi_string("input", None, "a dataset folder or file (repeatable)", flag_values=fv)
+    flags.DEFINE_string("output", None, "the prepared directory", flag_values=fv)
+    flags.DEFINE_integer("workers", os.cpu_count() or 1, "decoder processes (0: in-process)", flag_values=fv)
+    flags.DEFINE_integer("size", 224, "output size in pixels", flag_values=fv)
+    flags.DEFINE_integer("shard-size", 1024, "frames per shard (a file is never split)", flag_values=fv)
+    flags.DEFINE_enum("on-error", "skip", ON_ERROR, "an unreadable file: skip it (listed) or raise", flag_values=fv)
+    flags.DEFINE_integer("nifti-axis", -1, "NIfTI: slice along this axis", flag_values=fv)
+    flags.DEFINE_integer("video-stride", 1, "cine video: every k-th frame", flag_values=fv)
+    flags.DEFINE_string("h5-key", "", "HDF5: the dataset holding the frames (default: the only image-like one)",
+                        flag_values=fv)
+    flags.DEFINE_bool("include-test", False, "also UltraBench test.json files", flag_values=fv)
+    flags.DEFINE_string("options", WRITER_OPTIONS, "ArrayRecord writer options, e.g. group_size:1,zstd:3",
+                        flag_values=fv)
+    for step in ("grayscale", "inpaint", "detect-scan-region", "crop-to-scan-region"):
+        flags.DEFINE_bool(f"no-{step}", False, f"skip the preprocessing step {step}", flag_values=fv)
+    flags.DEFINE_bool("no-rescale", False, "no 2-98 percentile rescaling", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "no progress bar", flag_values=fv)
+    return fv
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m usjepa_jax.data.prepare", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", action="append", required=True, help="a dataset folder or file (repeatable)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoder processes (0: in-process)")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--shard-size", type=int, default=1024, help="frames per shard (a file is never split)")
-    p.add_argument("--on-error", choices=src.ON_ERROR, default="skip")
-    p.add_argument("--nifti-axis", type=int, default=-1, help="NIfTI: slice along this axis")
-    p.add_argument("--video-stride", type=int, default=1, help="cine video: every k-th frame")
-    p.add_argument("--h5-key", default="", help="HDF5: the dataset holding the frames (default: the only "
-                   "image-like one)")
-    p.add_argument("--include-test", action="store_true", help="also UltraBench test.json files")
-    p.add_argument("--options", default=DEFAULT_OPTIONS, help="ArrayRecord writer options, e.g. group_size:1,zstd:3")
-    for step in ("grayscale", "inpaint", "detect_scan_region", "crop_to_scan_region"):
-        p.add_argument(f"--no-{step.replace('_', '-')}", dest=step, action="store_false")
-    p.add_argument("--no-rescale", dest="rescale", action="store_false", help="no 2-98 percentile rescaling")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    a = p.parse_args(argv)
-    prep = pp.PreprocessConfig(grayscale=a.grayscale, inpaint=a.inpaint, detect_scan_region=a.detect_scan_region,
-                               crop_to_scan_region=a.crop_to_scan_region,
-                               rescale_percentiles=pp.PreprocessConfig.rescale_percentiles if a.rescale else None)
+    fv, prog = flag_values(), "python -m usjepa_jax.data.prepare"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(f"usage: {prog} --input DIR [--input DIR ...] --output DIR [flags]\n\n{__doc__}\n{fv.get_help()}")
+        return 0
     try:
-        m = prepare(a.input, a.output, workers=a.workers, size=a.size, shard_size=a.shard_size,
-                    on_error=a.on_error, preprocess=prep, include_test=a.include_test, options=a.options,
-                    frame_options=src.FrameOptions(a.nifti_axis, a.video_stride, a.h5_key), progress=not a.quiet)
+        fv([prog, *argv])
+        if not fv["input"].value or not fv["output"].value:
+            raise flags.Error("--input and --output are required")
+    except flags.Error as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    a = {name: fv[name].value for name in fv}
+    prep = pp.PreprocessConfig(grayscale=not a["no-grayscale"], inpaint=not a["no-inpaint"],
+                               detect_scan_region=not a["no-detect-scan-region"],
+                               crop_to_scan_region=not a["no-crop-to-scan-region"],
+                               rescale_percentiles=None if a["no-rescale"] else pp.PreprocessConfig.rescale_percentiles)
+    try:
+        m = prepare(a["input"], a["output"], workers=a["workers"], size=a["size"], shard_size=a["shard-size"],
+                    on_error=a["on-error"], preprocess=prep, include_test=a["include-test"], options=a["options"],
+                    frame_options=FrameOptions(a["nifti-axis"], a["video-stride"], a["h5-key"]),
+                    progress=not a["quiet"])
     except KeyboardInterrupt:
         print("\ninterrupted: finished shards are kept; rerun the same command to continue.", file=sys.stderr)
         return 130
-    except src.NoFramesError as exc:
+    except NoFramesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, d in m["datasets"].items():
@@ -295,9 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         for s in d["skipped"]:
             print(f"  skipped {s['file']}: {s['reason']}", file=sys.stderr)
         if d["unread"]:
-            print(f"  not read (not a frame format): {src.describe_extensions(d['unread'])}", file=sys.stderr)
+            print(f"  not read (not a frame format): {describe_extensions(d['unread'])}", file=sys.stderr)
     t = m["throughput"]
-    print(f"wrote {a.output}: {m['total']['frames']} frames in {len(m['shards'])} shards; this run {t['frames']} "
+    print(f"wrote {a['output']}: {m['total']['frames']} frames in {len(m['shards'])} shards; this run {t['frames']} "
           f"frames in {t['seconds']:.1f} s ({t['frames_per_second']} frames/s)", file=sys.stderr)
     return 0
 

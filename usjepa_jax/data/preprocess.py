@@ -168,11 +168,21 @@ def crop_square(gray: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     return out_g, out_m
 
 
+def resize_square(array: np.ndarray, size: int, resample: int = Image.BILINEAR) -> np.ndarray:
+    """``array`` (``[H, W]`` or ``[H, W, C]``, uint8) resized to ``size x size`` by PIL's ``resample`` filter
+    (``Image.BILINEAR`` for images, ``Image.NEAREST`` for masks and label maps); as it is when already that size.
+
+    The one resize rule of the project: preprocessing, the pipeline and the evaluation tasks all resize through it.
+    """
+    if array.shape[:2] == (size, size):
+        return array
+    return np.asarray(Image.fromarray(array).resize((size, size), resample))
+
+
 def resize(gray: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    if gray.shape != (size, size):
-        gray = np.asarray(Image.fromarray(gray).resize((size, size), Image.BILINEAR))
+    gray = resize_square(gray, size, Image.BILINEAR)
     if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST)) > 0
+        mask = resize_square(mask.astype(np.uint8), size, Image.NEAREST) > 0
     return np.where(mask, gray, 0).astype(np.uint8), mask
 
 
@@ -236,8 +246,8 @@ def preprocess_with_labels(frame: np.ndarray, labels: np.ndarray | None, config:
             labels = np.asarray(Image.fromarray(labels).resize(gray.shape[::-1], Image.NEAREST))
         if config.crop_to_scan_region:
             labels, _ = crop_square(labels, mask)
-        if config.size and labels.shape != (int(config.size),) * 2:
-            labels = np.asarray(Image.fromarray(labels).resize((int(config.size),) * 2, Image.NEAREST))
+        if config.size:
+            labels = resize_square(labels, int(config.size), Image.NEAREST)
     if config.crop_to_scan_region:
         gray, mask = crop_square(gray, mask)
     if config.size:

@@ -28,7 +28,11 @@ import dataclasses
 
 import numpy as np
 
-from usjepa_jax.data.synthetic import SimulatorConfig, derive_seed, render
+from usjepa_jax.data.pipeline import ToModelInput
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import simulator_config
+from usjepa_jax.data.simulator.config import SimulatorConfig
+from usjepa_jax.data.simulator.render import render
 
 SHARE_STREAM = 300  # anatomy and speckle seeds of the measure: a stream of its own, not a task's or pretraining's
 DEFAULT_ANATOMIES = 32
@@ -82,8 +86,6 @@ def speckle_pairs(render_size: int, image_size: int, num_anatomies: int = DEFAUL
     """``num_anatomies`` anatomies, each rendered at ``render_size`` under two speckle seeds and resized to the
     model input ``image_size`` as the pipeline does (``ToModelInput``): images A and B ``[N, S, S]`` (uint8) and
     the masks where both are inside the scan."""
-    from usjepa_jax.data.pipeline import ToModelInput  # the pipeline imports the simulator, as this module does
-
     config = dataclasses.replace(config or SimulatorConfig(), image_size=render_size, overlay_prob=0.0)
     to_input = ToModelInput(image_size)
     stacks: tuple[list, list, list] = ([], [], [])
@@ -107,8 +109,7 @@ def simulator_speckle_share(render_size: int, image_size: int, patch: int, num_a
 def config_speckle_share(config, num_anatomies: int = DEFAULT_ANATOMIES, seed: int = 0) -> float:
     """The speckle share of a training config: its simulator settings (``config.data.synthetic``, rendered at
     ``data.synthetic.image_size``), its input ``data.image_size`` and its encoder's patch (``model.variant``)."""
-    from usjepa_jax.data.pipeline import simulator_config
-    from usjepa_jax.models.vit import parse_variant
+    from usjepa_jax.models.vit import parse_variant  # the model's package (flax) only for a training config
 
     sim = simulator_config(config.data)
     patch = parse_variant(config.model.variant)["patch_size"]

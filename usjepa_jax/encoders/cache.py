@@ -36,7 +36,8 @@ import numpy as np
 from array_record.python import array_record_module
 
 from usjepa_jax import objectives, run_log, sharding
-from usjepa_jax.data.pipeline import SPLITS, build_dataset
+from usjepa_jax.data.pipeline import build_dataset
+from usjepa_jax.data.settings import SPLIT_STREAMS
 from usjepa_jax.encoders import load_encoder, params_hash, read_encoder
 
 MANIFEST = "cache.json"
@@ -222,8 +223,8 @@ def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teache
         raise ValueError("No teacher: pass --teacher PATH or --config.teacher.checkpoint=PATH (an exported encoder "
                          "such as RUN/teacher/encoder, or a ViT checkpoint file).")
     for split in splits:
-        if split not in SPLITS:
-            raise ValueError(f"split={split!r}: expected one of {tuple(SPLITS)}.")
+        if split not in SPLIT_STREAMS:
+            raise ValueError(f"split={split!r}: expected one of {tuple(SPLIT_STREAMS)}.")
     output = Path(output).absolute()
     teacher = load_encoder(teacher_path, dtype=jnp.dtype(config.model.dtype), image_size=config.data.image_size)
     grid = config.data.image_size // teacher.module.patch_size

@@ -62,7 +62,7 @@ def default_eval_config() -> ml_collections.ConfigDict:
             "val_fraction": 0.15,  # of the train groups, per class, when the task has no val split
             "test_fraction": 0.2,  # of all groups, per class, when the task has no test split
             "split_seed": 0,
-            "video_stride": 1, "h5_key": "", "nifti_axis": -1,  # data/formats.py
+            "video_stride": 1, "h5_key": "", "nifti_axis": -1,  # data/containers.py
             "on_error": "skip",  # an unreadable file: reported (log, cache manifest) and skipped, or 'raise'
             "workers": 0,  # decoder processes for the one-off preprocessing (0: in-process)
             # A segmentation task: the name of its masks (UltraBench: `mask`, or `<name>_mask` keys, or

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import scipy.ndimage
 
-from usjepa_jax.data.synthetic import derive_seed
+from usjepa_jax.data.seeding import derive_seed
 
 CONTRAST_ALPHA = {1: 0.7, 2: 0.5, 3: 0.3}
 SPECKLE_SIGMA_PER_SEVERITY = 0.35

@@ -13,9 +13,13 @@ import dataclasses
 
 import ml_collections
 import numpy as np
+from PIL import Image
 
-from usjepa_jax.data.pipeline import ToModelInput, simulator_config
-from usjepa_jax.data.synthetic import derive_seed, render
+from usjepa_jax.data.pipeline import ToModelInput
+from usjepa_jax.data.preprocess import resize_square
+from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import simulator_config
+from usjepa_jax.data.synthetic import render
 
 EVAL_STREAMS = {"invariance": 103}  # 100-102 were the splits of the single lesion task, now tasks.py's streams
 
@@ -86,8 +90,4 @@ def render_invariance_set(data_config: ml_collections.ConfigDict, num_anatomies:
 
 
 def resize_nearest(array: np.ndarray, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if array.shape[:2] == (size, size):
-        return array
-    return np.asarray(Image.fromarray(array).resize((size, size), Image.NEAREST))
+    return resize_square(array, size, Image.NEAREST)

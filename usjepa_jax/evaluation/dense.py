@@ -16,7 +16,7 @@ FP + FN) and Dice = 2 TP / (2 TP + FP + FN) over all test pixels, averaged over 
 or the predictions, as the classification metrics are; the background class counts like any other) and
 ``pixel_accuracy``.
 
-Targets: the simulator's tissue map (``Split.segmentation``, codes of ``synthetic.SEGMENTATION_NAMES``) or a real
+Targets: the simulator's tissue map (``Split.segmentation``, codes of ``SEGMENTATION_NAMES``) or a real
 task's masks (labelled.py, UltraBench segmentation tasks), class indices per pixel ``[N, S, S]``.
 """
 
@@ -26,7 +26,7 @@ import dataclasses
 
 import numpy as np
 
-from usjepa_jax.data import synthetic
+from usjepa_jax.data.simulator.config import SEGMENTATION_NAMES
 from usjepa_jax.evaluation.probe import ProbeConfig, TrainedProbe, train_probe
 
 
@@ -34,7 +34,7 @@ def patch_fractions(segmentation: np.ndarray, patch: int, num_codes: int | None 
     """Per patch, the fraction of its pixels of each tissue code.
 
     ``segmentation`` uint8 ``[N, S, S]`` -> float32 ``[N, (S // patch)^2 * num_codes]``."""
-    num_codes = num_codes or len(synthetic.SEGMENTATION_NAMES)
+    num_codes = num_codes or len(SEGMENTATION_NAMES)
     n, s = segmentation.shape[:2]
     g = s // patch
     seg = segmentation[:, :g * patch, :g * patch].reshape(n, g, patch, g, patch)

@@ -4,7 +4,7 @@ A task is ``PATH`` or ``NAME=PATH`` (the name defaults to the folder's or file's
 recognised from the path:
 
 * **UltraBench** (``<dataset>_v<version>/`` with ``images/``, ``train_val.json``, ``test.json``, masks in
-  ``masks/scan``; ``sources.py`` reads it as is): ``test.json`` is the test split. Validation: the JSON's own
+  ``masks/scan``; ``data/scanning.py`` reads it as is): ``test.json`` is the test split. Validation: the JSON's own
   sub-splits when ``train_val.json`` is ``{"train": [...], "val": [...]}`` (or its records carry ``"split"``);
   otherwise carved out of ``train_val`` by the rule below, because the paper does not publish one.
 * **class folders** (the ImageFolder convention): ``ROOT/<class>/...`` (any depth below a class folder), or
@@ -67,7 +67,7 @@ import numpy as np
 
 from usjepa_jax.data import prepare as prepare_lib
 from usjepa_jax.data import preprocess as pp
-from usjepa_jax.data import sources as src
+from usjepa_jax.data import decoders, scanning, shards
 from usjepa_jax.evaluation.config import default_eval_config, validate_labelled_config
 from usjepa_jax.evaluation.data import EvalData, Split
 
@@ -108,7 +108,7 @@ class TaskSpec:
                 raise TaskError(f"task {spec!r}: a list file must be {' or '.join(LIST_EXTS)}, got {p.name}")
             layout = "list"
         else:
-            layout = "ultrabench" if src.is_ultrabench(p) else "folders"
+            layout = "ultrabench" if scanning.is_ultrabench(p) else "folders"
         return cls(name or (p.stem if p.is_file() else p.name), str(p), layout)
 
 
@@ -149,7 +149,7 @@ def _segmentation_path(root: Path, r: dict, rel: str, name: str, where: str) -> 
     """The segmentation mask of one UltraBench record (module docstring), or TaskError naming the record."""
     keys = ("mask",) if name == "mask" else (f"{name}_mask",)
     listed = next((r["masks"][k] for k in keys if k in r.get("masks", {})), None)
-    path = str(root / listed) if listed else src._find_mask(root / "masks" / name, rel)
+    path = str(root / listed) if listed else scanning.find_mask(root / "masks" / name, rel)
     if not path or not Path(path).is_file():
         raise TaskError(f"{where}: no {name!r} segmentation mask for {rel} (looked for the JSON key "
                         f"{keys[0]!r} and in {root / 'masks' / name})")
@@ -163,7 +163,7 @@ def _ultrabench_records(spec: TaskSpec, mask: str = "") -> list[_Record]:
         path = root / fname
         if not path.exists():
             continue
-        for k, r in enumerate(src.json_records(json.loads(path.read_text()), str(path))):
+        for k, r in enumerate(scanning.json_records(json.loads(path.read_text()), str(path))):
             where = f"{path} item {k}"
             split = "test" if default == "test" else _split_name(r["split"], where)
             if default is None and split == "test":
@@ -175,7 +175,7 @@ def _ultrabench_records(spec: TaskSpec, mask: str = "") -> list[_Record]:
             label = "all" if mask and r["label"] is None else r["label"]
             scan = r.get("masks", {}).get("scan_mask")
             out.append(_Record(str(image), rel, label, split, str(r["group"] or rel), where,
-                               str(root / scan) if scan else src._find_mask(root / "masks" / "scan", rel),
+                               str(root / scan) if scan else scanning.find_mask(root / "masks" / "scan", rel),
                                _segmentation_path(root, r, rel, mask, where) if mask else None))
     return out
 
@@ -187,7 +187,7 @@ def _folder_records(spec: TaskSpec) -> tuple[list[_Record], dict[str, int]]:
         raise TaskError(f"task {spec.name}: {root} has no class folders (expected ROOT/<class>/... or "
                         "ROOT/<split>/<class>/...)")
     by_split = all(p.name.lower() in SPLIT_NAMES for p in subdirs)
-    files, unread = src.list_files(root)
+    files, unread = scanning.list_files(root)
     out = []
     for path, rel, _ in files:
         parts = Path(rel).parts
@@ -206,7 +206,7 @@ def _list_records(spec: TaskSpec) -> list[_Record]:
     base = path.parent
     if path.suffix.lower() == ".json":
         rows = [(f"{path} item {k}", r) for k, r in
-                enumerate(src.json_records(json.loads(path.read_text()), str(path)))]
+                enumerate(scanning.json_records(json.loads(path.read_text()), str(path)))]
     else:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -219,8 +219,8 @@ def _list_records(spec: TaskSpec) -> list[_Record]:
                                     f"{list(keys)})")
                 return found
 
-            cols = {"path": column(src.PATH_KEYS, True), "label": column(src.LABEL_KEYS, True),
-                    "split": column(src.SPLIT_KEYS, False), "group": column(src.GROUP_KEYS, False)}
+            cols = {"path": column(scanning.PATH_KEYS, True), "label": column(scanning.LABEL_KEYS, True),
+                    "split": column(scanning.SPLIT_KEYS, False), "group": column(scanning.GROUP_KEYS, False)}
             rows = [(f"{path} line {k + 2}", {key: (row.get(c) if c else None) for key, c in cols.items()})
                     for k, row in enumerate(reader)]
     out = []
@@ -322,13 +322,14 @@ def check_splits(records: Sequence[_Record], labels: Sequence[int], splits: Sequ
 @dataclasses.dataclass
 class TaskScan:
     spec: TaskSpec
-    scan: src.DatasetScan  # entries carry label, split and group
+    scan: scanning.DatasetScan  # entries carry label, split and group
     class_names: tuple[str, ...]
     segmentation: dict[str, str] | None = None  # entry path -> its segmentation mask (a segmentation task)
     mask: str = ""
 
 
-def scan_task(spec: TaskSpec, rule: SplitRule = SplitRule(), options: src.FrameOptions = src.DEFAULT_OPTIONS,
+def scan_task(spec: TaskSpec, rule: SplitRule = SplitRule(),
+              options: decoders.FrameOptions = decoders.DEFAULT_FRAME_OPTIONS,
               on_error: str = "skip", mask: str = "") -> TaskScan:
     """The task's files with labels and splits, frames counted (headers only). Unreadable files are skipped
     (reported in the scan) or raise; a task without readable frames, a bad label or an empty class fails.
@@ -350,24 +351,24 @@ def scan_task(spec: TaskSpec, rule: SplitRule = SplitRule(), options: src.FrameO
         seen[r.path] = r
     entries, skipped, kept = [], [], []
     for r in records:
-        kind = src.file_kind(r.path)
+        kind = decoders.file_kind(r.path)
         try:
             if kind is None:
-                raise src.BadFileError(f"not a readable frame file ({src.readable_formats()})")
+                raise decoders.BadFileError(f"not a readable frame file ({decoders.readable_formats()})")
             if not Path(r.path).is_file():
                 raise FileNotFoundError(f"{r.path} does not exist ({r.where})")
-            entries.append((r, kind, src.checked_frames(r.path, kind, options)))
+            entries.append((r, kind, decoders.checked_frames(r.path, kind, options)))
             kept.append(r)
         except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
-            src._fail(on_error, skipped, r.relpath, exc, spec.name)
-    scan = src.DatasetScan(spec.name, spec.path, [], skipped, unread=unread)
-    src.log_unread(scan)
+            scanning.skip_or_raise(on_error, skipped, r.relpath, exc, spec.name)
+    scan = scanning.DatasetScan(spec.name, spec.path, [], skipped, unread=unread)
+    scanning.log_unread(scan)
     if not kept:
-        src.require_frames([scan], spec.path)
+        scanning.require_frames([scan], spec.path)
     labels, class_names = parse_labels(kept)
     splits = assign_splits(kept, labels, rule)
     check_splits(kept, labels, splits, class_names, f"task {spec.name} ({spec.path})")
-    scan.entries = [src.FileEntry(r.path, r.relpath, kind, n, y, r.mask_path, s, r.group)
+    scan.entries = [scanning.FileEntry(r.path, r.relpath, kind, n, y, r.mask_path, s, r.group)
                     for (r, kind, n), y, s in zip(entries, labels, splits, strict=True)]
     scan.label_names = list(class_names)
     segmentation = {r.path: r.segmentation_path for r in kept} if mask else None
@@ -381,7 +382,7 @@ def preprocess_config(data_config: ml_collections.ConfigDict | None) -> pp.Prepr
     return pp.PreprocessConfig.from_dict(d)
 
 
-def _cache_key(task: TaskScan, size: int, prep: pp.PreprocessConfig, options: src.FrameOptions) -> str:
+def _cache_key(task: TaskScan, size: int, prep: pp.PreprocessConfig, options: decoders.FrameOptions) -> str:
     listing = [(e.relpath, e.label, e.split, e.group, e.frames) for e in task.scan.entries]
     blob = json.dumps({"path": task.spec.path, "layout": task.spec.layout, "size": size,
                        "preprocess": dataclasses.asdict(prep), "frames": options.to_dict(), "files": listing,
@@ -390,11 +391,11 @@ def _cache_key(task: TaskScan, size: int, prep: pp.PreprocessConfig, options: sr
 
 
 def prepare_task(task: TaskScan, cache_dir: str | Path, size: int, prep: pp.PreprocessConfig,
-                 options: src.FrameOptions = src.DEFAULT_OPTIONS, on_error: str = "skip", workers: int = 0,
-                 progress: bool = True) -> Path:
+                 options: decoders.FrameOptions = decoders.DEFAULT_FRAME_OPTIONS, on_error: str = "skip",
+                 workers: int = 0, progress: bool = True) -> Path:
     """Preprocess the task's frames once for ``size`` (resumable); returns the prepared directory."""
     out = Path(cache_dir) / f"{task.spec.name}-{size}px-{_cache_key(task, size, prep, options)}"
-    manifest = out / prepare_lib.MANIFEST
+    manifest = out / shards.MANIFEST
     if manifest.exists() and json.loads(manifest.read_text()).get("complete"):
         return out
     m = prepare_lib.prepare_scans({task.spec.name: task.scan}, out, workers=workers, size=size, on_error=on_error,
@@ -411,7 +412,7 @@ def prepare_task(task: TaskScan, cache_dir: str | Path, size: int, prep: pp.Prep
 
 def read_prepared_task(directory: str | Path, class_names: Sequence[str]) -> EvalData:
     """The prepared task's frames as ``EvalData`` (image ``[N, S, S, 1]``, scan mask, label) per split."""
-    store = src.PreparedStore([directory])
+    store = shards.PreparedStore([directory])
     out = {}
     for split in SPLITS:
         files = [f for f in store.files if f["split"] == split]
@@ -419,9 +420,9 @@ def read_prepared_task(directory: str | Path, class_names: Sequence[str]) -> Eva
             raise TaskError(f"{directory}: no readable file in split {split!r} (see skipped in its manifest)")
         images, masks, labels = [], [], []
         for f in files:
-            reader = src._reader(store.shard_paths[f["shard_id"]])
+            reader = shards.shard_reader(store.shard_paths[f["shard_id"]])
             for data in reader.read(list(range(f["offset"], f["offset"] + f["frames"]))):
-                r = src.decode_record(data)
+                r = shards.decode_record(data)
                 images.append(r["image"])
                 masks.append(r["scan_mask"])
                 labels.append(f["label"])
@@ -431,7 +432,7 @@ def read_prepared_task(directory: str | Path, class_names: Sequence[str]) -> Eva
 
 
 def read_segmentation(task: TaskScan, directory: str | Path, prep: pp.PreprocessConfig,
-                      options: src.FrameOptions = src.DEFAULT_OPTIONS) -> dict[str, np.ndarray]:
+                      options: decoders.FrameOptions = decoders.DEFAULT_FRAME_OPTIONS) -> dict[str, np.ndarray]:
     """The segmentation of every prepared frame, per split, in ``read_prepared_task``'s order: uint8 class indices
     ``[N, S, S]``, computed once (each frame decoded again for its scan region) and kept in ``directory``."""
     cache = Path(directory) / f"segmentation-{task.mask}.npz"
@@ -439,7 +440,7 @@ def read_segmentation(task: TaskScan, directory: str | Path, prep: pp.Preprocess
         with np.load(cache) as z:
             return {split: z[split] for split in SPLITS}
     entries = {e.relpath: e for e in task.scan.entries}
-    files = src.PreparedStore([directory]).files
+    files = shards.PreparedStore([directory]).files
     maps = {split: [] for split in SPLITS}
     for split in SPLITS:
         for f in (f for f in files if f["split"] == split):
@@ -447,8 +448,8 @@ def read_segmentation(task: TaskScan, directory: str | Path, prep: pp.Preprocess
             seg_path = task.segmentation[e.path]
             labels = np.asarray(pp.Image.open(seg_path))
             labels = labels[..., 0] if labels.ndim == 3 else labels
-            scan, region = src.read_mask(e.mask_path), src.file_region(e.path, e.kind)
-            frames = list(src.iter_frames(e.path, e.kind, options))
+            scan, region = decoders.read_mask(e.mask_path), decoders.file_region(e.path, e.kind)
+            frames = list(decoders.iter_frames(e.path, e.kind, options))
             if len(frames) != f["frames"]:
                 raise TaskError(f"{e.path}: {len(frames)} frames decoded, {f['frames']} prepared")
             maps[split] += [pp.preprocess_with_labels(fr, labels, prep, scan, region)[2] for fr in frames]
@@ -467,13 +468,13 @@ def load_task(spec: str | TaskSpec, size: int, cache_dir: str | Path, *,
     labelled = labelled if labelled is not None else default_labelled_config()
     validate_labelled_config(labelled)
     spec = spec if isinstance(spec, TaskSpec) else TaskSpec.parse(spec)
-    options = src.FrameOptions.from_config(labelled)
+    options = decoders.FrameOptions.from_config(labelled)
     task = scan_task(spec, SplitRule.from_config(labelled), options, labelled.on_error, labelled.get("mask", ""))
     prep = preprocess_config(data_config)
     directory = prepare_task(task, cache_dir, size, prep, options, labelled.on_error, labelled.workers, progress)
     data = read_prepared_task(directory, task.class_names)
     # every file left out, at scan or preprocessing time (the manifest keeps both): the results files list them
-    data.skipped = json.loads((directory / prepare_lib.MANIFEST).read_text())["datasets"][spec.name]["skipped"]
+    data.skipped = json.loads((directory / shards.MANIFEST).read_text())["datasets"][spec.name]["skipped"]
     if task.mask:
         maps = read_segmentation(task, directory, dataclasses.replace(prep, size=size), options)
         for split in SPLITS:
@@ -482,6 +483,6 @@ def load_task(spec: str | TaskSpec, size: int, cache_dir: str | Path, *,
         logger(f"task {spec.name} ({spec.layout}, {spec.path}): {len(task.class_names)} classes "
                f"{list(task.class_names)[:8]}, frames train/val/test {len(data.train)}/{len(data.val)}/"
                f"{len(data.test)}, prepared at {size} px in {directory}"
-               + (f"; unread {src.describe_extensions(task.scan.unread)}" if task.scan.unread else "")
+               + (f"; unread {scanning.describe_extensions(task.scan.unread)}" if task.scan.unread else "")
                + (f"; {len(data.skipped)} files skipped" if data.skipped else ""))
     return data

@@ -35,7 +35,8 @@ import ml_collections
 import numpy as np
 
 from usjepa_jax.data import framing, synthetic
-from usjepa_jax.data.pipeline import ToModelInput, simulator_config
+from usjepa_jax.data.pipeline import ToModelInput
+from usjepa_jax.data.settings import simulator_config
 from usjepa_jax.evaluation.config import TASK_NAMES, task_list
 from usjepa_jax.evaluation.data import EvalData, Split, resize_nearest
 

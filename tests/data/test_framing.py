@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from usjepa_jax.data import framing, pipeline, synthetic
+from usjepa_jax.data import framing, pipeline, settings, synthetic
 from usjepa_jax.evaluation import tasks
 
 
@@ -57,7 +57,7 @@ def test_whole_scan_task_is_kept_as_before():
     data = _data_config(tasks="")
     split = tasks.simulated_task_split("lesion", data, "val", 3, seed=0)
     a, s = tasks.anatomy_seeds("lesion", "val", 3, 0)
-    whole = synthetic.render(a[0], s[0], pipeline.simulator_config(data), scene={"lesion": int(split.label[0])})
+    whole = synthetic.render(a[0], s[0], settings.simulator_config(data), scene={"lesion": int(split.label[0])})
     item = pipeline.ToModelInput(data.image_size).map(dict(whole, index=0))
     np.testing.assert_array_equal(split.image[0], item["image"])
 

@@ -2,34 +2,15 @@
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
-from PIL import Image
-from test_sources import speckle, write_dicoms, write_ultrabench
 
-from usjepa_jax.data import pipeline, prepare
+from usjepa_jax.data import pipeline, prepare, settings, shards
 from usjepa_jax.data import sources as src
 from usjepa_jax.masks import MultiBlockMaskSampler, patch_valid_from_scan_mask
 
 
-def make_inputs(root):
-    imgs = root / "pngs"
-    imgs.mkdir(parents=True)
-    for i in range(6):
-        Image.fromarray(speckle(40, 50, i)).save(imgs / f"{i}.png")
-    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 64)
-    dcm = root / "dicoms"
-    write_dicoms(dcm)
-    nii = root / "nifti"
-    nii.mkdir()
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((30, 40, 4)).astype(np.float32), np.eye(4)),
-             nii / "vol.nii.gz")
-    write_ultrabench(root / "ub", n=5, n_test=2)
-    return [str(imgs), str(dcm), str(nii), str(root / "ub" / "busi_v1")]
-
-
-def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
+def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch, make_inputs):
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "prepared"
     # First run: interrupted after 5 files (shard_size 8: at least one shard completes before).
@@ -44,7 +25,7 @@ def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "_process", interrupting)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare(inputs, str(out), workers=0, size=32, shard_size=8, progress=False)
-    done_first = {f["file"] for r in prepare._read_progress(out) if r.get("type") == "shard" for f in r["files"]}
+    done_first = {f["file"] for r in shards.read_progress(out) if r.get("type") == "shard" for f in r["files"]}
     assert len(done_first) == 5 and not (out / "manifest.json").exists()
     (out / "shard-00042.array_record").write_bytes(b"partial")  # a shard cut by a kill: removed on rerun
 
@@ -68,9 +49,9 @@ def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
     clean = prepare.prepare(inputs, str(tmp_path / "clean"), workers=0, size=32, shard_size=8, progress=False)
     key = [(f["dataset"], f["file"], f["frames"]) for f in clean["files"]]
     assert key == [(f["dataset"], f["file"], f["frames"]) for f in m["files"]]
-    a = src.PreparedSource("all", src.PreparedStore([out]).shard_paths, src.PreparedStore([out]).files)
-    b = src.PreparedSource("all", src.PreparedStore([tmp_path / "clean"]).shard_paths,
-                           src.PreparedStore([tmp_path / "clean"]).files)
+    a = shards.PreparedSource("all", shards.PreparedStore([out]).shard_paths, shards.PreparedStore([out]).files)
+    b = shards.PreparedSource("all", shards.PreparedStore([tmp_path / "clean"]).shard_paths,
+                           shards.PreparedStore([tmp_path / "clean"]).files)
     for i in range(0, len(a), 5):
         assert np.array_equal(a[i]["image"], b[i]["image"]) and a.provenance(i) == b.provenance(i)
     # A third run has nothing left to do; other settings are refused.
@@ -81,7 +62,7 @@ def test_prepare_writes_shards_and_manifest_and_resumes(tmp_path, monkeypatch):
         prepare.prepare(inputs, str(out), workers=0, size=64, progress=False)
 
 
-def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys):
+def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys, make_inputs):
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "prepared"
     args = [a for i in inputs for a in ("--input", i)]
@@ -91,7 +72,7 @@ def test_prepare_cli_in_parallel_processes_and_training_batches(tmp_path, capsys
     m = json.loads((out / "manifest.json").read_text())
     assert m["total"]["frames"] == 57 and (out / m["shards"][0]["name"]).exists()
 
-    c = pipeline.default_data_config()
+    c = settings.default_data_config()
     c.source, c.paths, c.image_size, c.val_fraction, c.num_val = "prepared", [str(out)], 32, 0.3, 8
     c.cap_per_dataset = 10  # the 30-frame cine is capped per epoch
     train = pipeline.make_source(c, "train", 0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from usjepa_jax.data import pipeline
+from usjepa_jax.data import pipeline, settings
 
 
 class DummyMasks:
@@ -15,7 +15,7 @@ class DummyMasks:
 
 
 def small_config(**augment):
-    c = pipeline.default_data_config()
+    c = settings.default_data_config()
     c.image_size, c.num_train, c.num_val = 32, 24, 8
     c.synthetic.image_size = 48
     c.augment.update(augment)

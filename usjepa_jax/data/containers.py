@@ -20,14 +20,12 @@ frames cheaply, decodes one frame (random access), or iterates over all of them 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -37,27 +35,6 @@ METAIMAGE_EXTS = (".mhd", ".mha")
 METAIMAGE_DATA_EXTS = (".raw", ".zraw")  # companions of an .mhd, read through it
 H5_DEFAULT_NAMES = ("image", "images", "frames", "data", "video", "volume", "tissue", "us", "bmode")
 
-
-@dataclasses.dataclass(frozen=True)
-class FrameOptions:
-    """How frames are taken out of containers: NIfTI slice axis, video stride, HDF5 dataset key."""
-
-    nifti_axis: int = -1
-    video_stride: int = 1
-    h5_key: str = ""
-
-    def __post_init__(self):
-        if int(self.video_stride) < 1:
-            raise ValueError(f"video_stride={self.video_stride} must be at least 1.")
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> FrameOptions:
-        """From a config section with (some of) ``nifti_axis``, ``video_stride``, ``h5_key``."""
-        get = cfg.get if hasattr(cfg, "get") else lambda k, d: getattr(cfg, k, d)
-        return cls(int(get("nifti_axis", -1)), int(get("video_stride", 1)), str(get("h5_key", "") or ""))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class FormatError(RuntimeError):

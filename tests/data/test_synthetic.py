@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from usjepa_jax.data import synthetic as sim
+from usjepa_jax.data.simulator.acquisition import ScanGeometry, lateral_fwhm_mm
 
 SMALL = sim.SimulatorConfig(image_size=96)
-LINEAR = sim.ScanGeometry("linear", 40.0, 38.0)
+LINEAR = ScanGeometry("linear", 40.0, 38.0)
 
 
 def base_training_size() -> int:
@@ -72,7 +73,7 @@ def test_speckle_grain_in_mm_matches_the_psf_theory():
     z = (np.arange(grid.axial) + 0.5) * grid.dz_mm
     for band in np.array_split(np.arange(grid.axial), 6):
         measured = correlation_fwhm(intensity[band], 1) * grid.dline
-        expected = float(np.mean(sim.lateral_fwhm_mm(z[band], pulse["frequency_mhz"], pulse["f_number"],
+        expected = float(np.mean(lateral_fwhm_mm(z[band], pulse["frequency_mhz"], pulse["f_number"],
                                                      pulse["focal_mm"], LINEAR.probe.aperture_mm)))
         assert measured == pytest.approx(expected, rel=0.2), (z[band].mean(), measured, expected)
     # The linear probe resolves finer in range than across: axial grain finer than lateral.
@@ -259,13 +260,13 @@ def test_probe_presets_are_clinical():
 
 
 def test_prerender_into_the_prepared_arrayrecord_format(tmp_path):
-    from usjepa_jax.data import sources
+    from usjepa_jax.data import shards
 
     config = sim.SimulatorConfig(image_size=32)
     summary = sim.prerender(tmp_path / "pre", 5, config, seed=3, shard_size=2, progress=False)
     assert summary["images"] == 5 and summary["shards"] == 3
-    store = sources.PreparedStore([tmp_path / "pre"])
-    prepared = sources.PreparedSource("synthetic", store.shard_paths, store.files)
+    store = shards.PreparedStore([tmp_path / "pre"])
+    prepared = shards.PreparedSource("synthetic", store.shard_paths, store.files)
     rendered = sim.SyntheticUltrasoundSource(5, 3, config)
     for i in range(5):
         np.testing.assert_array_equal(prepared[i]["image"], rendered[i]["image"])
