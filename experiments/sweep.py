@@ -169,12 +169,13 @@ def prerendered(config, out: str | Path, log: Callable[[str], None] = logging.in
 def train_and_measure(run: Run, config, workdir: Path, data: dict) -> dict[str, dict[str, float]]:
     """Train (or resume) one method's run, then evaluate its student (and a stage-1 teacher trained here) on the
     shared tasks ``data``: ``{row: {task/evaluator/metric: value}}``."""
-    from usjepa_jax import evaluate, train
+    from usjepa_jax import train
+    from usjepa_jax.evaluation.entry import evaluate_run
 
     train.train_and_evaluate(config, workdir)
-    rows = {run.method: evaluate.evaluate_run(config, workdir, "student", "latest", data=data)}
+    rows = {run.method: evaluate_run(config, workdir, "student", "latest", data=data)}
     if config.method == "usjepa" and not config.teacher.checkpoint:  # SALT stage 1 ran in workdir/teacher
-        rows[f"{run.method}_teacher"] = evaluate.evaluate_run(config, workdir, "teacher", data=data)
+        rows[f"{run.method}_teacher"] = evaluate_run(config, workdir, "teacher", data=data)
     return rows
 
 
@@ -182,12 +183,12 @@ def measure_baseline(run: Run, config, workdir: Path, data: dict) -> dict[str, d
     """A baseline's metrics on the shared tasks: the random init of ``config.model`` (``config.seed``), or probes
     on the raw pixels or on the oracle's features (the phantom; the ceiling of each task)."""
     if run.kind == "random":
-        from usjepa_jax import evaluate
-        return {"random": evaluate.evaluate_run(config, workdir, "random", data=data)}
+        from usjepa_jax.evaluation.entry import evaluate_run
+        return {"random": evaluate_run(config, workdir, "random", data=data)}
     from usjepa_jax.evaluation import dense
     from usjepa_jax.evaluation.features import pixel_tokens
     from usjepa_jax.evaluation.probe import ProbeConfig
-    from usjepa_jax.evaluation.tasks import oracle_features, probe_on, raw_pixel_features, token_readouts
+    from usjepa_jax.evaluation.baselines import oracle_features, probe_on, raw_pixel_features, token_readouts
     from usjepa_jax.models.vit import parse_variant
 
     patch = parse_variant(config.model.variant)["patch_size"]  # the encoders' grid: the same token readouts
@@ -372,7 +373,7 @@ def markdown(table: dict, seeds: dict[str, int], expected: dict[str, int], patte
 def plot(table: dict, patterns: Sequence[str], path: Path, expected: dict[str, int], title: str = "") -> Path:
     """Bars per task, one per row, error bars the std over pretraining seeds; one panel per shown metric, and one
     for the task-free metrics. A bar of fewer seeds than planned (``expected``) is marked with its n."""
-    from usjepa_jax.evaluation.plots import _figure, _save
+    from usjepa_jax.evaluation.plots import figure, save
 
     rows = ordered_rows(table)
     tasks, per_task, free = shown_metrics(table, patterns)
@@ -380,7 +381,7 @@ def plot(table: dict, patterns: Sequence[str], path: Path, expected: dict[str, i
     if free:
         panels.append(("task-free", free, [k.split("/", 1)[1] for k in free]))
     bars = len(rows) * max((len(keys) for _, keys, _ in panels), default=1)
-    fig = _figure(max(6.0, 0.3 * bars + 3), 4.2 * max(len(panels), 1))
+    fig = figure(max(6.0, 0.3 * bars + 3), 4.2 * max(len(panels), 1))
     width = 0.8 / max(len(rows), 1)
     for k, (name, keys, ticks) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, k + 1)
@@ -397,7 +398,7 @@ def plot(table: dict, patterns: Sequence[str], path: Path, expected: dict[str, i
         ax.set_title(f"{title + ': ' if title else ''}{name} (mean ± std over pretraining seeds)", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=6, ncols=min(len(rows), 4))
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def assemble(out: str | Path, expected: dict[str, int] | None = None, patterns: Sequence[str] = DEFAULT_METRICS,

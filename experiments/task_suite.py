@@ -10,7 +10,7 @@ of the tissue map (dense.py, mIoU / Dice).
 
 Feature sets (all on the same images of ``simulated_task_data``, at ``config.data.image_size``):
 - ``oracle``: the phantom's tissue fractions per 8x8-pixel patch and over the whole image (the segmentation,
-  ``tasks.oracle_features``); what the label is made of, so a task whose oracle stays below ``KEEP_THRESHOLD``
+  ``baselines.oracle_features``); what the label is made of, so a task whose oracle stays below ``KEEP_THRESHOLD``
   is not well defined and is not kept;
 - ``raw pixels``: the model-input image, flattened;
 - ``random init``: a random ``config.model`` encoder, mean-pooled patch tokens;
@@ -82,10 +82,10 @@ def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) ->
     import jax.numpy as jnp
 
     from usjepa_jax.encoders import load_encoder
-    from usjepa_jax.evaluation import dense, plots, tasks
+    from usjepa_jax.evaluation import baselines, dense, plots, tasks
     from usjepa_jax.evaluation.features import FeatureExtractor, pixel_tokens, random_encoder
     from usjepa_jax.evaluation.probe import ProbeConfig
-    from usjepa_jax.evaluation.tasks import token_readouts
+    from usjepa_jax.evaluation.baselines import token_readouts
 
     cfg, seed = ProbeConfig.from_config(config.evals.probe), config.evals.seed
     encoders = {"random_init": random_encoder(config.model, config.data.image_size, mean=config.data.mean,
@@ -102,8 +102,8 @@ def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) ->
         logging.info("task %s: %d/%d/%d images rendered in %.0fs", task, len(data.train), len(data.val),
                      len(data.test), time.perf_counter() - t)
         num_codes = int(max(s.segmentation.max() for s in (data.train, data.val, data.test))) + 1
-        featurizers = {"oracle": lambda s: tasks.oracle_features(s, num_codes),
-                       "raw_pixels": tasks.raw_pixel_features,
+        featurizers = {"oracle": lambda s: baselines.oracle_features(s, num_codes),
+                       "raw_pixels": baselines.raw_pixel_features,
                        **{name: (lambda s, e=e: e(s.image)) for name, e in extractors.items()}}
         patch = encoders["random_init"].module.patch_size  # config.model's patch grid
         token_featurizers = {"oracle": (lambda s: dense.patch_targets(s.segmentation, patch, num_codes), patch),
@@ -115,7 +115,7 @@ def task_rows(config, students: dict[str, str], out: Path, readouts=READOUTS) ->
             rows[task][column] = {}
             if "linear" in readouts:
                 t = time.perf_counter()
-                m = tasks.probe_on(data, featurize, cfg, seed)
+                m = baselines.probe_on(data, featurize, cfg, seed)
                 rows[task][column] = {"macro_f1_mean": m["macro_f1_mean"], "macro_f1_std": m["macro_f1_std"],
                                       "seconds": time.perf_counter() - t}
                 logging.info("task %s, %s: linear macro-F1 %.3f ± %.3f", task, column, m["macro_f1_mean"],

@@ -13,9 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.test_labelled import smoke_config as eval_config
-from tests.test_labelled import write_csv
-from tests.test_train import read_metrics, smoke_config
+from tests.conftest import eval_smoke_config, read_metrics, smoke_config, write_csv
 from usjepa_jax import cli, errors, layout, storage, train
 from usjepa_jax.encoders import export_encoder, load_encoder
 from usjepa_jax.evaluation import suite, table
@@ -110,10 +108,10 @@ def test_skipped_inputs_are_in_the_results_files_and_strict_refuses_them(tmp_pat
     listing = write_csv(tmp_path / "task", n=36)
     rows = listing.read_text().splitlines()
     listing.write_text("\n".join(rows + ["img/missing.png,linear,nobody"]) + "\n")
-    config = eval_config()
+    config = eval_smoke_config()
     config.evals.evaluators = "knn"
     with pytest.raises(Exception, match="missing.png"):
-        strict = eval_config()
+        strict = eval_smoke_config()
         strict.evals.labelled.on_error = "raise"
         suite.evaluate_table(strict, ["random"], [f"t={listing}"], tmp_path / "strict", log=lambda m: None)
     suite.evaluate_table(config, ["random"], [f"t={listing}"], tmp_path / "out", log=lambda m: None)

@@ -4,18 +4,9 @@ own reader (what ``tensorboard --logdir WORKDIR`` shows); the callback sees ever
 import json
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.util import tensor_util
 
+from tests.conftest import tensorboard_scalars
 from usjepa_jax import run_log
-
-
-def tensorboard_scalars(logdir) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` of the event files in ``logdir``, by TensorBoard's event reader."""
-    events = EventAccumulator(str(logdir))
-    events.Reload()
-    return {tag: {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
-            for tag in events.Tags()["tensors"]}
 
 
 def test_metrics_writer_writes_jsonl_and_tensorboard_alike(tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 import portpicker
 import pytest
 
-from tests.test_train import encoder_params, read_metrics, smoke_config
+from tests.conftest import encoder_params, read_metrics, smoke_config
 from usjepa_jax import checkpointing, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     # Two fake devices per process (the helper sets them); no compilation cache (tests/conftest.py): both processes
     # compile the same programs at the same moment, nothing to share.
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/distributed_worker.py"), str(i), "2",
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/distributed_worker.py"), str(i), "2",
                                str(port), str(tmp_path / "multi"), json.dumps(PIXEL)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]

@@ -90,8 +90,8 @@ def test_run_files_go_straight_to_the_bucket(bucket, tmp_path):
     import json
 
     import numpy as np
-    from test_teacher import random_encoder
 
+    from tests.conftest import random_vit
     from usjepa_jax import run_log
     from usjepa_jax.encoders import __main__ as cli
     from usjepa_jax.encoders import export_encoder, load_encoder
@@ -106,7 +106,7 @@ def test_run_files_go_straight_to_the_bucket(bucket, tmp_path):
     assert run_log.write_loss_curve(storage.path(run)) == storage.path(f"{run}/loss_curve.png")
     assert (bucket / "bkt" / "run" / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
 
-    module, params = random_encoder(posemb="learn", class_token=True)
+    module, params = random_vit(posemb="learn", class_token=True)
     export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
     cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", f"{run}/hf"])
     assert sorted(p.name for p in (bucket / "bkt" / "run" / "hf").iterdir()) == ["config.json", "model.safetensors"]

@@ -1,12 +1,13 @@
 """Every target source through the one interface (targets.py): width, state, [B, N, D] targets, update, loss;
-and a new source added as one class plus a config value trains through the unchanged trainer."""
+and a new method added as one module (tests/edges_method.py) plus a config value trains through the unchanged
+trainer."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train import smoke_config
+from tests.conftest import smoke_config
 from usjepa_jax import config as config_lib
 from usjepa_jax import objectives, targets, train
 from usjepa_jax.encoders import FrozenEncoder, normalize_images
@@ -79,33 +80,27 @@ def test_source_interface(setup, name):
         assert new_state is None and metrics == {}
 
 
-class Edges(targets.TargetSource):
-    """The README's example: predict each patch's image-gradient magnitudes instead of its pixels."""
+def test_a_new_method_is_one_module_and_a_config_value(monkeypatch):
+    """tests/edges_method.py, as docs/adding_a_method.md says: registered on import, its keys in every default
+    config, its checks run only when it is chosen, trained by the unchanged trainer."""
+    monkeypatch.setattr(config_lib, "METHODS", dict(config_lib.METHODS))  # the registry as it was after the test
+    from tests import edges_method as edges
 
-    def __init__(self, patch_size, config):
-        super().__init__(config.loss)
-        self.patch_size, self.width = patch_size, patch_size**2
-
-    @classmethod
-    def from_config(cls, config, encoder):
-        return cls(encoder.patch_size, config)
-
-    def targets(self, state, frozen, batch):
-        gy, gx = jnp.gradient(batch["image"][..., 0].astype(jnp.float32) / 255.0, axis=(1, 2))
-        return objectives.patchify(jnp.hypot(gx, gy)[..., None], self.patch_size)
-
-
-def test_a_new_source_is_one_class_and_a_config_value(monkeypatch):
-    monkeypatch.setitem(targets.METHODS, "edges", Edges)
-    config = smoke_config(**{"method": "edges"})
+    config_lib.register_method(edges.METHOD)  # (again: the module may have been imported before)
+    config = smoke_config(**{"method": "edges", "edges.scale": 2.0})
     config_lib.validate(config)  # the method name is known once registered
+    assert config_lib.stage1_config(config) is None
+    with pytest.raises(ValueError, match=r"^config.edges.scale=0.0 is invalid: positive.$"):
+        config_lib.validate(smoke_config(**{"method": "edges", "edges.scale": 0.0}))
+    config_lib.validate(smoke_config(**{"method": "pixel", "edges.scale": 0.0}))  # checked only when chosen
     trainer = train.build_trainer(config)
-    assert isinstance(trainer.source, Edges) and trainer.predictor.out_dim == 64
+    assert isinstance(trainer.source, edges.Edges) and trainer.predictor.out_dim == 64
     batch = train.example_batch(config, trainer.sampler, config.optim.batch_size)
     batch["image"] = np.random.default_rng(0).integers(0, 256, batch["image"].shape, dtype=np.uint8)
     state = trainer.init(jax.random.key(0))
-    state, metrics = trainer.step(state, trainer.frozen_params, trainer.place_batch(batch))
-    assert int(state.step) == 1 and np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
-    monkeypatch.delitem(targets.METHODS, "edges")
+    for _ in range(2):
+        state, metrics = trainer.step(state, trainer.frozen_params, trainer.place_batch(batch))
+    assert int(state.step) == 2 and np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+    monkeypatch.delitem(config_lib.METHODS, "edges")
     with pytest.raises(ValueError, match="config.method='edges'"):
         config_lib.validate(config)

@@ -4,7 +4,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,40 +11,10 @@ import numpy as np
 import pytest
 
 from configs import base
-from tests.test_run_log import tensorboard_scalars
+from tests.conftest import REPO, encoder_params, read_metrics, smoke_config, tensorboard_scalars
 from usjepa_jax import config as config_lib
 from usjepa_jax import layout, targets, train
 from usjepa_jax.encoders import load_encoder
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def smoke_config(**overrides):
-    """configs/base.py:smoke on one device, with ``overrides`` (dotted keys). One device unless a test sets the
-    mesh: on 2 CPU cores a smoke run on the 8 fake devices (tests/conftest.py) takes ~1.5x as long, and the
-    sharded behaviour is tested where it is the point (sharding equivalence and a sharded resume here,
-    tests/test_scale.py, the CLI smoke run on every device)."""
-    c = base.get_config("smoke")
-    c.mesh.data = 1
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
-
-
-def read_metrics(workdir):
-    """step -> merged metrics (training and validation rows of a step are separate lines)."""
-    merged = {}
-    for row in map(json.loads, (Path(workdir) / layout.METRICS_FILE).read_text().splitlines()):
-        merged.setdefault(row["step"], {}).update(row)
-    return merged
-
-
-def encoder_params(workdir):
-    return load_encoder(Path(workdir) / layout.ENCODER_DIR).params
 
 
 @pytest.fixture(scope="module")

@@ -3,26 +3,71 @@
 Experiment files in ``configs/`` start from ``default_config()`` and change what they need. ``validate`` checks
 values (method names, variants, divisibility of image and patch sizes, schedules...) and names the offending key;
 unknown keys are already refused by ``ConfigDict`` itself (CLI overrides of a missing key, or reading one).
+
+This module is the ground floor of the package: it imports no jax (nor flax, optax), so a config loads and
+validates before anything heavy is imported, and every other module may import it. What the schema needs of the
+model (the ViT variant table, the attention and remat names) and of the loss (``LOSS_KINDS``) is defined here for
+that reason; ``models/vit.py`` and ``objectives.py`` take it from here.
+
+Methods (``config.method``) register themselves (``register_method``): each owns its config keys (added to
+``default_config()``), their checks (run only when that method is chosen) and the run it needs first
+(``stage1_config``). The built-in ones are at the end of this module; a new one registers from its own module
+(docs/adding_a_method.md), so adding a method does not touch this file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import ml_collections
 
-from usjepa_jax import layout, objectives, targets
+from usjepa_jax import layout
 from usjepa_jax.data import framing
 from usjepa_jax.data.settings import default_data_config
-from usjepa_jax.evaluation.config import TASK_NAMES, default_eval_config, validate_eval_config
+from usjepa_jax.evaluation.config import TASK_NAMES, default_eval_config, shrink_for_smoke, validate_eval_config
 from usjepa_jax.masks import default_mask_config
-from usjepa_jax.models import vit
 
 DTYPES = ("float32", "bfloat16")
+LOSS_KINDS = ("smooth_l1", "l1", "l2")  # objectives.elementwise_loss
+# ViT name -> (width, depth, mlp_dim, num_heads). big_vision's table; "mu" is a micro model for tests and CPU runs.
+VIT_VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+PATCH_SIZES = (8, 14, 16)
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")  # models/vit.py attention()
+# models/vit.py remat_policy(): a jax.checkpoint_policies member by name ("" = nothing saved)
+REMAT_POLICIES = ("", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
+
+
+def parse_variant(variant: str) -> dict[str, int]:
+    """``'S/16'`` -> dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16).
+
+    Raises ValueError naming the variant when the name or the patch size is unknown.
+    """
+    match = re.fullmatch(r"(\w+)/(\d+)", variant)
+    if not match or match.group(1) not in VIT_VARIANTS:
+        raise ValueError(f"Unknown ViT variant {variant!r}: expected '<name>/<patch>' with name in "
+                         f"{sorted(VIT_VARIANTS)} and patch in {PATCH_SIZES}, e.g. 'B/16'.")
+    patch = int(match.group(2))
+    if patch not in PATCH_SIZES:
+        raise ValueError(f"ViT variant {variant!r}: patch size {patch} not in {PATCH_SIZES}.")
+    width, depth, mlp_dim, heads = VIT_VARIANTS[match.group(1)]
+    return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads, patch_size=patch)
 
 
 def sibling_config(config_file: str, name: str) -> ModuleType:
@@ -65,16 +110,12 @@ def apply_variants(c: ml_collections.ConfigDict, variants: set[str]) -> ml_colle
     """``smoke``: everything tiny (a mu/8 model at 48 px, 4 steps of 8 images): seconds on a CPU, what tests run.
     ``runlocal``: the config's own models and masks, but a run that fits a laptop (8 images a step, 4 steps,
     float32, no accelerator expected): a CPU check of an accelerator config before it is launched."""
-    from usjepa_jax.evaluation.config import shrink_for_smoke
-
     if "smoke" in variants:
         c.data.image_size = 48
         c.data.synthetic.image_size = 64
         c.data.framing.render_size = 128  # framed views of a 64 px render need no more
-        for m in (c.model, c.teacher.model):
-            m.variant, m.depth = "mu/8", None
+        c.model.variant, c.model.depth = "mu/8", None
         c.predictor = predictor_config(width=32, depth=1, num_heads=2)
-        c.teacher.decoder = predictor_config(width=32, depth=1, num_heads=2)
         c.masks.min_keep = 1
         c.masks.target_scale = (0.15, 0.2)
         c.evals.knn.every = 4
@@ -82,15 +123,15 @@ def apply_variants(c: ml_collections.ConfigDict, variants: set[str]) -> ml_colle
         c.expect_accelerator = False
         c.data.num_train, c.data.num_val = 64, 16
         c.data.worker_count = 0
-        for m in (c.model, c.teacher.model):
-            m.dtype = "float32"
-        for o in (c.optim, c.teacher.optim):
-            o.batch_size, o.total_steps, o.warmup_steps = 8, 4, 1
-            o.grad_accum_steps = 1  # 8 images a step, sharded over up to 8 devices
+        c.model.dtype = "float32"
+        c.optim.batch_size, c.optim.total_steps, c.optim.warmup_steps = 8, 4, 1
+        c.optim.grad_accum_steps = 1  # 8 images a step, sharded over up to 8 devices
         c.log_every = 2
         c.checkpoint.every = 2
         c.checkpoint.keep_period = 0
         shrink_for_smoke(c.evals)
+    for method in METHODS.values():  # their own models and schedules
+        method.apply_variants(c, variants)
     return c
 
 
@@ -134,6 +175,8 @@ def optim_config() -> ml_collections.ConfigDict:
 
 
 def default_config() -> ml_collections.ConfigDict:
+    """Every shared key, then the keys of every registered method (``METHODS``), so that ``--config.method=X``
+    and X's keys can be set on any config file."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     # Sized for GPUs/TPUs (the paper-scale configs): main then warns loudly when jax finds only a CPU, which is
@@ -145,33 +188,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.model = model_config("B/16")
     c.predictor = predictor_config()
     c.masks = default_mask_config()
-    c.data = default_data_config()
+    c.data = default_data_config()  # data/settings.py
     c.loss = ml_collections.ConfigDict(dict(
         kind="smooth_l1",  # latent loss: smooth_l1 (beta 1) | l1 (SALT stage 2) | l2
         normalize_targets=True,  # layer-norm teacher targets over features (I-JEPA); US-JEPA is silent
         # then each feature standardised over the batch's target patches (objectives.standardize_features): for
         # briefly trained teachers whose tokens share one dominant direction (configs/base.py); not in the papers
         standardize_targets=False,
-        normalize_pixels=True,  # pixel method: per-patch normalised targets (MAE)
     ))
     c.optim = optim_config()
-    c.ema = ml_collections.ConfigDict(dict(start=0.996, end=1.0))  # ijepa only: momentum, linear over training
-    c.teacher = ml_collections.ConfigDict(dict(
-        # Path of a frozen teacher: an exported encoder directory (``<run>/encoder``). Empty: stage 1 trains a
-        # pixel-reconstruction teacher into ``<workdir>/teacher`` first (reused when already there).
-        checkpoint="",
-        # Directory of precomputed teacher targets (``python -m usjepa_jax.encoders cache``, encoders/cache.py):
-        # the teacher then never runs (nor is loaded); augmentation must be off and the data config must match.
-        cache="",
-        # Stage 1 (SALT): the teacher's encoder, its light pixel decoder and its own optimisation.
-        model=model_config("B/16"),
-        decoder=predictor_config(width=384, depth=4, num_heads=12),
-        optim=optim_config(),
-        # Stage-1 pixel targets per-patch normalised (MAE). On small, briefly trained teachers the normalised
-        # target is mostly speckle, which cannot be predicted, and the encoder's output can collapse to a
-        # constant: raw pixels (False) keep the predictable anatomy (patch brightness) in the target.
-        normalize_pixels=True,
-    ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     c.sharding = ml_collections.ConfigDict(dict(strategy="replicate"))  # replicate (data parallel) | fsdp
     c.log_every = 50
@@ -179,12 +204,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 1000  # validation loss on data.num_val held-out images; the best encoder -> encoder_best/
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, max_to_keep=3, keep_period=0, async_save=True))
     c.evals = default_eval_config()  # frozen-encoder evaluation (python -m usjepa_jax.evaluate, evaluation/)
+    for method in METHODS.values():
+        method.add_keys(c)
     return c
 
 
 def encoder_kwargs(model_cfg: ml_collections.ConfigDict) -> dict:
     """Keyword arguments of ``VisionTransformer`` from a model config (variant + non-None overrides)."""
-    kwargs = vit.parse_variant(model_cfg.variant)
+    kwargs = parse_variant(model_cfg.variant)
     for key in ("width", "depth", "mlp_dim", "num_heads"):
         if model_cfg[key] is not None:
             kwargs[key] = model_cfg[key]
@@ -205,10 +232,10 @@ def _validate_model(prefix: str, model_cfg: ml_collections.ConfigDict, image_siz
         raise ValueError(f"config.{prefix}.variant: {e}") from None
     _check(model_cfg.posemb in ("sincos2d", "learn"), f"{prefix}.posemb", model_cfg.posemb, "sincos2d or learn")
     _check(model_cfg.dtype in DTYPES, f"{prefix}.dtype", model_cfg.dtype, f"one of {DTYPES}")
-    _check(model_cfg.attention in vit.ATTENTION_IMPLS, f"{prefix}.attention", model_cfg.attention,
-           f"one of {vit.ATTENTION_IMPLS}")
-    _check(model_cfg.remat_policy in vit.REMAT_POLICIES, f"{prefix}.remat_policy", model_cfg.remat_policy,
-           f"one of {vit.REMAT_POLICIES}")
+    _check(model_cfg.attention in ATTENTION_IMPLS, f"{prefix}.attention", model_cfg.attention,
+           f"one of {ATTENTION_IMPLS}")
+    _check(model_cfg.remat_policy in REMAT_POLICIES, f"{prefix}.remat_policy", model_cfg.remat_policy,
+           f"one of {REMAT_POLICIES}")
     _check(kwargs["width"] % kwargs["num_heads"] == 0, f"{prefix}.width", kwargs["width"],
            f"divisible by num_heads={kwargs['num_heads']}")
     _check(image_size % kwargs["patch_size"] == 0, "data.image_size", image_size,
@@ -229,9 +256,8 @@ def _validate_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raise ValueError naming the key for any invalid value. Cheap: runs before any device work."""
-    _check(config.method in targets.METHODS, "method", config.method, f"one of {tuple(targets.METHODS)}")
-    _check(config.loss.kind in objectives.LOSS_KINDS, "loss.kind", config.loss.kind,
-           f"one of {objectives.LOSS_KINDS}")
+    _check(config.method in METHODS, "method", config.method, f"one of {tuple(METHODS)}")
+    _check(config.loss.kind in LOSS_KINDS, "loss.kind", config.loss.kind, f"one of {LOSS_KINDS}")
     _validate_model("model", config.model, config.data.image_size)
     _validate_optim("optim", config.optim)
     _check(config.sharding.strategy in ("replicate", "fsdp"), "sharding.strategy", config.sharding.strategy,
@@ -240,28 +266,126 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.profile_steps >= 0, "profile_steps", config.profile_steps, "0 (off) or a number of steps")
     _check(config.eval_every >= 0, "eval_every", config.eval_every, "0 (off) or a number of steps")
     _check(config.checkpoint.every >= 1, "checkpoint.every", config.checkpoint.every, "at least 1")
-    _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")
     if "evals" in config:
         validate_eval_config(config.evals)
     framing.validate(config.data, TASK_NAMES)
+    METHODS[config.method].validate(config)
+
+
+def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """The run that ``config`` needs before its own (SALT's pixel teacher for ``usjepa`` without a teacher), or
+    None: the one place that says whether a run has a stage 1 (``Method.stage1``)."""
+    return METHODS[config.method].stage1(config)
+
+
+# ------------------------------------------------------------------------------------------------ methods
+def _no_keys(config: ml_collections.ConfigDict) -> None:
+    """Nothing to add or check."""
+
+
+def _no_variants(config: ml_collections.ConfigDict, variants: set[str]) -> None:
+    """Nothing of the method's own to shrink."""
+
+
+def _no_stage1(config: ml_collections.ConfigDict) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A training method (``config.method``) as the schema knows it, registered by the module that defines it.
+
+    ``source``: its ``targets.TargetSource`` class, or ``"module:Class"`` for one imported only when a run builds
+    it (``targets.from_config``), so that this schema stays free of jax. ``add_keys(config)``: adds the method's
+    own keys to a default config (every registered method's keys are in every config, so ``--config.method=X``
+    works on any config file); ``validate(config)``: checks them, only when the method is chosen, raising the
+    one-line ``ValueError`` that names the key (``check``); ``apply_variants(config, variants)``: what ``:smoke``
+    and ``:runlocal`` change in them; ``stage1(config)``: the run it needs first, or None.
+    """
+
+    name: str
+    source: Any
+    add_keys: Callable[[ml_collections.ConfigDict], None] = _no_keys
+    validate: Callable[[ml_collections.ConfigDict], None] = _no_keys
+    apply_variants: Callable[[ml_collections.ConfigDict, set[str]], None] = _no_variants
+    stage1: Callable[[ml_collections.ConfigDict], ml_collections.ConfigDict | None] = _no_stage1
+
+
+METHODS: dict[str, Method] = {}  # config.method -> Method
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` known to ``default_config``, ``validate`` and ``targets.from_config`` (re-registering a
+    name replaces it: a module reloaded in a notebook)."""
+    METHODS[method.name] = method
+    return method
+
+
+check = _check  # for methods' own validation: raise ValueError("config.KEY=VALUE is invalid: EXPECTED.")
+
+
+def _usjepa_keys(c: ml_collections.ConfigDict) -> None:
+    c.teacher = ml_collections.ConfigDict(dict(
+        # Path of a frozen teacher: an exported encoder directory (``<run>/encoder``). Empty: stage 1 trains a
+        # pixel-reconstruction teacher into ``<workdir>/teacher`` first (reused when already there).
+        checkpoint="",
+        # Directory of precomputed teacher targets (``python -m usjepa_jax.encoders cache``, encoders/cache.py):
+        # the teacher then never runs (nor is loaded); augmentation must be off and the data config must match.
+        cache="",
+        # Stage 1 (SALT): the teacher's encoder, its light pixel decoder and its own optimisation.
+        model=model_config("B/16"),
+        decoder=predictor_config(width=384, depth=4, num_heads=12),
+        optim=optim_config(),
+        # Stage-1 pixel targets per-patch normalised (MAE). On small, briefly trained teachers the normalised
+        # target is mostly speckle, which cannot be predicted, and the encoder's output can collapse to a
+        # constant: raw pixels (False) keep the predictable anatomy (patch brightness) in the target.
+        normalize_pixels=True,
+    ))
+
+
+def _validate_usjepa(config: ml_collections.ConfigDict) -> None:
+    """A cache holds un-augmented targets; a teacher trained here (stage 1) is a model of its own to check."""
     if config.teacher.cache:
-        _check(config.method == "usjepa", "teacher.cache", config.teacher.cache,
-               "empty unless method='usjepa' (only a frozen teacher's targets can be precomputed)")
         _check(not config.data.augment.enabled, "data.augment.enabled", config.data.augment.enabled,
                "False with teacher.cache: the augmentations (random resized crop, flips, blur, speckle, contrast) "
                "change the images on the fly, but the cached targets are the teacher's embeddings of the "
                "un-augmented images; turn augmentation off or drop teacher.cache")
-    if config.method == "usjepa" and not config.teacher.checkpoint and not config.teacher.cache:
+    if _trains_its_teacher(config):
         _validate_model("teacher.model", config.teacher.model, config.data.image_size)
         _validate_optim("teacher.optim", config.teacher.optim)
-        _check(vit.parse_variant(config.teacher.model.variant)["patch_size"]
-               == vit.parse_variant(config.model.variant)["patch_size"], "teacher.model.variant",
+        _check(parse_variant(config.teacher.model.variant)["patch_size"]
+               == parse_variant(config.model.variant)["patch_size"], "teacher.model.variant",
                config.teacher.model.variant, "the same patch size as model.variant (targets are per patch)")
 
 
-def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The SALT stage-1 run derived from a US-JEPA config: pixel reconstruction with the teacher's encoder,
-    decoder and optimisation, the same data, masks, mesh and checkpointing."""
+def _validate_teacher_unused(config: ml_collections.ConfigDict) -> None:
+    """Other methods than usjepa run no frozen teacher, so none can be cached."""
+    _check(not config.teacher.cache, "teacher.cache", config.teacher.cache,
+           "empty unless method='usjepa' (only a frozen teacher's targets can be precomputed)")
+
+
+def _usjepa_variants(c: ml_collections.ConfigDict, variants: set[str]) -> None:
+    """The teacher's model and optimisation as ``apply_variants`` sets the student's."""
+    if "smoke" in variants:
+        c.teacher.model.variant, c.teacher.model.depth = "mu/8", None
+        c.teacher.decoder = predictor_config(width=32, depth=1, num_heads=2)
+    if variants & {"smoke", "runlocal"}:
+        c.teacher.model.dtype = "float32"
+        o = c.teacher.optim
+        o.batch_size, o.total_steps, o.warmup_steps = 8, 4, 1
+        o.grad_accum_steps = 1  # 8 images a step, sharded over up to 8 devices
+
+
+def _trains_its_teacher(config: ml_collections.ConfigDict) -> bool:
+    """No teacher given (no checkpoint, no cache): stage 1 trains one."""
+    return not config.teacher.checkpoint and not config.teacher.cache
+
+
+def _usjepa_stage1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+    """SALT stage 1 when no teacher is given: pixel reconstruction with the teacher's encoder, decoder and
+    optimisation, the same data, masks, mesh and checkpointing."""
+    if not _trains_its_teacher(config):
+        return None
     stage1 = ml_collections.ConfigDict(config.to_dict())
     stage1.method = "pixel"
     stage1.model = config.teacher.model
@@ -269,6 +393,26 @@ def stage1_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     stage1.optim = config.teacher.optim
     stage1.loss.normalize_pixels = config.teacher.normalize_pixels
     return stage1
+
+
+def _ijepa_keys(c: ml_collections.ConfigDict) -> None:
+    c.ema = ml_collections.ConfigDict(dict(start=0.996, end=1.0))  # momentum, linear over training
+
+
+def _validate_ijepa(config: ml_collections.ConfigDict) -> None:
+    _check(0 <= config.ema.start <= config.ema.end <= 1, "ema", dict(config.ema), "0 <= start <= end <= 1")
+    _validate_teacher_unused(config)
+
+
+def _pixel_keys(c: ml_collections.ConfigDict) -> None:
+    c.loss.normalize_pixels = True  # per-patch normalised targets (MAE)
+
+
+# The built-in methods, whose sources are in targets.py; the order is the order of their keys in a config.
+register_method(Method("usjepa", "usjepa_jax.targets:FrozenTeacher", _usjepa_keys, _validate_usjepa,
+                       _usjepa_variants, _usjepa_stage1))
+register_method(Method("ijepa", "usjepa_jax.targets:EMATeacher", _ijepa_keys, _validate_ijepa))
+register_method(Method("pixel", "usjepa_jax.targets:Pixels", _pixel_keys, _validate_teacher_unused))
 
 
 def run_config(workdir: str | Path) -> ml_collections.ConfigDict:

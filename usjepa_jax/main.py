@@ -12,7 +12,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from usjepa_jax import cli, sharding, storage
+from usjepa_jax import cli, storage
 from usjepa_jax import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -38,7 +38,7 @@ def _multi_process_launcher() -> bool:
 
 def initialize_distributed() -> None:
     """``jax.distributed.initialize`` when this is one of several processes (must precede any other jax use)."""
-    import jax
+    import jax  # here: flag and config errors come before jax loads
 
     if _COORDINATOR.value:
         if jax.config.jax_platforms == "cpu" or os.environ.get("JAX_PLATFORMS") == "cpu":
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
     initialize_distributed()
     import jax
 
-    from usjepa_jax import train  # deferred so that flag/config errors come first and fast
+    from usjepa_jax import sharding, train  # deferred (as jax): flag and config errors come first and fast
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)  # one process logs progress

@@ -19,9 +19,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from usjepa_jax.config import LOSS_KINDS
 from usjepa_jax.models.vit import patchify  # pixel targets in the patch embedding's order
-
-LOSS_KINDS = ("smooth_l1", "l1", "l2")
 
 
 def elementwise_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
@@ -47,10 +46,9 @@ def layer_norm_no_affine(x: jax.Array, eps: float = 1e-5) -> jax.Array:
 def standardize_features(x: jax.Array, valid: jax.Array, eps: float = 1e-5) -> jax.Array:
     """``x [B, M, T, D]`` -> each feature at zero mean and unit variance over the valid patches of the batch.
 
-    Why: the layer norm above works per token, so a direction that *every* token shares survives it. The base
-    config's 150-step pixel teacher puts 99.9% of its layer-normed output energy in such a shared direction
-    (measured on 64 images: 0.001 variance per feature across tokens, against 1.0 for the mean token), so
-    regressing onto it is trivial (stage-2 loss 0.0003 by step 80) and the student learns next to nothing.
+    Why: the layer norm above works per token, so a direction that *every* token shares survives it. A briefly
+    trained pixel teacher (the base config's stage 1) puts nearly all of its layer-normed output energy in such a
+    shared direction, so regressing onto it is trivial and the student learns next to nothing (docs/regime.md).
     Standardising over the batch removes the shared part and weighs the directions that tell tokens apart
     equally. Statistics use the valid patches only (padding changes nothing) and the global batch (under jit
     with a sharded batch, XLA reduces across devices), and carry no gradient (the targets are constants).

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 from etils import epath
 
+from usjepa_jax.errors import UserError
+
 # URI prefix -> (fsspec protocol, what to pip install for it)
 BACKENDS = {
     "gs://": ("gs", "'usjepa_jax[gcs]' (gcsfs)"),
@@ -68,8 +70,6 @@ def require_local(p: str | os.PathLike, what: str) -> None:
 
 def check_workdir(workdir: str) -> None:
     """A workdir that cannot become a run folder fails here, naming it, before anything is built or written."""
-    from usjepa_jax.errors import UserError
-
     if not workdir.strip():
         raise UserError("--workdir is empty: pass the run's directory (created when missing).")
     if is_remote(workdir):

@@ -17,26 +17,30 @@ A source has
 - ``batch_keys`` / ``pipeline_transform(split)``: extra per-example inputs the data pipeline must attach (the
   cached targets).
 
-The sources (``config.method`` picks one through ``METHODS``):
+The sources (``config.method`` picks one through ``config.METHODS``, where each method is registered with its
+config keys, their checks and its stage 1):
 - ``FrozenTeacher`` (``usjepa``): a frozen encoder's patch embeddings (US-JEPA, SALT stage 2);
 - ``CachedTeacher`` (``usjepa`` with ``teacher.cache``): the same embeddings, precomputed once per image
   (``encoders/cache.py``); the teacher never runs and its weights never reach a device;
 - ``EMATeacher`` (``ijepa``): an exponential moving average of the student's encoder (I-JEPA);
 - ``Pixels`` (``pixel``): the per-patch (normalised) pixels, with an MSE loss (MAE-style, SALT stage 1).
 
-Adding a method: subclass ``TargetSource``, implement ``targets`` (and ``width``; ``prepare``,
-``per_patch_loss``, ``update`` and state when they differ), give it a ``from_config`` and add it to ``METHODS``
-under the new ``config.method`` value. See the README's Quick tour and docs/method.md.
+Adding a method: one module that subclasses ``TargetSource``, implements ``targets`` (and ``width``; ``prepare``,
+``per_patch_loss``, ``update`` and state when they differ), gives it a ``from_config`` and registers it with its
+own config keys and checks (``config.register_method``), and a config file that imports that module:
+docs/adding_a_method.md.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from usjepa_jax import config as config_lib
 from usjepa_jax import objectives
 from usjepa_jax.encoders import FrozenEncoder, load_encoder, normalize_images
 from usjepa_jax.encoders import cache as teacher_cache
@@ -202,9 +206,15 @@ class Pixels(TargetSource):
         return objectives.elementwise_loss(pred.astype(jnp.float32), target, "l2").mean(axis=-1)
 
 
-METHODS = {"usjepa": FrozenTeacher, "ijepa": EMATeacher, "pixel": Pixels}  # config.method -> source
+def source_class(method: str) -> type[TargetSource]:
+    """The ``TargetSource`` class registered for ``method`` (``config.register_method``), imported if named."""
+    source = config_lib.METHODS[method].source
+    if isinstance(source, str):
+        module, _, name = source.partition(":")
+        source = getattr(importlib.import_module(module), name)
+    return source
 
 
 def from_config(config: ml_collections.ConfigDict, encoder: VisionTransformer) -> TargetSource:
     """The target source of ``config.method`` for the student ``encoder`` (loads the teacher or opens its cache)."""
-    return METHODS[config.method].from_config(config, encoder)
+    return source_class(config.method).from_config(config, encoder)

@@ -361,20 +361,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     """
     config_lib.validate(config)
     workdir = storage.path(workdir)  # local or a bucket (gs://), through etils.epath
-    if config.method == "usjepa" and not config.teacher.checkpoint and not config.teacher.cache:
-        config = train_stage1(config, workdir, on_log)
+    stage1 = config_lib.stage1_config(config)  # the one rule for a stage 1 (config.Method.stage1)
+    if stage1 is not None:
+        config = train_stage1(config, stage1, workdir, on_log)
     return train(config, workdir, on_log)
 
 
-def train_stage1(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None) -> ml_collections.ConfigDict:
-    """SALT stage 1: the pixel-reconstruction teacher in ``<workdir>/teacher`` (trained, resumed, or reused when
-    its encoder is already exported). Returns the stage-2 config, its ``teacher.checkpoint`` that encoder."""
+def train_stage1(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, workdir: Path,
+                 on_log: OnLog | None) -> ml_collections.ConfigDict:
+    """SALT stage 1: the pixel-reconstruction teacher (``stage1``, ``config_lib.stage1_config``) in
+    ``<workdir>/teacher`` (trained, resumed, or reused when its encoder is already exported). Returns the stage-2
+    config, its ``teacher.checkpoint`` that encoder."""
     stage1_dir = workdir / TEACHER_DIR
     if is_exported_encoder(stage1_dir / ENCODER_DIR):
         logging.info("Stage 1: reusing the pixel teacher in %s", stage1_dir / ENCODER_DIR)
     else:
         logging.info("Stage 1: training the pixel-reconstruction teacher in %s", stage1_dir)
-        train(config_lib.stage1_config(config), stage1_dir, on_log)
+        train(stage1, stage1_dir, on_log)
     logging.info("Stage 2: training the student against the frozen teacher")
     config = config.copy_and_resolve_references()
     config.teacher.checkpoint = str(stage1_dir / ENCODER_DIR)

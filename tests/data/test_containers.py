@@ -6,23 +6,9 @@ import zlib
 import numpy as np
 import pytest
 
+from tests.conftest import write_video
 from usjepa_jax.data import containers, decoders, prepare, scanning
 from usjepa_jax.data import sources as src
-
-
-def write_video(path, frames, codec="ffv1", fps=10):
-    av = pytest.importorskip("av")
-    h, w = frames[0].shape
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = w, h
-        stream.pix_fmt = "yuv420p" if codec != "ffv1" else "gray"
-        for f in frames:
-            frame = av.VideoFrame.from_ndarray(f, format="gray")
-            for packet in stream.encode(frame.reformat(format=stream.pix_fmt)):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def write_mhd(folder, stem, array, compressed=False, element_type="MET_SHORT", local=False):

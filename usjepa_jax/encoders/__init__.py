@@ -31,10 +31,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from usjepa_jax import storage
+from usjepa_jax import checkpointing, storage
+from usjepa_jax import config as config_lib
 from usjepa_jax.encoders import convert, formats
 from usjepa_jax.errors import UserError
 from usjepa_jax.layout import CHECKPOINTS_DIR, ENCODER_DIR, MODEL_FILE, PARAMS_DIR
@@ -225,11 +227,6 @@ def is_train_checkpoint(path: str | Path) -> bool:
 def _read_train_checkpoint(path: Path, mean: Stat | None, std: Stat | None) -> EncoderWeights:
     """The student encoder of one train checkpoint, restored as saved (no trainer built); its architecture and
     input normalisation come from the config recorded in the checkpoint's metadata."""
-    import ml_collections
-
-    from usjepa_jax import checkpointing
-    from usjepa_jax import config as config_lib
-
     step = int(path.name)
     manager = checkpointing.make_manager(path.parent, async_save=False)
     try:
@@ -319,15 +316,13 @@ def check_params_fit(module: VisionTransformer, params: Any, in_channels: int, i
     """Raise ``UserError`` naming ``where`` when ``params`` are not ``module``'s (e.g. a ``model.json`` recording
     another width than its ``params/`` hold): found at load, from shapes alone, not at a training run's first step.
     """
-    from usjepa_jax.checkpointing import tree_mismatch
-
     size = _square(image_size)
     if size is None:  # learned embeddings: their own grid, taken as square; any grid fits a sin-cos embedding
         side = math.isqrt(np.shape(params["pos_embed"])[1]) if "pos_embed" in params else 1
         size = (side * module.patch_size,) * 2
     images = jax.ShapeDtypeStruct((1, *size, in_channels), jnp.float32)
     wanted = jax.eval_shape(module.init, jax.random.key(0), images)["params"]
-    mismatch = tree_mismatch(params, wanted, show=2, saved="weights", wanted="architecture", dtypes=False)
+    mismatch = checkpointing.tree_mismatch(params, wanted, show=2, saved="weights", wanted="architecture", dtypes=False)
     if mismatch:
         raise UserError(f"Encoder {where}: its weights do not fit the architecture it records (width {module.width}, "
                         f"depth {module.depth}, patch {module.patch_size}): {'; '.join(mismatch)}.")

@@ -2,7 +2,7 @@
 targets.
 
     python -m usjepa_jax.encoders convert --input vit_b16.safetensors --output teachers/urfm \\
-        [--format auto] [--num-heads 12] [--image-size 224] [--mean 0.5 0.5 0.5 --std 0.5 0.5 0.5]
+        [--format auto] [--num-heads 12] [--image-size 224] [--mean 0.5,0.5,0.5 --std 0.5,0.5,0.5]
     python -m usjepa_jax.encoders export --workdir runs/usjepa --output usjepa_vit [--which encoder]   # HF folder
     python -m usjepa_jax.encoders export --workdir runs/usjepa --output usjepa_vit.safetensors      # one file
     python -m usjepa_jax.encoders inspect PATH
@@ -30,18 +30,24 @@ or to ``FILE.safetensors`` with the same JSON as ``FILE.json`` next to it::
 of the split(s) as the pipeline produces them (no augmentation, no masks) and writes the patch embeddings in
 bfloat16 ArrayRecord shards + ``cache.json`` (see ``usjepa_jax/encoders/cache.py``); train with
 ``--config.teacher.cache=DIR`` and the teacher never runs.
+
+Each command's flags (absl, as ``main`` and ``evaluate``) live in their own ``FlagValues``, so a command parses only
+its own flags and importing this module defines nothing in ``absl.flags.FLAGS``; ``cache`` takes ``--config`` and
+its ``--config.KEY=VALUE`` overrides as ``usjepa_jax.main`` does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from absl import flags
+from ml_collections import config_flags
 
 from usjepa_jax import storage
 from usjepa_jax.encoders import (
@@ -53,13 +59,19 @@ from usjepa_jax.encoders import (
     read_encoder,
     read_exported_encoder,
 )
+from usjepa_jax.encoders import cache
 from usjepa_jax.encoders import convert as convert_lib
 from usjepa_jax.layout import ENCODER_DIR, TEACHER_DIR
 
 
-def _stat_arg(values: list[float] | None) -> Any:
+PROG = "python -m usjepa_jax.encoders"
+
+
+def _stat_arg(values: list[str] | None) -> Any:
+    """``--mean 0.5`` or ``--mean 0.485,0.456,0.406``: a scalar or a per-channel tuple."""
     if values is None:
         return None
+    values = [float(v) for v in values]
     return values[0] if len(values) == 1 else tuple(values)
 
 
@@ -79,8 +91,8 @@ def describe(enc: Any, content_hash: str) -> str:
     return "\n".join(lines)
 
 
-def cmd_convert(args: argparse.Namespace) -> None:
-    enc = read_encoder(args.input, image_size=args.image_size, num_heads=args.num_heads,
+def cmd_convert(args: flags.FlagValues) -> None:
+    enc = read_encoder(args.input, image_size=args["image-size"].value, num_heads=args["num-heads"].value,
                        mean=_stat_arg(args.mean), std=_stat_arg(args.std), fmt=args.format, resample=args.resample)
     module = convert_lib.VisionTransformer(**enc.vit)
     source = {k: v for k, v in enc.source.items() if v}
@@ -142,9 +154,9 @@ def export_timm(encoder_dir: str | Path, output: str | Path, image_size: int | N
     return meta
 
 
-def cmd_export(args: argparse.Namespace) -> None:
+def cmd_export(args: flags.FlagValues) -> None:
     directory = _encoder_dir(storage.path(args.workdir), args.which)
-    meta = export_timm(directory, args.output, args.image_size)
+    meta = export_timm(directory, args.output, args["image-size"].value)
     print(f"exported:      {directory}")
     print(f"timm args:     {json.dumps(meta['model_args'])}")
     out = storage.absolute(args.output)
@@ -154,39 +166,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote:         {written}")
 
 
-def cmd_inspect(args: argparse.Namespace) -> None:
-    enc = read_encoder(args.path, num_heads=args.num_heads, fmt=args.format)
+def cmd_inspect(args: flags.FlagValues, path: str) -> None:
+    enc = read_encoder(path, num_heads=args["num-heads"].value, fmt=args.format)
     print(describe(enc, params_hash(enc.params)))
 
 
-def load_config(spec: str, overrides: list[str]) -> Any:
-    """``configs/x.py[:arg]`` plus ``--config.key=value`` overrides, parsed as ``usjepa_jax.main`` parses them."""
-    from absl import flags
-    from ml_collections import config_flags
-
-    bad = [o for o in overrides if not o.startswith("--config.")]
-    if bad:
-        raise SystemExit(f"error: unrecognized arguments: {' '.join(bad)}")
-    fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", None, "config file", flag_values=fv, lock_config=True)
-    try:
-        fv(["cache", f"--config={spec}", *overrides])
-    except flags.Error as err:
-        raise SystemExit(f"error: {err}") from None
+def cmd_cache(args: flags.FlagValues) -> None:
     flags.FLAGS.mark_as_parsed()  # grain's multiprocess prefetch (data.worker_count > 0) reads absl flags
-    return fv.config
-
-
-def cmd_cache(args: argparse.Namespace, overrides: list[str]) -> None:
-    from usjepa_jax.encoders import cache
-
-    config = load_config(args.config, overrides)
+    config = args.config
     if config.data.augment.enabled:
         print("note:          data.augment.enabled=True is ignored here: the cache holds the un-augmented images' "
               "targets (training from it requires augmentation off)", file=sys.stderr)
     manifest = cache.write_cache(config, args.output, teacher_path=args.teacher, splits=args.split.split(","),
-                                 batch_size=args.batch_size, normalize=args.normalize,
-                                 images_per_shard=args.images_per_shard)
+                                 batch_size=args["batch-size"].value, normalize=args.normalize,
+                                 images_per_shard=args["images-per-shard"].value)
     sizes = ", ".join(f"{k} {v['num_images']}" for k, v in manifest["splits"].items())
     print(f"teacher:       {manifest['teacher']['path']} (hash {manifest['teacher']['content_hash'][:12]})")
     print(f"targets:       {manifest['tokens']} tokens x {manifest['width']} ({manifest['dtype']}, "
@@ -194,60 +187,99 @@ def cmd_cache(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote:         {Path(args.output).absolute()} (use as config.teacher.cache)")
 
 
+def _convert_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("input", None, ".safetensors/.npz/.pth file, exported encoder or HF directory",
+                        required=True, flag_values=fv)
+    flags.DEFINE_string("output", None, "exported encoder directory to write", required=True, flag_values=fv)
+    flags.DEFINE_enum("format", "auto", formats.FORMATS, "checkpoint format", flag_values=fv)
+    flags.DEFINE_integer("num-heads", None, "attention heads (not in the weights; default: sidecar JSON, else the "
+                         "VARIANTS entry of the same width/depth, else width // 64)", flag_values=fv)
+    flags.DEFINE_integer("image-size", None, "resolution the teacher will see; learned pos_embed is resampled to "
+                         "its grid", flag_values=fv)
+    flags.DEFINE_enum("resample", "bicubic", convert_lib.RESAMPLE_METHODS, "pos_embed resampling", flag_values=fv)
+    flags.DEFINE_list("mean", None, f"input mean, one or per channel, comma separated (default: sidecar JSON, else "
+                      f"ImageNet {IMAGENET_MEAN})", flag_values=fv)
+    flags.DEFINE_list("std", None, "input std, one or per channel, comma separated", flag_values=fv)
+
+
+def _export_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("workdir", None, "training run directory (or an exported encoder directory)", required=True,
+                        flag_values=fv)
+    flags.DEFINE_string("output", None, "a folder (Hugging Face / timm: config.json + model.safetensors) or "
+                        "FILE.safetensors (FILE.json is written next to it)", required=True, flag_values=fv)
+    flags.DEFINE_enum("which", "encoder", ["encoder", "teacher"], "encoder: RUN/encoder; teacher: "
+                      "RUN/teacher/encoder (the stage-1 pixel teacher)", flag_values=fv)
+    flags.DEFINE_integer("image-size", None, "needed for sin-cos encoders whose model.json records no image_size",
+                         flag_values=fv)
+
+
+def _inspect_flags(fv: flags.FlagValues) -> None:
+    flags.DEFINE_enum("format", "auto", formats.FORMATS, "checkpoint format", flag_values=fv)
+    flags.DEFINE_integer("num-heads", None, "attention heads (default: as convert finds them)", flag_values=fv)
+
+
+def _cache_flags(fv: flags.FlagValues) -> None:
+    config_flags.DEFINE_config_file("config", None, "experiment config, configs/NAME.py[:arg] (and "
+                                    "--config.KEY=VALUE overrides)", flag_values=fv, lock_config=True)
+    flags.mark_flag_as_required("config", flag_values=fv)
+    flags.DEFINE_string("output", None, "cache directory to write (use as config.teacher.cache)", required=True,
+                        flag_values=fv)
+    flags.DEFINE_string("teacher", None, "teacher checkpoint (default: config.teacher.checkpoint)", flag_values=fv)
+    flags.DEFINE_string("split", "train,val", "comma-separated splits (val is needed for the validation loss when "
+                        "eval_every > 0)", flag_values=fv)
+    flags.DEFINE_integer("batch-size", 64, "images per teacher forward", flag_values=fv)
+    flags.DEFINE_bool("normalize", False, "store layer-normalised targets (as the loss uses them) instead of raw "
+                      "embeddings", flag_values=fv)
+    flags.DEFINE_integer("images-per-shard", 4096, "images per ArrayRecord shard", flag_values=fv)
+
+
+# command -> (what it does, its flags, what it runs, its positional arguments)
+COMMANDS: dict[str, tuple[str, Callable, Callable, tuple[str, ...]]] = {
+    "convert": ("convert a checkpoint to an exported encoder directory", _convert_flags, cmd_convert, ()),
+    "export": ("write a run's encoder as a timm state dict (safetensors) + JSON args", _export_flags, cmd_export,
+               ()),
+    "inspect": ("print what a checkpoint holds", _inspect_flags, cmd_inspect, ("PATH",)),
+    "cache": ("precompute the frozen teacher's targets of a dataset split", _cache_flags, cmd_cache, ()),
+}
+
+
+def _usage() -> str:
+    return f"usage: {PROG} {{{','.join(COMMANDS)}}} [flags]\n\n" + "\n".join(
+        f"  {name:8s} {help_}" for name, (help_, *_rest) in COMMANDS.items())
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m usjepa_jax.encoders", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("convert", help="convert a checkpoint to an exported encoder directory")
-    c.add_argument("--input", required=True, help=".safetensors/.npz/.pth file, exported encoder or HF directory")
-    c.add_argument("--output", required=True, help="exported encoder directory to write")
-    c.add_argument("--format", default="auto", choices=formats.FORMATS)
-    c.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads (not in the weights; default: sidecar JSON, else the VARIANTS entry of "
-                        "the same width/depth, else width // 64)")
-    c.add_argument("--image-size", type=int, default=None,
-                   help="resolution the teacher will see; learned pos_embed is resampled to its grid")
-    c.add_argument("--resample", default="bicubic", choices=convert_lib.RESAMPLE_METHODS)
-    c.add_argument("--mean", type=float, nargs="+", default=None,
-                   help=f"input mean, one or per channel (default: sidecar JSON, else ImageNet {IMAGENET_MEAN})")
-    c.add_argument("--std", type=float, nargs="+", default=None, help="input std, one or per channel")
-    c.set_defaults(func=cmd_convert)
-    e = sub.add_parser("export", help="write a run's encoder as a timm state dict (safetensors) + JSON args")
-    e.add_argument("--workdir", required=True, help="training run directory (or an exported encoder directory)")
-    e.add_argument("--output", required=True, help="a folder (Hugging Face / timm: config.json + model.safetensors) "
-                   "or FILE.safetensors (FILE.json is written next to it)")
-    e.add_argument("--which", default="encoder", choices=("encoder", "teacher"),
-                   help="encoder: RUN/encoder; teacher: RUN/teacher/encoder (the stage-1 pixel teacher)")
-    e.add_argument("--image-size", type=int, default=None,
-                   help="needed for sin-cos encoders whose model.json records no image_size")
-    e.set_defaults(func=cmd_export)
-    i = sub.add_parser("inspect", help="print what a checkpoint holds")
-    i.add_argument("path")
-    i.add_argument("--format", default="auto", choices=formats.FORMATS)
-    i.add_argument("--num-heads", type=int, default=None)
-    i.set_defaults(func=cmd_inspect)
-    k = sub.add_parser("cache", help="precompute the frozen teacher's targets of a dataset split",
-                       description="Also takes --config.KEY=VALUE overrides, as usjepa_jax.main does.")
-    k.add_argument("--config", required=True, help="experiment config, configs/NAME.py[:arg]")
-    k.add_argument("--output", required=True, help="cache directory to write (use as config.teacher.cache)")
-    k.add_argument("--teacher", default=None, help="teacher checkpoint (default: config.teacher.checkpoint)")
-    k.add_argument("--split", default="train,val",
-                   help="comma-separated splits (val is needed for the validation loss when eval_every > 0)")
-    k.add_argument("--batch-size", type=int, default=64, help="images per teacher forward")
-    k.add_argument("--normalize", action="store_true",
-                   help="store layer-normalised targets (as the loss uses them) instead of raw embeddings")
-    k.add_argument("--images-per-shard", type=int, default=4096)
-    k.set_defaults(func=cmd_cache)
-    args, extra = parser.parse_known_args(argv)
-    if args.command != "cache":
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        if argv and argv[0] in ("--help", "-h"):
+            print(f"{_usage()}\n\n{__doc__}")
+            return
+        print(_usage(), file=sys.stderr)
+        _fail(f"the first argument is the command, one of {', '.join(COMMANDS)}")
+    command, argv = argv[0], argv[1:]
+    help_, define, run, positional = COMMANDS[command]
+    fv = flags.FlagValues()
+    define(fv)
+    if "--help" in argv or "-h" in argv:
+        print(f"usage: {PROG} {command} {' '.join(positional)} [flags]\n\n{help_}\n\n{fv.get_help()}")
+        return
+    try:
+        rest = fv([f"{PROG} {command}", *argv])[1:]
+    except flags.Error as err:  # an unknown or bad flag, a missing required one, a config file's error
+        _fail(str(err).splitlines()[0])
+    if len(rest) != len(positional):
+        _fail(f"{command} takes {' '.join(positional) or 'no positional arguments'}, got {rest}")
+    if command != "cache":
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work (the cache uses accelerators)
     try:
-        args.func(args, extra) if args.command == "cache" else args.func(args)
+        run(fv, *rest)
     except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(err))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from array_record.python import array_record_module
 
 from usjepa_jax import objectives, run_log, sharding
 from usjepa_jax.data.pipeline import build_dataset
@@ -217,8 +218,6 @@ def write_cache(config: ml_collections.ConfigDict, output: str | Path, *, teache
     stores layer-normalised embeddings (over features, no affine, as the loss does) instead of raw ones. Writing
     into a directory that already holds a compatible cache adds (or replaces) the given splits.
     """
-    from array_record.python import array_record_module
-
     teacher_path = teacher_path or config.teacher.checkpoint
     if not teacher_path:
         raise ValueError("No teacher: pass --teacher PATH or --config.teacher.checkpoint=PATH (an exported encoder "

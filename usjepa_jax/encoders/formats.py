@@ -17,6 +17,7 @@ import json
 import pickle
 import re
 import struct
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,6 @@ def detect_format(path: str | Path) -> str:
     with path.open("rb") as f:
         head = f.read(9)
     if head[:2] == b"PK":  # zip: npz or a torch>=1.6 archive
-        import zipfile
         with path.open("rb") as f, zipfile.ZipFile(f) as z:
             return "npz" if all(n.endswith(".npy") for n in z.namelist()) else "torch"
     if head[:1] == b"\x80":  # a bare pickle (legacy torch.save, or pickle.dump of a state dict)

@@ -19,6 +19,8 @@ import math
 import numpy as np
 import scipy.ndimage
 
+from usjepa_jax.data.seeding import derive_seed
+
 CONTRAST_ALPHA = {1: 0.7, 2: 0.5, 3: 0.3}
 SPECKLE_SIGMA_PER_SEVERITY = 0.35
 
@@ -92,7 +94,5 @@ def corrupt(name: str, image: np.ndarray, scan_mask: np.ndarray, severity: int, 
 def corrupt_batch(name: str, images: np.ndarray, scan_masks: np.ndarray, severity: int, seed: int,
                   correlation: float = 1.5) -> np.ndarray:
     """``images [N, H, W(, 1)]`` -> corrupted copies; the speckle of image i depends on (seed, severity, i) only."""
-    from usjepa_jax.data.seeding import derive_seed
-
     return np.stack([corrupt(name, img, m, severity, np.random.default_rng(derive_seed(seed, severity, i)),
                              correlation) for i, (img, m) in enumerate(zip(images, scan_masks))])

@@ -16,7 +16,7 @@ FP + FN) and Dice = 2 TP / (2 TP + FP + FN) over all test pixels, averaged over 
 or the predictions, as the classification metrics are; the background class counts like any other) and
 ``pixel_accuracy``.
 
-Targets: the simulator's tissue map (``Split.segmentation``, codes of ``synthetic.SEGMENTATION_NAMES``) or a real
+Targets: the simulator's tissue map (``Split.segmentation``, codes of ``SEGMENTATION_NAMES``) or a real
 task's masks (labelled.py, UltraBench segmentation tasks), class indices per pixel ``[N, S, S]``.
 """
 
@@ -26,14 +26,26 @@ import dataclasses
 
 import numpy as np
 
+from usjepa_jax.data.simulator.config import SEGMENTATION_NAMES
 from usjepa_jax.evaluation.probe import ProbeConfig, TrainedProbe, train_probe
-from usjepa_jax.evaluation.tasks import patch_fractions
+
+
+def patch_fractions(segmentation: np.ndarray, patch: int, num_codes: int | None = None) -> np.ndarray:
+    """Per patch, the fraction of its pixels of each tissue code.
+
+    ``segmentation`` uint8 ``[N, S, S]`` -> float32 ``[N, (S // patch)^2 * num_codes]``."""
+    num_codes = num_codes or len(SEGMENTATION_NAMES)
+    n, s = segmentation.shape[:2]
+    g = s // patch
+    seg = segmentation[:, :g * patch, :g * patch].reshape(n, g, patch, g, patch)
+    onehot = seg[..., None] == np.arange(num_codes, dtype=segmentation.dtype)
+    return onehot.mean(axis=(2, 4), dtype=np.float32).reshape(n, -1)
 
 
 def patch_targets(segmentation: np.ndarray, patch: int, num_classes: int) -> np.ndarray:
     """Class indices ``[N, S, S]`` -> the fraction of each patch's pixels in each class ``[N, (S // patch)^2, C]``
     (patches in row-major order, as a ViT's tokens; pixels past the last whole patch are dropped): the oracle's
-    per-patch tissue fractions (tasks.patch_fractions), one row per patch."""
+    per-patch tissue fractions (``patch_fractions``), one row per patch."""
     return patch_fractions(np.asarray(segmentation), patch, num_classes).reshape(len(segmentation), -1, num_classes)
 
 

@@ -73,7 +73,6 @@ from usjepa_jax.evaluation.data import EvalData, Split
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("ultrabench", "folders", "list")
 SPLITS = ("train", "val", "test")
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}

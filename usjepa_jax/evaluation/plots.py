@@ -9,16 +9,18 @@ import numpy as np
 from usjepa_jax import storage
 
 
-def _figure(w: float, h: float):
+def figure(w: float, h: float):
+    """A ``w`` x ``h`` inch figure on its own Agg canvas (every figure of evaluation/ and experiments/ starts here)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # here: matplotlib loads only when a figure is drawn
 
     fig = Figure(figsize=(w, h))
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig, path) -> Path:
+def save(fig, path) -> Path:
+    """Lay out ``fig`` and write it to ``path`` (local or a bucket); returns the path."""
     fig.tight_layout()
     storage.save_figure(fig, path, dpi=100)
     return storage.path(path)
@@ -44,7 +46,7 @@ def save_pca_figure(images: np.ndarray, tokens: np.ndarray, patch_size: int, pat
     n = len(images)
     grid = (images.shape[1] // patch_size, images.shape[2] // patch_size)
     rgb = pca_rgb(tokens, grid)
-    fig = _figure(2.4 * n, 4.8)
+    fig = figure(2.4 * n, 4.8)
     for i in range(n):
         ax = fig.add_subplot(2, n, i + 1)
         ax.imshow(np.asarray(images[i]).squeeze(-1) if images.ndim == 4 else images[i], cmap="gray", vmin=0,
@@ -55,12 +57,12 @@ def save_pca_figure(images: np.ndarray, tokens: np.ndarray, patch_size: int, pat
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def save_probe_curves(train_loss: np.ndarray, val_loss: np.ndarray, path, title: str = "linear probe") -> Path:
     """Cross-entropy per epoch, one line per seed (train solid, validation dashed); NaN after early stopping."""
-    fig = _figure(6, 3.5)
+    fig = figure(6, 3.5)
     ax = fig.add_subplot(1, 1, 1)
     for s in range(len(train_loss)):
         epochs = np.arange(1, train_loss.shape[1] + 1)
@@ -71,13 +73,13 @@ def save_probe_curves(train_loss: np.ndarray, val_loss: np.ndarray, path, title:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def save_robustness_bars(results: dict[str, dict[int, tuple[float, float]]], path, metric: str = "macro-F1",
                          title: str = "robustness") -> Path:
     """``results[corruption][severity] = (mean, std)`` -> grouped bars, one group per corruption."""
-    fig = _figure(6, 3.5)
+    fig = figure(6, 3.5)
     ax = fig.add_subplot(1, 1, 1)
     corruptions = list(results)
     severities = sorted({s for r in results.values() for s in r})
@@ -93,11 +95,11 @@ def save_robustness_bars(results: dict[str, dict[int, tuple[float, float]]], pat
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def save_few_shot_curve(fractions, means, stds, path, title: str = "few-shot linear probe") -> Path:
-    fig = _figure(5, 3.5)
+    fig = figure(5, 3.5)
     ax = fig.add_subplot(1, 1, 1)
     ax.errorbar(100 * np.asarray(fractions), means, yerr=stds, marker="o", capsize=3)
     ax.set_xscale("log")
@@ -106,13 +108,13 @@ def save_few_shot_curve(fractions, means, stds, path, title: str = "few-shot lin
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def save_task_contact_sheet(data, path, per_class: int = 6, title: str = "") -> Path:
     """One row per class of a task (``EvalData``), ``per_class`` test images each: can a person see the label?"""
     split = data.test
-    fig = _figure(1.3 * per_class + 1.2, 1.3 * data.num_classes + 0.4)
+    fig = figure(1.3 * per_class + 1.2, 1.3 * data.num_classes + 0.4)
     for c, name in enumerate(data.class_names):
         idx = np.flatnonzero(split.label == c)[:per_class]
         for j, i in enumerate(idx):
@@ -123,4 +125,4 @@ def save_task_contact_sheet(data, path, per_class: int = 6, title: str = "") -> 
             if j == 0:
                 ax.set_ylabel(name, fontsize=8)
     fig.suptitle(title or f"task {data.name}: one row per class (test split)", fontsize=9)
-    return _save(fig, path)
+    return save(fig, path)

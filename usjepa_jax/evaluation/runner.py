@@ -45,7 +45,8 @@ from usjepa_jax.evaluation.probe import (
     stratified_nested_subsets,
     train_probe,
 )
-from usjepa_jax.masks import patch_valid_from_scan_mask
+from usjepa_jax.masks import MultiBlockMaskSampler, patch_valid_from_scan_mask
+from usjepa_jax.visualize import save_mask_figure
 
 
 class EvalContext:
@@ -229,9 +230,6 @@ def feature_figures(ctx: EvalContext) -> None:
     """Input with a context/target mask sample overlaid, and the PCA of the patch features beside the input."""
     if ctx.out_dir is None or not ctx.evals.figures:
         return
-    from usjepa_jax.masks import MultiBlockMaskSampler
-    from usjepa_jax.visualize import save_mask_figure
-
     n = min(ctx.evals.num_figure_images, len(ctx.data.test))
     images, scan = ctx.data.test.image[:n], ctx.data.test.scan_mask[:n]
     patch = ctx.encoder.module.patch_size

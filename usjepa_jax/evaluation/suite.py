@@ -1,6 +1,6 @@
 """Several encoders on several tasks, one results table: ``evaluate_table(config, encoders, tasks, out_dir)``.
 
-Encoders, ``[NAME=]WHAT[@SIZE]`` (``NAME`` labels the table row; ``SIZE`` the input resolution, default
+Encoders (``encoder_specs.py``), ``[NAME=]WHAT[@SIZE]`` (``NAME`` labels the table row; ``SIZE`` the input resolution, default
 ``config.data.image_size``):
 
 - ``student``, ``student:best``, ``student:STEP``: the run's (``--workdir``) final / lowest-validation-loss /
@@ -31,49 +31,14 @@ from typing import Any
 
 import ml_collections
 
-from usjepa_jax.evaluation import labelled, table
-from usjepa_jax.evaluation.config import TASK_NAMES
-from usjepa_jax.evaluation.data import EvalData
-from usjepa_jax.evaluation.features import FeatureExtractor, FeatureStore
 from usjepa_jax.errors import UserError
-
-RUN_ENCODERS = ("student", "teacher", "random")
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderSpec:
-    name: str
-    what: str  # student | teacher | random | a path
-    checkpoint: str = "latest"  # student: latest | best | STEP
-    size: int | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> EncoderSpec:
-        text = spec.strip()
-        size = None
-        head, at, tail = text.rpartition("@")
-        if at and tail.isdigit():
-            text, size = head, int(tail)
-        name, eq, what = text.partition("=")
-        if not eq or "/" in name:
-            name, what = "", text
-        if not what:
-            raise ValueError(f"encoder {spec!r}: empty (expected student[:best|STEP], teacher, random or a path)")
-        base, colon, checkpoint = what.partition(":")
-        if base in RUN_ENCODERS:
-            if base != "student" and colon:
-                raise ValueError(f"encoder {spec!r}: only the student takes :latest / :best / :STEP")
-            checkpoint = checkpoint or "latest"
-            if checkpoint not in ("latest", "best") and not checkpoint.isdigit():
-                raise ValueError(f"encoder {spec!r}: {checkpoint!r} is not latest, best or a step number")
-            default = base if base != "student" else f"student:{checkpoint}"
-            return cls(name or default, base, checkpoint, size)
-        path = Path(what).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"encoder {spec!r}: {path} does not exist (expected student[:best|STEP], "
-                                    "teacher, random, an exported encoder, a run's workdir or a checkpoint file)")
-        return cls(name or (path.stem if path.is_file() else path.name), str(path.resolve()), "latest", size)
-
+from usjepa_jax.evaluation import labelled, table
+from usjepa_jax.evaluation.config import TASK_NAMES, validate_eval_config
+from usjepa_jax.evaluation.data import EvalData
+from usjepa_jax.evaluation.encoder_specs import EncoderSpec, load_encoder_spec, with_image_size
+from usjepa_jax.evaluation.features import FeatureExtractor, FeatureStore
+from usjepa_jax.evaluation.runner import TASK_FREE, by_task, run_evaluators
+from usjepa_jax.evaluation.tasks import simulated_task_data
 
 @dataclasses.dataclass(frozen=True)
 class TaskRef:
@@ -93,39 +58,13 @@ class TaskRef:
         return cls(parsed.name, spec, False)
 
 
-def load_encoder_spec(spec: EncoderSpec, config: ml_collections.ConfigDict, workdir: str | Path | None,
-                      size: int, run_loader: Callable | None = None):
-    """The frozen encoder of ``spec`` at input ``size``: a path through ``encoders.load_encoder`` (exported
-    encoder, run workdir, train checkpoint, imported ViT file); the run's own through ``run_loader(config,
-    workdir, encoder, checkpoint)`` (default ``evaluate.run_encoder``; the CLI passes its own, being
-    ``__main__``)."""
-    if spec.what in RUN_ENCODERS:
-        if spec.what != "random" and not workdir:
-            raise ValueError(f"encoder {spec.name!r}: {spec.what} needs --workdir (the training run)")
-        if run_loader is None:
-            from usjepa_jax.evaluate import run_encoder as run_loader
-        return run_loader(with_image_size(config, size), workdir or ".", spec.what, spec.checkpoint)
-    from usjepa_jax.encoders import load_encoder
-    return load_encoder(spec.what, image_size=size)
-
-
-def with_image_size(config: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
-    out = ml_collections.ConfigDict(config.to_dict())
-    out.data.image_size = int(size)
-    return out
-
-
 def evaluate_table(config: ml_collections.ConfigDict, encoders: Sequence[str | EncoderSpec],
                    tasks: Sequence[str | TaskRef], out_dir: str | Path, *, workdir: str | Path | None = None,
-                   cache_dir: str | Path | None = None, log: Callable[[str], None] = print,
-                   run_loader: Callable | None = None) -> dict[str, dict[str, dict[str, float]]]:
+                   cache_dir: str | Path | None = None, log: Callable[[str], None] = print
+                   ) -> dict[str, dict[str, dict[str, float]]]:
     """Run the configured evaluators on every (encoder, task) and write the results table into ``out_dir``;
     returns ``{encoder: {task: {evaluator/metric: value}}}``. Specs are parsed (and bad ones fail) before any
     compute."""
-    from usjepa_jax.evaluation import run_evaluators, validate_eval_config
-    from usjepa_jax.evaluation.runner import TASK_FREE, by_task
-    from usjepa_jax.evaluation.tasks import simulated_task_data
-
     validate_eval_config(config.evals)
     labelled_cfg = config.evals.get("labelled", None) or labelled.default_labelled_config()
     labelled.validate_labelled_config(labelled_cfg)  # (also done by validate_eval_config when present)
@@ -169,7 +108,7 @@ def evaluate_table(config: ml_collections.ConfigDict, encoders: Sequence[str | E
     for spec in enc_specs:
         size = spec.size or int(config.data.image_size)
         t = time.perf_counter()
-        model = load_encoder_spec(spec, config, workdir, size, run_loader)
+        model = load_encoder_spec(spec, config, workdir, size)
         sized = with_image_size(config, size)
         store_dir = out / "features" / f"{model.content_hash[:16]}-{config.evals.pooling}"
         store = FeatureStore(store_dir, FeatureExtractor(model, config.evals.pooling, config.evals.batch_size))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from usjepa_jax.evaluation.plots import _figure, _save
+from usjepa_jax.evaluation.plots import figure, save
 
 PROBE = "linear_probe/macro_f1"
 TABLE_MD, TABLE_JSON, TABLE_PNG = "results.md", "results.json", "results.png"
@@ -116,7 +116,7 @@ def markdown(results: dict[str, dict[str, dict[str, float]]], encoders: Sequence
 
 def plot(results: dict[str, dict[str, dict[str, float]]], encoders: Sequence[str], tasks: Sequence[str],
          path: str | Path) -> Path:
-    fig = _figure(max(6.0, 1.6 * len(tasks) + 5.0), 3.8)
+    fig = figure(max(6.0, 1.6 * len(tasks) + 5.0), 3.8)
     ax, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     width = 0.8 / max(len(encoders), 1)
     x = np.arange(len(tasks))
@@ -143,7 +143,7 @@ def plot(results: dict[str, dict[str, dict[str, float]]], encoders: Sequence[str
     if ax2.lines:
         ax2.legend(fontsize=7)
     ax2.axhline(0, color="grey", lw=0.5)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_table(results: dict[str, dict[str, dict[str, float]]], out_dir: str | Path, *,

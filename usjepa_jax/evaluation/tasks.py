@@ -21,8 +21,8 @@ the site its lesion would have had), cut from a render at ``framing.render_size`
 
 Images go through the pipeline's ``ToModelInput`` (resize to ``config.data.image_size``, as the pretraining inputs);
 the segmentation (tissue codes, ``synthetic.SEGMENTATION_NAMES``) is kept, resized nearest, for the oracle.
-The result is an ``EvalData`` (``data.py``), which every evaluator reads; real labelled tasks (issue 16) build the
-same type.
+The result is an ``EvalData`` (``data.py``), which every evaluator reads; real labelled tasks (``labelled.py``) build
+the same type. The rows of a task table that are not encoders (the oracle, raw pixels) are ``baselines.py``'s.
 
 ``config.evals.tasks`` names the tasks to evaluate (comma separated, ``task_list`` validates them).
 """
@@ -30,7 +30,6 @@ same type.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import ml_collections
 import numpy as np
@@ -41,8 +40,7 @@ from usjepa_jax.data.settings import simulator_config
 from usjepa_jax.evaluation.config import TASK_NAMES, task_list
 from usjepa_jax.evaluation.data import EvalData, Split, resize_nearest
 
-__all__ = ["TASK_NAMES", "oracle_features", "patch_fractions", "probe_on", "raw_pixel_features",
-           "simulated_task_data", "simulated_task_split", "task_class_names", "task_list", "token_readouts"]
+__all__ = ["TASK_NAMES", "simulated_task_data", "simulated_task_split", "task_class_names", "task_list"]
 
 # Seed streams: > 200, disjoint from data.EVAL_STREAMS (103) and the pretraining streams (0, 1, 2).
 TASK_STREAMS = {"lesion": 200, "organ": 201, "margin": 202, "grade": 203}
@@ -139,80 +137,3 @@ def simulated_task_data(name: str, data_config: ml_collections.ConfigDict,
     splits = [simulated_task_split(name, data_config, split, int(evals[f"num_{split}"]), int(evals.seed))
               for split in ("train", "val", "test")]
     return EvalData(*splits, num_classes=len(classes), class_names=classes, name=name)
-
-
-def patch_fractions(segmentation: np.ndarray, patch: int, num_codes: int | None = None) -> np.ndarray:
-    """The oracle's features: per patch, the fraction of its pixels of each tissue code.
-
-    ``segmentation`` uint8 ``[N, S, S]`` -> float32 ``[N, (S // patch)^2 * num_codes]``."""
-    num_codes = num_codes or len(synthetic.SEGMENTATION_NAMES)
-    n, s = segmentation.shape[:2]
-    g = s // patch
-    seg = segmentation[:, :g * patch, :g * patch].reshape(n, g, patch, g, patch)
-    onehot = seg[..., None] == np.arange(num_codes, dtype=segmentation.dtype)
-    return onehot.mean(axis=(2, 4), dtype=np.float32).reshape(n, -1)
-
-
-# ------------------------------------------------------------------------------------------------ feature-free rows
-# The rows of a task table that are not encoders: what the label is made of (the oracle) and the raw pixels.
-ORACLE_PATCH = 8
-
-
-def oracle_features(split: Split, num_codes: int | None = None) -> np.ndarray:
-    """The oracle: what the label is made of, as features for the linear probe.
-
-    Tasks whose label the segmentation holds (lesion type, organ): the phantom's tissue fractions per
-    ``ORACLE_PATCH``-pixel patch and over the whole image (a linear function of the per-patch ones, but a probe
-    trained on a few thousand images finds them far more easily when given directly). Tasks defined by simulator
-    parameters (``LABEL_PARAMETERS``: the grade's parenchyma echogenicity and attenuation, the margin's boundary
-    harmonics): those parameters alone (measured at 400 training images: grade 0.99 macro-F1 on them alone, 0.93
-    with the whole-image fractions added, 0.42 with the per-patch fractions added too)."""
-    if split.label_parameters is not None:
-        return split.label_parameters
-    size = split.segmentation.shape[1]
-    return np.concatenate([patch_fractions(split.segmentation, ORACLE_PATCH, num_codes),
-                           patch_fractions(split.segmentation, size, num_codes)], axis=1)
-
-
-def raw_pixel_features(split: Split) -> np.ndarray:
-    """The model-input image, flattened, in [0, 1]."""
-    return split.image.reshape(len(split), -1).astype(np.float32) / 255
-
-
-def probe_on(data: EvalData, featurize, probe_cfg, seed: int = 0) -> dict[str, float]:
-    """The linear probe (paper protocol) on ``featurize(split)`` features of one task: test metrics, mean/std over
-    seeds."""
-    from usjepa_jax.evaluation.probe import train_probe
-
-    x_tr, x_va, x_te = (featurize(s) for s in (data.train, data.val, data.test))
-    probe = train_probe(x_tr, data.train.label, x_va, data.val.label, data.num_classes, probe_cfg, seed)
-    return probe.evaluate(x_te, data.test.label)
-
-
-def token_readouts(data, tokens, patch: int, config, readouts, oracle: bool = False) -> dict:
-    """The attentive and dense probes (``readouts``: a subset of ``{"attentive", "dense"}``) on ``tokens(split) ->
-    [N, T, D]`` of one task, with ``config.evals``'s protocols: ``{readout: test metrics}``. Features that are not
-    an encoder's (patch pixels, the oracle's tissue fractions) get the same readouts as the encoders."""
-    from usjepa_jax.evaluation import attentive, dense
-    from usjepa_jax.evaluation.probe import ProbeConfig
-
-    evals, out = config.evals, {}
-    if not {"attentive", "dense"} & set(readouts):
-        return out  # the linear probe alone: no tokens needed
-    x = {name: tokens(getattr(data, name)) for name in ("train", "val", "test")}
-    if "attentive" in readouts and not (oracle and data.train.label_parameters is not None):
-        t = time.perf_counter()
-        head = attentive.AttentiveHead(int(evals.attentive.num_heads), float(evals.attentive.mlp_ratio))
-        probe = attentive.train_attentive_probe(x["train"], data.train.label, x["val"], data.val.label,
-                                                data.num_classes, ProbeConfig.from_config(evals.attentive), head,
-                                                evals.seed)
-        out["attentive"] = probe.evaluate(x["test"], data.test.label)
-        out["attentive"].update(epochs_mean=float(probe.epochs.mean()), seconds=time.perf_counter() - t)
-    if "dense" in readouts:
-        t = time.perf_counter()
-        num_codes = int(max(s.segmentation.max() for s in (data.train, data.val, data.test))) + 1
-        probe = dense.train_dense_probe(x["train"], data.train.segmentation, x["val"], data.val.segmentation,
-                                        num_codes, patch, ProbeConfig.from_config(evals.dense), evals.seed)
-        out["dense"] = probe.evaluate(x["test"], data.test.segmentation)
-        out["dense"].update(epochs_mean=float(probe.probe.epochs.mean()), seconds=time.perf_counter() - t)
-    return out

@@ -24,17 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# name -> (width, depth, mlp_dim, num_heads). big_vision's table; "mu" is a micro model for tests and CPU runs.
-VARIANTS: dict[str, tuple[int, int, int, int]] = {
-    "mu": (32, 1, 128, 2),
-    "Ti": (192, 12, 768, 3),
-    "S": (384, 12, 1536, 6),
-    "M": (512, 12, 2048, 8),
-    "B": (768, 12, 3072, 12),
-    "L": (1024, 24, 4096, 16),
-    "H": (1280, 32, 5120, 16),
-}
-PATCH_SIZES = (8, 14, 16)
+# The variant table and the names a config may give are the config schema's (jax-free, config.py).
+from usjepa_jax.config import ATTENTION_IMPLS, PATCH_SIZES, REMAT_POLICIES, parse_variant
+from usjepa_jax.config import VIT_VARIANTS as VARIANTS
+
 POSEMBS = ("sincos2d", "learn", "none")
 INIT_STD = 0.02  # I-JEPA: trunc-normal std 0.02 for every Linear/Conv kernel.
 # linen's truncated_normal(s) is s * N(0, 1) truncated to [-2, 2], whose std is 0.88 s; PyTorch's
@@ -48,22 +41,6 @@ def trunc_normal(std: float = INIT_STD) -> nn.initializers.Initializer:
     return nn.initializers.truncated_normal(std / TRUNCATED_NORMAL_STD)
 
 LN_EPS = 1e-6
-
-
-def parse_variant(variant: str) -> dict[str, int]:
-    """``'S/16'`` -> dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16).
-
-    Raises ValueError naming the variant when the name or the patch size is unknown.
-    """
-    match = re.fullmatch(r"(\w+)/(\d+)", variant)
-    if not match or match.group(1) not in VARIANTS:
-        raise ValueError(f"Unknown ViT variant {variant!r}: expected '<name>/<patch>' with name in "
-                         f"{sorted(VARIANTS)} and patch in {PATCH_SIZES}, e.g. 'B/16'.")
-    patch = int(match.group(2))
-    if patch not in PATCH_SIZES:
-        raise ValueError(f"ViT variant {variant!r}: patch size {patch} not in {PATCH_SIZES}.")
-    width, depth, mlp_dim, heads = VARIANTS[match.group(1)]
-    return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=heads, patch_size=patch)
 
 
 def sincos_posemb_2d(grid_size: Sequence[int], width: int) -> np.ndarray:
@@ -129,15 +106,12 @@ def dense(features: int, name: str, scale: float = 1.0, dtype: Any = jnp.float32
                     bias_init=nn.initializers.zeros)
 
 
-ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
-
-
 def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
                      bias: jax.Array | None = None) -> jax.Array:
     """``softmax(q k^T / sqrt(d) | mask) v`` for ``q, k, v [B, L, H, d]`` -> ``[B, L, H, d]``, written for XLA:CPU.
 
     The same function as ``jax.nn.dot_product_attention(q, k, v, mask=mask)`` (tested to float tolerance), but
-    measured 2-3x faster on CPU (benchmarks/train_step.py, README "Performance"): the heads are moved in front
+    faster on CPU (benchmarks/train_step.py, docs/performance.md): the heads are moved in front
     once (``[B, H, L, d]``, so both dots are plain batched matmuls instead of XLA:CPU's strided ones), the scale is
     applied to ``q`` (``L*d`` multiplies, not ``L*L``), and the softmax normalisation divides the ``[.., L, d]``
     output instead of the ``[.., L, L]`` weights. Masked keys get the dtype's lowest value (exp -> 0); every row
@@ -242,10 +216,6 @@ class Block(nn.Module):
                                     name="attn")(h, mask, positions)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
         return x + gamma_2 * Mlp(self.mlp_dim, scale, self.dtype, name="mlp")(h)
-
-
-REMAT_POLICIES = ("", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                  "everything_saveable")
 
 
 def remat_policy(name: str) -> Any:

@@ -7,22 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from tests.conftest import smoke_config
 from usjepa_jax import config as config_lib
-from usjepa_jax.data.settings import SPLIT_STREAMS
 from usjepa_jax.data.seeding import derive_seed
+from usjepa_jax.data.settings import SPLIT_STREAMS
 from usjepa_jax.data.synthetic import SyntheticUltrasoundSource
-from usjepa_jax.evaluation import tasks
+from usjepa_jax.evaluation import baselines, dense, tasks
 from usjepa_jax.evaluation.data import EVAL_STREAMS
 from usjepa_jax.evaluation.probe import ProbeConfig, train_probe
 
 FAST = ProbeConfig(lr=1e-2, max_epochs=100, patience=10, num_seeds=2)
-
-
-def _config(**evals):
-    c = base.get_config("smoke")
-    c.evals.update(evals)
-    return c
 
 
 def available_tasks():
@@ -38,7 +32,8 @@ def available_tasks():
 
 @pytest.fixture(scope="module", params=available_tasks())
 def task_data(request):
-    c = _config(num_train=40 * len(tasks.task_class_names(request.param)), num_val=50, num_test=50)
+    c = smoke_config(evals=dict(num_train=40 * len(tasks.task_class_names(request.param)), num_val=50,
+                                num_test=50))
     return tasks.simulated_task_data(request.param, c.data, c.evals)
 
 
@@ -55,7 +50,7 @@ def test_splits_disjoint_by_anatomy(task_data):
     assert sum(map(len, seeds.values())) == len(set.union(*seeds.values()))  # no anatomy in two splits
     # ... and none of them in the first pretraining anatomies of any split of the config's seed, nor in the other
     # tasks' streams or the speckle-invariance stream
-    c = _config()
+    c = smoke_config()
     pretraining = {SyntheticUltrasoundSource(10_000, derive_seed(c.seed, k)).seeds(i)[0]
                    for k in SPLIT_STREAMS.values() for i in range(10_000)}
     assert not set.union(*seeds.values()) & pretraining
@@ -66,7 +61,7 @@ def test_splits_disjoint_by_anatomy(task_data):
 
 
 def test_splits_fixed():
-    c = _config(num_train=10, num_val=5, num_test=5)
+    c = smoke_config(evals=dict(num_train=10, num_val=5, num_test=5))
     a = tasks.simulated_task_split("lesion", c.data, "val", 5, c.evals.seed)
     b = tasks.simulated_task_split("lesion", c.data, "val", 5, c.evals.seed)
     np.testing.assert_array_equal(a.image, b.image)
@@ -82,8 +77,8 @@ def test_oracle_far_above_chance_and_constant_encoder_at_chance(task_data):
     def oracle(split):
         if split.label_parameters is not None:  # what defines a label the segmentation does not hold
             return split.label_parameters  # (grade: parenchyma echogenicity and attenuation; margin: shape)
-        return np.concatenate([tasks.patch_fractions(split.segmentation, size),  # whole image
-                               tasks.patch_fractions(split.segmentation, size // 4)], 1)  # 4x4 cells
+        return np.concatenate([dense.patch_fractions(split.segmentation, size),  # whole image
+                               dense.patch_fractions(split.segmentation, size // 4)], 1)  # 4x4 cells
 
     x = {s: oracle(getattr(d, s)) for s in ("train", "val", "test")}
     probe = train_probe(x["train"], d.train.label, x["val"], d.val.label, d.num_classes, FAST)
@@ -99,7 +94,7 @@ def test_oracle_far_above_chance_and_constant_encoder_at_chance(task_data):
         def embed(self, params, images):
             return jnp.ones((images.shape[0], 4, 8), jnp.float32)
 
-    c = _config()
+    c = smoke_config()
     c.evals.probe.update(max_epochs=20, patience=5, num_seeds=2)
     ctx = EvalContext(Constant(module=type("M", (), {"patch_size": 8})()), c, d)
     m = eval_linear_probe(ctx)
@@ -109,7 +104,7 @@ def test_oracle_far_above_chance_and_constant_encoder_at_chance(task_data):
 def test_patch_fractions():
     seg = np.zeros((1, 4, 4), np.uint8)
     seg[0, :2, :2] = 2
-    f = tasks.patch_fractions(seg, 2, num_codes=3).reshape(2, 2, 3)
+    f = dense.patch_fractions(seg, 2, num_codes=3).reshape(2, 2, 3)
     np.testing.assert_allclose(f[0, 0], [0, 0, 1])
     np.testing.assert_allclose(f[1, 1], [1, 0, 0])
     np.testing.assert_allclose(f.sum(-1), 1)
@@ -121,29 +116,30 @@ def test_oracle_features_choose_what_defines_the_label():
     seg = np.zeros((2, 16, 16), np.uint8)
     seg[0, :8, :8] = 2
     split = Split(np.zeros((2, 16, 16, 1), np.uint8), np.ones((2, 16, 16), bool), np.array([0, 1]), segmentation=seg)
-    x = tasks.oracle_features(split, num_codes=3)  # per 8x8 patch (4 x 3) and whole image (3)
+    x = baselines.oracle_features(split, num_codes=3)  # per 8x8 patch (4 x 3) and whole image (3)
     assert x.shape == (2, 4 * 3 + 3)
     np.testing.assert_allclose(x[0, -3:], [0.75, 0, 0.25])
     params = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
     split.label_parameters = params  # a task defined by simulator parameters: those alone
-    np.testing.assert_array_equal(tasks.oracle_features(split, num_codes=3), params)
+    np.testing.assert_array_equal(baselines.oracle_features(split, num_codes=3), params)
 
 
 @pytest.mark.parametrize("value,match", [("lesoin", "lesoin"), ("", "at least one"),
                                          ("lesion,lesion", "twice")])
 def test_tasks_config_validation(value, match):
-    c = _config(tasks=value)
+    c = smoke_config(evals=dict(tasks=value))
     with pytest.raises(ValueError, match=f"config.evals.tasks.*{match}"):
         config_lib.validate(c)
 
 
 def test_runner_keys_results_by_task(tmp_path):
-    from usjepa_jax.evaluation import run_evaluators
+    from usjepa_jax.evaluation.runner import run_evaluators
     from usjepa_jax.evaluation.features import random_encoder
     from usjepa_jax.evaluation.runner import by_task, flat
 
     names = available_tasks()[:2]
-    c = _config(tasks=",".join(names), evaluators="knn,speckle_invariance", num_train=20, num_val=10, num_test=10)
+    c = smoke_config(evals=dict(tasks=",".join(names), evaluators="knn,speckle_invariance", num_train=20,
+                                num_val=10, num_test=10))
     results, figures = run_evaluators(random_encoder(c.model, c.data.image_size), c, out_dir=tmp_path)
     nested = by_task(results)
     assert set(nested) == set(names) | {"all"}

@@ -1,6 +1,6 @@
 """One process of a multi-process CPU run (started by tests/test_scale.py): 2 fake devices per process.
 
-    python tests/helpers/distributed_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR CONFIG_OVERRIDES_JSON
+    python tests/distributed_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR CONFIG_OVERRIDES_JSON
 """
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import random_vit
 from usjepa_jax.encoders import (
     FrozenEncoder,
     convert,
@@ -31,7 +32,7 @@ from usjepa_jax.encoders import __main__ as cli
 from usjepa_jax.models import vit
 from usjepa_jax.models.vit import VisionTransformer
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 TOL = 1e-4  # float32 max abs error against timm
 FIXTURE_MEAN, FIXTURE_STD = (0.5, 0.45, 0.4), (0.25, 0.2, 0.3)
 
@@ -48,17 +49,6 @@ def fixture_state(name: str) -> dict[str, np.ndarray]:
 
 def max_err(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
-
-
-def random_encoder(posemb="sincos2d", class_token=False, image=32, in_channels=1, seed=0):
-    """A tiny encoder with random numpy params (norms and biases too, so that no mapping error can hide)."""
-    module = VisionTransformer(width=32, depth=2, mlp_dim=64, num_heads=4, patch_size=8, posemb=posemb,
-                               class_token=class_token)
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, image, image, in_channels),
-                                                                                 jnp.float32))["params"]
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: (0.2 * rng.normal(size=s.shape)).astype(np.float32), shapes)
-    return module, params
 
 
 def apply(module, params, x):
@@ -137,7 +127,7 @@ def test_ijepa_checkpoint_prefers_target_encoder(ref):
 
 
 def test_mae_checkpoint_ignores_decoder_and_sincos_is_recognised():
-    module, params = random_encoder(posemb="sincos2d", class_token=True)
+    module, params = random_vit(posemb="sincos2d", class_token=True)
     sd, _ = convert.to_timm_state_dict(module, params, image_size=32, in_channels=1)
     assert sd["pos_embed"].shape == (1, 17, 32) and not np.any(sd["pos_embed"][0, 0])  # MAE: zero class position
     state = {f"model.{k}": v for k, v in sd.items()}
@@ -199,7 +189,7 @@ def test_learned_posemb_resampling(tmp_path, ref):
         np.testing.assert_allclose(convert.resample_posemb(flat, (4, 4), (6, 5), method), np.ones((30, 3)) *
                                    np.arange(3), atol=1e-5)
     # An exported encoder with a learned posemb is resampled the same way on load.
-    module, params = random_encoder(posemb="learn")
+    module, params = random_vit(posemb="learn")
     export_encoder(tmp_path / "enc", module, params, mean=0.5, std=0.25, image_size=32)
     loaded = load_encoder(tmp_path / "enc", image_size=24)
     assert loaded.params["pos_embed"].shape == (1, 9, 32) and jax.jit(loaded.embed)(
@@ -210,7 +200,7 @@ def test_learned_posemb_resampling(tmp_path, ref):
 @pytest.mark.parametrize("posemb,class_token", [("sincos2d", False), ("learn", True), ("learn", False),
                                                 ("sincos2d", True)])
 def test_export_then_import_round_trips_exactly(tmp_path, posemb, class_token):
-    module, params = random_encoder(posemb=posemb, class_token=class_token)
+    module, params = random_vit(posemb=posemb, class_token=class_token)
     content_hash = export_encoder(tmp_path / "run" / "encoder", module, params, mean=0.3, std=0.2, image_size=32)
     cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "vit.safetensors")])
     meta = json.loads((tmp_path / "vit.json").read_text())
@@ -248,7 +238,7 @@ def test_cli_convert_prints_and_stage1_teacher_export(tmp_path, capsys):
     with pytest.raises(SystemExit, match="not an exported encoder"):
         cli.main(["export", "--workdir", str(tmp_path), "--output", str(tmp_path / "x.safetensors"),
                   "--which", "teacher"])
-    module, params = random_encoder()
+    module, params = random_vit()
     export_encoder(tmp_path / "run" / "teacher" / "encoder", module, params, mean=0.5, std=0.25)
     with pytest.raises(SystemExit, match="--image-size"):
         cli.main(["export", "--workdir", str(tmp_path / "run"), "--output", str(tmp_path / "x.safetensors"),
@@ -334,7 +324,7 @@ def test_live_exported_encoder_runs_in_timm(tmp_path, posemb, class_token):
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
-    module, params = random_encoder(posemb=posemb, class_token=class_token)
+    module, params = random_vit(posemb=posemb, class_token=class_token)
     export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
     cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", str(tmp_path / "vit.safetensors")])
     cfg = json.loads((tmp_path / "vit.json").read_text())
@@ -396,7 +386,7 @@ def test_beit_variants_shared_table_and_refusals():
 
 @pytest.mark.parametrize("posemb,class_token", [("sincos2d", False), ("learn", True)])
 def test_hf_folder_export_then_import_round_trips_exactly(tmp_path, posemb, class_token):
-    module, params = random_encoder(posemb=posemb, class_token=class_token)
+    module, params = random_vit(posemb=posemb, class_token=class_token)
     export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
     cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", str(tmp_path / "hf")])
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -448,7 +438,7 @@ def test_exported_folder_golden_fixture(tmp_path):
 def test_live_exported_folder_loads_with_timms_own_path(tmp_path):
     timm = pytest.importorskip("timm")
     torch = pytest.importorskip("torch")
-    module, params = random_encoder(posemb="learn", class_token=True)
+    module, params = random_vit(posemb="learn", class_token=True)
     export_encoder(tmp_path / "encoder", module, params, mean=0.5, std=0.25, image_size=32)
     cli.main(["export", "--workdir", str(tmp_path / "encoder"), "--output", str(tmp_path / "hf")])
     model = timm.create_model(f"local-dir:{tmp_path / 'hf'}", pretrained=True).eval()

@@ -13,23 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_train import read_metrics
-from tests.test_train import smoke_config as train_smoke_config
+from tests.conftest import REPO, read_metrics, smoke_config
 from usjepa_jax import checkpointing, targets, train
 from usjepa_jax.data.pipeline import build_dataset
 from usjepa_jax.encoders import FrozenEncoder, export_encoder, load_encoder
 from usjepa_jax.encoders import cache as teacher_cache
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def smoke_config(**overrides):
-    return train_smoke_config(**{"optim.total_steps": 2, "log_every": 1, **overrides})
+SHORT = {"optim.total_steps": 2, "log_every": 1}  # the cache tests' runs: two steps, each logged
 
 
 def random_teacher(directory, seed):
     """A randomly initialised smoke-size teacher, exported as training exports encoders."""
-    config = smoke_config()
+    config = smoke_config(**SHORT)
     module = train.build_encoder(config.teacher.model)
     s = config.data.image_size
     params = module.init(jax.random.key(seed), jnp.zeros((1, s, s, 1)))["params"]
@@ -59,14 +54,14 @@ def cache_dir(teacher_dir, tmp_path_factory):
 def teacher_run(teacher_dir, tmp_path_factory):
     """The reference: 2 steps (+ validation) running the teacher every step."""
     workdir = tmp_path_factory.mktemp("with_teacher")
-    train.train_and_evaluate(smoke_config(**{"teacher.checkpoint": teacher_dir}), workdir)
+    train.train_and_evaluate(smoke_config(**SHORT | {"teacher.checkpoint": teacher_dir}), workdir)
     return read_metrics(workdir)
 
 
 def test_cli_writes_the_teachers_embeddings_of_the_pipeline_images(cache_dir, teacher_dir):
     manifest = json.loads((Path(cache_dir) / teacher_cache.MANIFEST).read_text())
     teacher = load_encoder(teacher_dir, image_size=48)
-    config = smoke_config()
+    config = smoke_config(**SHORT)
     assert manifest["teacher"]["content_hash"] == teacher.content_hash
     assert manifest["data"] == teacher_cache.data_signature(config.data, config.seed)
     assert (manifest["tokens"], manifest["width"], manifest["normalized"]) == (36, teacher.width, False)
@@ -92,7 +87,7 @@ def test_training_from_the_cache_equals_training_with_the_teacher(cache_dir, tea
     monkeypatch.setattr(targets, "load_encoder", forbidden)
     monkeypatch.setattr(FrozenEncoder, "embed", forbidden)
     workdir = tmp_path / "cached"
-    train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir}), workdir)
+    train.train_and_evaluate(smoke_config(**SHORT | {"teacher.cache": cache_dir}), workdir)
     cached = read_metrics(workdir)
     for step in (1, 2):
         assert cached[step]["loss"] == pytest.approx(teacher_run[step]["loss"], rel=1e-2), step
@@ -108,7 +103,7 @@ def test_training_from_the_cache_equals_training_with_the_teacher(cache_dir, tea
 
 def test_normalized_cache_gives_the_same_loss(teacher_dir, cache_dir, tmp_path):
     """``--normalize`` stores layer-normalised targets; the loss then skips its own normalisation."""
-    config = smoke_config(**{"teacher.checkpoint": teacher_dir})
+    config = smoke_config(**SHORT | {"teacher.checkpoint": teacher_dir})
     manifest = teacher_cache.write_cache(config, tmp_path / "norm", splits=("train",), batch_size=32,
                                          normalize=True, progress=False)
     assert manifest["normalized"] and teacher_cache.TeacherCache.open(tmp_path / "norm").normalized
@@ -139,7 +134,7 @@ def test_normalized_cache_gives_the_same_loss(teacher_dir, cache_dir, tmp_path):
 
 
 def test_augmentation_is_refused(cache_dir):
-    config = smoke_config(**{"teacher.cache": cache_dir, "data.augment.enabled": True})
+    config = smoke_config(**SHORT | {"teacher.cache": cache_dir, "data.augment.enabled": True})
     with pytest.raises(ValueError, match=r"data\.augment\.enabled"):
         train.train_and_evaluate(config, "/nonexistent/never/written")
     with pytest.raises(ValueError, match=r"config\.data\.augment\.enabled=True cannot be used"):  # below validate
@@ -150,23 +145,23 @@ def test_augmentation_is_refused(cache_dir):
                                        ("seed", 1), ("data.synthetic.image_size", 96)])
 def test_other_images_are_refused_naming_the_key(cache_dir, key, value):
     with pytest.raises(ValueError, match=re.escape(f"config.{key}={value!r} differs")):
-        train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir, key: value}), "/nonexistent/x")
+        train.train_and_evaluate(smoke_config(**SHORT | {"teacher.cache": cache_dir, key: value}), "/nonexistent/x")
 
 
 def test_more_images_than_cached_are_refused(cache_dir):
     with pytest.raises(ValueError, match=r"config\.data\.num_train=128 exceeds"):
-        train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir, "data.num_train": 128}), "/none/x")
+        train.train_and_evaluate(smoke_config(**SHORT | {"teacher.cache": cache_dir, "data.num_train": 128}), "/none/x")
     manifest = teacher_cache.read_manifest(cache_dir)
     del manifest["splits"]["val"]
     with pytest.raises(ValueError, match=r"no 'val' split.*eval_every=0"):
-        teacher_cache.check_compatible(smoke_config(**{"teacher.cache": cache_dir}), manifest)
-    teacher_cache.check_compatible(smoke_config(**{"teacher.cache": cache_dir, "eval_every": 0}), manifest)
+        teacher_cache.check_compatible(smoke_config(**SHORT | {"teacher.cache": cache_dir}), manifest)
+    teacher_cache.check_compatible(smoke_config(**SHORT | {"teacher.cache": cache_dir, "eval_every": 0}), manifest)
 
 
 def test_another_teacher_is_refused(cache_dir, tmp_path):
     other = random_teacher(tmp_path / "other", seed=4)
     with pytest.raises(ValueError, match=r"config\.teacher\.checkpoint=.* is not the teacher of"):
-        train.train_and_evaluate(smoke_config(**{"teacher.cache": cache_dir, "teacher.checkpoint": other}),
+        train.train_and_evaluate(smoke_config(**SHORT | {"teacher.cache": cache_dir, "teacher.checkpoint": other}),
                                  "/none/x")
     with pytest.raises(FileNotFoundError, match="not a teacher cache"):
-        train.train_and_evaluate(smoke_config(**{"teacher.cache": str(tmp_path)}), "/none/x")
+        train.train_and_evaluate(smoke_config(**SHORT | {"teacher.cache": str(tmp_path)}), "/none/x")
