@@ -161,7 +161,8 @@ def test_colab_setup_installs_the_package_for_the_runtime_and_its_runtime_needs_
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert extras["cuda"] == ["jax[cuda13]>=0.10.2,<0.11"] and extras["tpu"] == ["jax[tpu]>=0.10.2,<0.11"]
-    installed = project["dependencies"] + [r for e in ("cuda", "tpu", "dicom", "nifti", "video", "hdf5") for r in extras[e]]
+    installed = project["dependencies"] + [r for e in ("cuda", "tpu", "dicom", "nifti", "video", "hdf5")
+                                           for r in extras[e]]
     names = {re.split(r"[\[<>=]", r, maxsplit=1)[0].lower() for r in installed}
     assert not names & {"pytest", "ipykernel", "nbclient", "nbformat", "portpicker", "jupyter_client"}, names
     with pytest.raises(ValueError, match="accelerator"):

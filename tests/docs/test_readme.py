@@ -1,18 +1,19 @@
-"""The README is the front door it claims to be, and every command it and the docs/ pages tell a user to run
-still parses against the code as it is now.
+"""The README is the front door it claims to be, and every command it, the docs/ pages and the notebooks' text
+tell a user to run still parses against the code as it is now.
 
 Commands come from ``bash``/``sh``/untagged fenced blocks and from inline spans starting with ``python``/``pip``;
 backslash continuations are joined, comments dropped, ``&&``/``;``/``|`` split. For each ``python -m MODULE`` /
 ``python script.py`` the module or script must exist and every ``--flag`` must be one its own parser accepts
 (read from its ``--help``; argparse sub-commands from theirs); ``--config=FILE[:arg]`` must build
 and ``--config.a.b=...`` must name a key of it; ``pip install -r FILE`` needs FILE; a ``launch/*.sh`` script must
-exist and contain the flags passed to it. ``python`` blocks must compile. Values are not checked, but every config a command names must validate
-(``config.validate``, what ``main`` runs before any compute).
+exist and contain the flags passed to it. ``python`` blocks must compile. Values are not checked, but every
+config a command names must validate (``config.validate``, what ``main`` runs before any compute).
 """
 
 import concurrent.futures
 import functools
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -132,7 +133,10 @@ def check(words: list[str]) -> None:
 
 README = (REPO / "README.md").read_text()
 PAGES = {"README.md": README} | {f"docs/{p.name}": p.read_text() for p in sorted((REPO / "docs").glob("*.md"))}
-COMMANDS = sorted({tuple(c) for text in PAGES.values() for c in commands(text)})  # each distinct command once
+NOTEBOOK_TEXT = {f"notebooks/{p.name}": "\n\n".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"]
+                                                      if c["cell_type"] == "markdown")
+                 for p in sorted((REPO / "notebooks").glob("*.ipynb"))}  # their markdown cells' commands too
+COMMANDS = sorted({tuple(c) for text in [*PAGES.values(), *NOTEBOOK_TEXT.values()] for c in commands(text)})
 COMMANDS = [list(c) for c in COMMANDS]
 
 
