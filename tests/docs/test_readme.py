@@ -77,7 +77,10 @@ def load_config(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(arg or None)
-    config_lib.validate(config)
+    try:
+        config_lib.validate(config)
+    except ValueError as error:  # the config's own error, naming the key
+        raise AssertionError(f"config {spec} does not validate: {error}") from error
     return config
 
 
@@ -218,4 +221,15 @@ def test_the_checker_catches(line, problem):
     """The checker fails on what it claims to catch (and passes the same commands fixed, above)."""
     (words,) = commands(f"```bash\n{line}\n```\n")
     with pytest.raises(AssertionError, match=re.escape(problem)):
+        check(words)
+
+
+def test_the_checker_catches_a_config_that_does_not_validate(tmp_path):
+    bad = tmp_path / "bad.py"  # base with an input size the patch does not divide
+    base = str(REPO / "configs/base.py")
+    bad.write_text(f"from usjepa_jax import config\n\nbase = config.sibling_config({base!r}, 'base')\n\n"
+                   "def get_config(arg=None):\n    c = base.get_config(arg)\n    c.data.image_size = 100\n"
+                   "    return c\n")
+    (words,) = commands(f"```bash\npython -m usjepa_jax.main --config={bad} --workdir=/tmp/x\n```\n")
+    with pytest.raises(AssertionError, match="does not validate.*data.image_size"):
         check(words)
