@@ -1,4 +1,4 @@
-"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU: both stages in about 15 minutes.
+"""US-JEPA on the built-in synthetic ultrasound, small enough for a laptop CPU (run times: docs/regime.md).
 
 Run:    python -m usjepa_jax.main --config=configs/base.py --workdir=/tmp/usjepa_base
 Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds;
@@ -48,8 +48,8 @@ def get_config(arg: str | None = None):
     c.teacher.model.depth = 4
     c.teacher.decoder = config_lib.predictor_config(width=96, depth=2, num_heads=4)
     # Raw-pixel targets for the short stage 1: per-patch normalised targets are mostly speckle at this scale and
-    # the teacher's output collapsed to a constant (measured: 99.9% of the target variance in one direction,
-    # which made stage 2 trivial); raw pixels keep anatomy in the teacher (65% of variance across images).
+    # the teacher's output collapsed to a constant direction, which made stage 2 trivial; raw pixels keep anatomy
+    # in the teacher (the measurements: docs/reference_runs_64px.md).
     c.teacher.normalize_pixels = False
     c.teacher.optim = c.optim.copy_and_resolve_references()
     c.teacher.optim.total_steps = 150

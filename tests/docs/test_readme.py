@@ -1,26 +1,32 @@
-"""Every command the README tells a user to run still parses against the code as it is now.
+"""The README is the front door it claims to be, and every command it, the docs/ pages and the notebooks' text
+tell a user to run still parses against the code as it is now.
 
 Commands come from ``bash``/``sh``/untagged fenced blocks and from inline spans starting with ``python``/``pip``;
 backslash continuations are joined, comments dropped, ``&&``/``;``/``|`` split. For each ``python -m MODULE`` /
 ``python script.py`` the module or script must exist and every ``--flag`` must be one its own parser accepts
 (read from its ``--help``; argparse sub-commands from theirs); ``--config=FILE[:arg]`` must build
 and ``--config.a.b=...`` must name a key of it; ``pip install -r FILE`` needs FILE; a ``launch/*.sh`` script must
-exist and contain the flags passed to it. ``python`` blocks must compile. Values are not checked.
+exist and contain the flags passed to it. ``python`` blocks must compile. Values are not checked, but every
+config a command names must validate (``config.validate``, what ``main`` runs before any compute).
 """
 
 import concurrent.futures
 import functools
 import importlib.util
+import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.docs
+
+REPO = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 PLACEHOLDER = re.compile(r"[$<>{}]|^/path/to|^[A-Z_]{3,}$")
 COMMAND_LINE = re.compile(r"^\s*(?:[A-Z_]+=\S+\s+)*(?:python3?|pip3?|launch/\S+\.sh)\s")
@@ -60,13 +66,22 @@ def help_flags(program: tuple[str, ...]) -> frozenset[str]:
     return frozenset(re.findall(r"^\s+(?:-\w, )?--(?:\[no\])?([\w.-]+)", text, re.M))  # option lines only
 
 
+@functools.cache
 def load_config(spec: str):
+    """``FILE[:arg]`` -> its config, validated as ``main`` validates it (a bad value names its key)."""
+    from usjepa_jax import config as config_lib
+
     path, _, arg = spec.partition(":")
     assert (REPO / path).is_file(), f"config {path} does not exist"
     module_spec = importlib.util.spec_from_file_location("readme_config", REPO / path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    config = module.get_config(arg or None)
+    try:
+        config_lib.validate(config)
+    except ValueError as error:  # the config's own error, naming the key
+        raise AssertionError(f"config {spec} does not validate: {error}") from error
+    return config
 
 
 def program_of(words: list[str]) -> tuple[tuple[str, ...], list[str]]:
@@ -120,7 +135,12 @@ def check(words: list[str]) -> None:
 
 
 README = (REPO / "README.md").read_text()
-COMMANDS = commands(README)
+PAGES = {"README.md": README} | {f"docs/{p.name}": p.read_text() for p in sorted((REPO / "docs").glob("*.md"))}
+NOTEBOOK_TEXT = {f"notebooks/{p.name}": "\n\n".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"]
+                                                      if c["cell_type"] == "markdown")
+                 for p in sorted((REPO / "notebooks").glob("*.ipynb"))}  # their markdown cells' commands too
+COMMANDS = sorted({tuple(c) for text in [*PAGES.values(), *NOTEBOOK_TEXT.values()] for c in commands(text)})
+COMMANDS = [list(c) for c in COMMANDS]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,22 +153,60 @@ def _start_every_program_once():
         list(pool.map(help_flags, exist))
 
 
-def test_readme_has_the_two_setup_commands():
-    assert len(COMMANDS) >= 10
-    assert ["python", "-m", "pytest", "-q", "-n", "2", "tests"] in COMMANDS  # the CI command (.ci/run)
-    assert any(c[:3] == ["python", "-m", "usjepa_jax.main"] and "--config=configs/base.py" in c for c in COMMANDS)
+def ci_test_command() -> list[str]:
+    """The pytest line of .ci/run, the script CI runs."""
+    (line,) = [line for line in (REPO / ".ci/run").read_text().splitlines() if re.search(r"-m pytest\b", line)]
+    return ["python" if w == "python3" else w for w in shlex.split(line)]
+
+
+def test_readme_has_the_two_commands_and_the_test_command_is_what_ci_runs():
+    readme = commands(README)
+    main = ["python", "-m", "usjepa_jax.main", "--config=configs/base.py", "--workdir=/tmp/usjepa_base"]
+    install = ["pip", "install", "-r", "requirements.txt"]
+    assert install in readme and main in readme, "the main command on the built-in simulator is gone"
+    assert ci_test_command() == ["python", "-m", "pytest", "-q", "-n", "2", "tests"]
+    assert ci_test_command() in readme, "the README's test command differs from .ci/run's"
+    # CI's run includes the documentation tests: no marker filter on the command line or in the pytest options
+    addopts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    options = ci_test_command()[3:] + shlex.split(addopts)  # after `python -m pytest`
+    assert not [o for o in options if o.startswith(("-m", "--markexpr", "--deselect", "-k"))], options
+    assert load_config("configs/base.py").data.source == "synthetic"  # the main command needs no data
+
+
+def test_readme_is_a_front_door():
+    """At most ~250 lines; the measured write-ups live in docs/ (docs/README.md indexes them)."""
+    lines = README.splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: move the narrative to docs/"
+    assert (REPO / "docs/README.md").is_file()
+    for page in sorted((REPO / "docs").glob("*.md")):
+        if page.name != "README.md":
+            assert f"]({page.name})" in PAGES["docs/README.md"], f"docs/README.md does not list {page.name}"
+
+
+def test_every_figure_of_the_readme_results_is_in_a_docs_page_with_its_command():
+    """The README's results section quotes figures measured in docs/; each number is found there."""
+    section = re.search(r"^## Results\n(.*?)(?=^## )", README, re.M | re.S)
+    assert section, "README.md has no '## Results' section"
+    table = "\n".join(line for line in section.group(1).splitlines() if line.startswith("|"))
+    numbers = set(re.findall(r"\d+\.\d+", table))
+    assert numbers, "the results section holds no table of figures"
+    assert any(c[:2] in (["python", "experiments/task_suite.py"], ["python", "experiments/sweep.py"])
+               for c in commands(section.group(1))), "the results table needs the command that makes it"
+    docs = "".join(text for name, text in PAGES.items() if name != "README.md")
+    assert not numbers - set(re.findall(r"\d+\.\d+", docs)), numbers - set(re.findall(r"\d+\.\d+", docs))
 
 
 @pytest.mark.parametrize("words", COMMANDS, ids=lambda w: " ".join(w)[:80])
-def test_readme_command_parses(words):
+def test_command_parses(words):
     sys.path.insert(0, str(REPO))
     check(words)
 
 
-def test_readme_python_blocks_compile():
-    for lang, body in FENCE.findall(README):
+@pytest.mark.parametrize("page", PAGES)
+def test_python_blocks_compile(page):
+    for lang, body in FENCE.findall(PAGES[page]):
         if lang == "python":
-            compile(body, "README.md", "exec")
+            compile(body, page, "exec")
 
 
 @pytest.mark.parametrize("line,problem", [
@@ -163,4 +221,15 @@ def test_the_checker_catches(line, problem):
     """The checker fails on what it claims to catch (and passes the same commands fixed, above)."""
     (words,) = commands(f"```bash\n{line}\n```\n")
     with pytest.raises(AssertionError, match=re.escape(problem)):
+        check(words)
+
+
+def test_the_checker_catches_a_config_that_does_not_validate(tmp_path):
+    bad = tmp_path / "bad.py"  # base with an input size the patch does not divide
+    base = str(REPO / "configs/base.py")
+    bad.write_text(f"from usjepa_jax import config\n\nbase = config.sibling_config({base!r}, 'base')\n\n"
+                   "def get_config(arg=None):\n    c = base.get_config(arg)\n    c.data.image_size = 100\n"
+                   "    return c\n")
+    (words,) = commands(f"```bash\npython -m usjepa_jax.main --config={bad} --workdir=/tmp/x\n```\n")
+    with pytest.raises(AssertionError, match="does not validate.*data.image_size"):
         check(words)
