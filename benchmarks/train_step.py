@@ -18,7 +18,7 @@ same devices, so a ratio of two measurements on one machine):
   ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once);
 - ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
   (:func:`useful_flops`: matmuls and attention; backward = 2x forward for the trained student and predictor, the
-  frozen teacher forward only). ``mfu`` is the useful one (what the README quotes), ``mfu_xla`` XLA's.
+  frozen teacher forward only). ``mfu`` is the useful one (what docs/performance.md quotes), ``mfu_xla`` XLA's.
 - ``analytic_vs_xla``: the analytic count at the padded shapes over XLA's count, a check of the formula
   (XLA also counts element-wise ops, so slightly below 1).
 The step runs on synthetic batches already on device (the input pipeline is measured separately by

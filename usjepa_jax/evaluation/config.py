@@ -14,7 +14,7 @@ EVALUATOR_NAMES = ("collapse", "knn", "linear_probe", "few_shot", "robustness", 
 POOLINGS = ("mean", "max", "mean_max")
 CORRUPTIONS = ("blur", "contrast", "speckle")
 TASK_NAMES = ("lesion", "organ", "margin", "grade")  # the simulated task suite (tasks.py)
-DEFAULT_TASKS = "lesion,organ"  # the tasks kept at the base size (README: margin and grade are not)
+DEFAULT_TASKS = "lesion,organ"  # the tasks kept at the base size (docs/regime.md: margin and grade are not)
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
