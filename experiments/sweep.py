@@ -186,13 +186,14 @@ def measure_baseline(run: Run, config, workdir: Path, data: dict) -> dict[str, d
         from usjepa_jax.evaluation.entry import evaluate_run
         return {"random": evaluate_run(config, workdir, "random", data=data)}
     from usjepa_jax.evaluation import dense
+    from usjepa_jax.evaluation.config import evaluator_list
     from usjepa_jax.evaluation.features import pixel_tokens
     from usjepa_jax.evaluation.probe import ProbeConfig
     from usjepa_jax.evaluation.baselines import oracle_features, probe_on, raw_pixel_features, token_readouts
     from usjepa_jax.models.vit import parse_variant
 
     patch = parse_variant(config.model.variant)["patch_size"]  # the encoders' grid: the same token readouts
-    evaluators = set(config.evals.evaluators.split(","))
+    evaluators = set(evaluator_list(config.evals))  # validated, whitespace stripped
     readouts = {name for name in ("attentive", "dense") if f"{name}_probe" in evaluators}
     row = {}
     for task, d in data.items():
