@@ -80,6 +80,51 @@ def test_patchify_and_pixel_loss():
     assert float(objectives.reconstruction_loss(perfect + 1.0, target, valid)) == pytest.approx(1.0)
 
 
+def test_lowpass_equals_a_reference_gaussian_filter():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = np.random.default_rng(0).standard_normal((2, 24, 20, 1)).astype(np.float32)
+    out = np.asarray(objectives.gaussian_lowpass(jnp.asarray(x), 2.0))
+    ref = np.stack([ndimage.gaussian_filter(im[..., 0], 2.0, mode="mirror", truncate=3.0) for im in x])[..., None]
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+    # White noise: the variance falls by the squared sum of the 2-d kernel's squares (1 / (4 pi sigma^2) in the
+    # continuum, 0.0199 at sigma 2); a constant image is unchanged.
+    noise = jax.random.normal(jax.random.key(0), (4, 96, 96, 1))
+    assert float(objectives.gaussian_lowpass(noise, 2.0)[:, 8:-8, 8:-8].var()) == pytest.approx(
+        1 / (4 * np.pi * 4), rel=0.1)
+    np.testing.assert_allclose(objectives.gaussian_lowpass(jnp.full((1, 16, 16, 1), 3.0), 1.5), 3.0, rtol=1e-6)
+
+
+def test_hog_targets_see_edges_by_orientation_and_ignore_brightness():
+    p = 8  # 2 x 2 cells of 4 px per patch, 9 bins of 20 degrees: 36 values per patch
+    image = np.zeros((1, 16, 16, 1), np.float32)
+    image[0, :, 10:] = 1.0  # a vertical edge between columns 9 and 10: horizontal gradient, orientation 0
+    hog = np.asarray(objectives.hog_targets(jnp.asarray(image), p))
+    assert hog.shape == (1, 4, objectives.pixel_target_width("hog", p)) == (1, 4, 36)
+    cells = hog.reshape(1, 4, 4, objectives.HOG_BINS)  # patch (row-major), cell (row-major), bin
+    assert np.abs(hog[0, [0, 2]]).max() == 0  # the left patches see no gradient
+    right = cells[0, [1, 3]]  # central differences at columns 9 and 10: the right patches' left cells
+    assert right[:, [0, 2], 1:].max() == 0 and right[:, [0, 2], 0].min() > 0 and right[:, [1, 3]].max() == 0
+    np.testing.assert_allclose(np.linalg.norm(hog[0, [1, 3]], axis=-1), 1.0, rtol=1e-5)
+    turned = np.asarray(objectives.hog_targets(jnp.asarray(image.transpose(0, 2, 1, 3)), p)).reshape(1, 4, 4, -1)
+    assert turned[..., 4].sum() > 0 and np.delete(turned, 4, axis=-1).max() == 0  # 90 degrees: bin 4 (80-100)
+    # Histograms of a textured image are the same after a brightness and contrast change.
+    x = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
+    np.testing.assert_allclose(objectives.hog_targets(3.0 * x + 5.0, p), objectives.hog_targets(x, p), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", objectives.PIXEL_TARGETS)
+def test_pixel_target_kinds(kind):
+    images = jax.random.uniform(jax.random.key(2), (2, 16, 16, 1))
+    out = objectives.pixel_targets(images, 8, normalize_pixels=False, kind=kind, lowpass_sigma=1.0)
+    assert out.shape == (2, 4, objectives.pixel_target_width(kind, 8))
+    expected = {"pixels": objectives.patchify(images, 8),
+                "lowpass": objectives.patchify(objectives.gaussian_lowpass(images, 1.0), 8),
+                "hog": objectives.hog_targets(images, 8)}[kind]
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="'edges' is not one of"):
+        objectives.pixel_targets(images, 8, kind="edges")
+
+
 def test_ema_momentum_schedule_and_update():
     assert float(objectives.ema_momentum(0, 100)) == pytest.approx(0.996)
     assert float(objectives.ema_momentum(50, 100)) == pytest.approx(0.998)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base
+from configs import base, salt_teacher
 from tests.conftest import REPO, encoder_params, read_metrics, smoke_config, tensorboard_scalars
 from usjepa_jax import config as config_lib
 from usjepa_jax import layout, targets, train
@@ -216,6 +216,11 @@ def test_stage1_config_takes_the_teacher_settings():
     assert stage1.optim.total_steps == config.teacher.optim.total_steps
     assert stage1.loss.normalize_pixels is False  # configs/base.py: raw-pixel stage 1 (see its comment)
     assert config.loss.normalize_pixels is True  # the student's own config is untouched
+    config.teacher.pixel_target, config.teacher.lowpass_sigma = "lowpass", 1.5  # the teacher options
+    stage1 = config_lib.stage1_config(config)
+    assert (stage1.loss.pixel_target, stage1.loss.lowpass_sigma) == ("lowpass", 1.5)
+    # configs/salt_teacher.py is that stage 1 as a run of its own.
+    assert salt_teacher.get_config().to_dict() == config_lib.stage1_config(base.get_config()).to_dict()
 
 
 def test_knn_monitor_logs_what_a_direct_evaluation_gives(tmp_path):

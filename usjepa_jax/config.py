@@ -6,7 +6,7 @@ unknown keys are already refused by ``ConfigDict`` itself (CLI overrides of a mi
 
 This module is the ground floor of the package: it imports no jax (nor flax, optax), so a config loads and
 validates before anything heavy is imported, and every other module may import it. What the schema needs of the
-model (the ViT variant table, the attention and remat names) and of the loss (``LOSS_KINDS``) is defined here for
+model (the ViT variant table, the attention and remat names) and of the loss (``LOSS_KINDS``, ``PIXEL_TARGETS``) is defined here for
 that reason; ``models/vit.py`` and ``objectives.py`` take it from here.
 
 Methods (``config.method``) register themselves (``register_method``): each owns its config keys (added to
@@ -37,6 +37,7 @@ from usjepa_jax.masks import default_mask_config
 
 DTYPES = ("float32", "bfloat16")
 LOSS_KINDS = ("smooth_l1", "l1", "l2")  # objectives.elementwise_loss
+PIXEL_TARGETS = ("pixels", "lowpass", "hog")  # objectives.pixel_targets: loss.pixel_target, teacher.pixel_target
 # ViT name -> (width, depth, mlp_dim, num_heads). big_vision's table; "mu" is a micro model for tests and CPU runs.
 VIT_VARIANTS: dict[str, tuple[int, int, int, int]] = {
     "mu": (32, 1, 128, 2),
@@ -340,6 +341,11 @@ def _usjepa_keys(c: ml_collections.ConfigDict) -> None:
         # target is mostly speckle, which cannot be predicted, and the encoder's output can collapse to a
         # constant: raw pixels (False) keep the predictable anatomy (patch brightness) in the target.
         normalize_pixels=True,
+        # What stage 1 reconstructs (loss.pixel_target of the pixel method): pixels; pixels low-passed by a
+        # Gaussian of lowpass_sigma input pixels (the speckle's grain averaged away); or MaskFeat's histograms of
+        # oriented gradients. Options for a teacher that carries anatomy rather than speckle (docs/teachers.md).
+        pixel_target="pixels",
+        lowpass_sigma=2.0,
     ))
 
 
@@ -353,6 +359,7 @@ def _validate_usjepa(config: ml_collections.ConfigDict) -> None:
     if _trains_its_teacher(config):
         _validate_model("teacher.model", config.teacher.model, config.data.image_size)
         _validate_optim("teacher.optim", config.teacher.optim)
+        _validate_pixel_target("teacher", config.teacher, config.teacher.model.variant)
         _check(parse_variant(config.teacher.model.variant)["patch_size"]
                == parse_variant(config.model.variant)["patch_size"], "teacher.model.variant",
                config.teacher.model.variant, "the same patch size as model.variant (targets are per patch)")
@@ -392,6 +399,8 @@ def _usjepa_stage1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     stage1.predictor = config.teacher.decoder
     stage1.optim = config.teacher.optim
     stage1.loss.normalize_pixels = config.teacher.normalize_pixels
+    stage1.loss.pixel_target = config.teacher.pixel_target
+    stage1.loss.lowpass_sigma = config.teacher.lowpass_sigma
     return stage1
 
 
@@ -406,13 +415,31 @@ def _validate_ijepa(config: ml_collections.ConfigDict) -> None:
 
 def _pixel_keys(c: ml_collections.ConfigDict) -> None:
     c.loss.normalize_pixels = True  # per-patch normalised targets (MAE)
+    c.loss.pixel_target = "pixels"  # or "lowpass" (Gaussian of loss.lowpass_sigma px first) or "hog" (MaskFeat)
+    c.loss.lowpass_sigma = 2.0
+
+
+def _validate_pixel_target(prefix: str, keys: ml_collections.ConfigDict, variant: str) -> None:
+    """``pixel_target`` and ``lowpass_sigma`` under ``prefix`` (``loss`` of the pixel method, or ``teacher``) for an
+    encoder of ``variant``."""
+    _check(keys.pixel_target in PIXEL_TARGETS, f"{prefix}.pixel_target", keys.pixel_target,
+           f"one of {PIXEL_TARGETS}")
+    _check(keys.lowpass_sigma > 0, f"{prefix}.lowpass_sigma", keys.lowpass_sigma, "a Gaussian's std > 0 pixels")
+    if keys.pixel_target == "hog":
+        _check(parse_variant(variant)["patch_size"] % 2 == 0, f"{prefix}.pixel_target", keys.pixel_target,
+               f"'hog' needs an even patch size (2 x 2 histogram cells per patch), {variant} has an odd one")
+
+
+def _validate_pixel(config: ml_collections.ConfigDict) -> None:
+    _validate_teacher_unused(config)
+    _validate_pixel_target("loss", config.loss, config.model.variant)
 
 
 # The built-in methods, whose sources are in targets.py; the order is the order of their keys in a config.
 register_method(Method("usjepa", "usjepa_jax.targets:FrozenTeacher", _usjepa_keys, _validate_usjepa,
                        _usjepa_variants, _usjepa_stage1))
 register_method(Method("ijepa", "usjepa_jax.targets:EMATeacher", _ijepa_keys, _validate_ijepa))
-register_method(Method("pixel", "usjepa_jax.targets:Pixels", _pixel_keys, _validate_teacher_unused))
+register_method(Method("pixel", "usjepa_jax.targets:Pixels", _pixel_keys, _validate_pixel))
 
 
 def run_config(workdir: str | Path) -> ml_collections.ConfigDict:

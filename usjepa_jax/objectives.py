@@ -6,7 +6,8 @@
   standardised per feature over the batch's valid target patches (``standardize_targets``, off by default; our
   addition for briefly trained teachers whose tokens share one dominant direction, see ``standardize_features``).
 - ``pixel_targets`` + ``reconstruction_loss``: SALT stage 1 / MAE-style. Per-patch normalised pixels at the
-  target patches, MSE.
+  target patches, MSE; or targets that average the speckle away (``loss.pixel_target``: low-passed pixels, or
+  MaskFeat's histograms of oriented gradients).
 - ``ema_update`` / ``ema_momentum``: the I-JEPA EMA teacher (momentum linear 0.996 -> 1.0 over training).
 
 Static-shape note: target blocks arrive padded to a fixed length with a validity mask (see ``masks.py``). The
@@ -16,10 +17,12 @@ the target blocks" (docs/method.md); with unpadded equal-size blocks this equals
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from usjepa_jax.config import LOSS_KINDS
+from usjepa_jax.config import LOSS_KINDS, PIXEL_TARGETS
 from usjepa_jax.models.vit import patchify  # pixel targets in the patch embedding's order
 
 
@@ -112,10 +115,66 @@ def normalized_patch_targets(patches: jax.Array, eps: float = 1e-6) -> jax.Array
     return (patches - mean) / jnp.sqrt(var + eps)
 
 
-def pixel_targets(images: jax.Array, patch_size: int, *, normalize_pixels: bool = True) -> jax.Array:
-    """``[B, H, W, C]`` float images -> ``[B, N, p*p*C]`` float32 pixel targets of every patch, per-patch
-    normalised (MAE) when ``normalize_pixels``."""
-    patches = patchify(images.astype(jnp.float32), patch_size)
+HOG_BINS = 9  # unsigned orientations over 0-180 degrees, MaskFeat's (Wei et al., 2022) and Dalal & Triggs' choice
+HOG_CELLS = 2  # cells per patch side: 4 cells of (p/2)^2 pixels, MaskFeat's 8 px cells in its 16 px patches
+
+
+def gaussian_lowpass(images: jax.Array, sigma: float) -> jax.Array:
+    """``[B, H, W, C]`` blurred by a Gaussian of standard deviation ``sigma`` pixels (separable, truncated at
+    3 sigma, reflected at the border). Averages the speckle's grain away and keeps the anatomy's larger shapes."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = jnp.pad(images.astype(jnp.float32), ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="reflect")
+    size = 2 * radius + 1
+    x = sum(kernel[i] * x[:, i:i + x.shape[1] - size + 1] for i in range(size))  # along H
+    return sum(kernel[i] * x[:, :, i:i + x.shape[2] - size + 1] for i in range(size))  # along W
+
+
+def hog_targets(images: jax.Array, patch_size: int, eps: float = 1e-6) -> jax.Array:
+    """``[B, H, W, C]`` -> ``[B, N, HOG_CELLS^2 * HOG_BINS]``: per patch, histograms of oriented gradients
+    (MaskFeat's targets): central-difference gradients of the channel mean, each pixel's magnitude added to the bin
+    of its unsigned orientation, summed over ``HOG_CELLS x HOG_CELLS`` cells of the patch, the patch's histograms
+    L2-normalised together (a patch without gradient is all zero). Local edge structure, independent of the
+    patch's brightness and contrast; speckle adds a broad floor to every bin."""
+    if patch_size % HOG_CELLS:
+        raise ValueError(f"HOG targets need a patch size divisible by {HOG_CELLS} cells, got {patch_size}")
+    x = images.astype(jnp.float32).mean(axis=-1)
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    gy = padded[:, 2:, 1:-1] - padded[:, :-2, 1:-1]
+    gx = padded[:, 1:-1, 2:] - padded[:, 1:-1, :-2]
+    angle = jnp.mod(jnp.arctan2(gy, gx), jnp.pi)  # unsigned: [0, pi)
+    bins = jnp.clip(jnp.floor(angle / (jnp.pi / HOG_BINS)).astype(jnp.int32), 0, HOG_BINS - 1)
+    votes = jax.nn.one_hot(bins, HOG_BINS, dtype=jnp.float32) * jnp.hypot(gx, gy)[..., None]  # [B, H, W, bins]
+    batch, height, width = x.shape
+    cell = patch_size // HOG_CELLS
+    hist = votes.reshape(batch, height // cell, cell, width // cell, cell, HOG_BINS).sum(axis=(2, 4))
+    g_h, g_w = height // patch_size, width // patch_size  # the cells of a patch next to each other, row-major
+    hist = hist.reshape(batch, g_h, HOG_CELLS, g_w, HOG_CELLS, HOG_BINS).transpose(0, 1, 3, 2, 4, 5)
+    hist = hist.reshape(batch, g_h * g_w, HOG_CELLS * HOG_CELLS * HOG_BINS)
+    return hist / jnp.sqrt(jnp.sum(hist**2, axis=-1, keepdims=True) + eps)
+
+
+def pixel_target_width(kind: str, patch_size: int, channels: int = 1) -> int:
+    """The width of one patch's target of ``pixel_targets(kind=...)``."""
+    return HOG_CELLS * HOG_CELLS * HOG_BINS if kind == "hog" else patch_size * patch_size * channels
+
+
+def pixel_targets(images: jax.Array, patch_size: int, *, normalize_pixels: bool = True, kind: str = "pixels",
+                  lowpass_sigma: float = 2.0) -> jax.Array:
+    """``[B, H, W, C]`` float images -> ``[B, N, D]`` float32 reconstruction targets of every patch: its pixels
+    (``kind='pixels'``, ``D = p*p*C``), its pixels after a Gaussian low-pass of ``lowpass_sigma`` pixels
+    (``'lowpass'``: the anatomy without the speckle's grain), both per-patch normalised (MAE) when
+    ``normalize_pixels``; or its histograms of oriented gradients (``'hog'``, ``hog_targets``, already normalised)."""
+    if kind not in PIXEL_TARGETS:
+        raise ValueError(f"pixel target {kind!r} is not one of {PIXEL_TARGETS}")
+    if kind == "hog":
+        return hog_targets(images, patch_size)
+    images = images.astype(jnp.float32)
+    if kind == "lowpass":
+        images = gaussian_lowpass(images, lowpass_sigma)
+    patches = patchify(images, patch_size)
     return normalized_patch_targets(patches) if normalize_pixels else patches
 
 

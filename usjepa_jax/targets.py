@@ -183,11 +183,13 @@ class EMATeacher(TargetSource):
 
 class Pixels(TargetSource):
     """The image's own pixels per patch (``p * p`` grayscale values), per-patch normalised when
-    ``loss.normalize_pixels`` (MAE); the loss is the MSE."""
+    ``loss.normalize_pixels`` (MAE), or what ``loss.pixel_target`` makes of them (low-passed pixels, HOG;
+    ``objectives.pixel_targets``); the loss is the MSE."""
 
     def __init__(self, patch_size: int, config: ml_collections.ConfigDict, dtype: Any = jnp.float32):
         super().__init__(config.loss)
-        self.patch_size, self.width = patch_size, patch_size**2
+        self.kind, self.lowpass_sigma = config.loss.pixel_target, config.loss.lowpass_sigma
+        self.patch_size, self.width = patch_size, objectives.pixel_target_width(self.kind, patch_size)
         self.normalize_pixels, self.mean, self.std, self.dtype = (config.loss.normalize_pixels, config.data.mean,
                                                                   config.data.std, dtype)
 
@@ -197,7 +199,8 @@ class Pixels(TargetSource):
 
     def targets(self, state, frozen, batch):
         images = normalize_images(batch["image"], self.mean, self.std, self.dtype)  # what the student sees
-        return objectives.pixel_targets(images, self.patch_size, normalize_pixels=self.normalize_pixels)
+        return objectives.pixel_targets(images, self.patch_size, normalize_pixels=self.normalize_pixels,
+                                        kind=self.kind, lowpass_sigma=self.lowpass_sigma)
 
     def prepare(self, target, valid):
         return jax.lax.stop_gradient(target.astype(jnp.float32))
