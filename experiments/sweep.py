@@ -176,6 +176,8 @@ def train_and_measure(run: Run, config, workdir: Path, data: dict) -> dict[str, 
     rows = {run.method: evaluate_run(config, workdir, "student", "latest", data=data)}
     if config.method == "usjepa" and not config.teacher.checkpoint:  # SALT stage 1 ran in workdir/teacher
         rows[f"{run.method}_teacher"] = evaluate_run(config, workdir, "teacher", data=data)
+    if config.method == "ijepa":  # its EMA encoder, the one the I-JEPA paper evaluates
+        rows[f"{run.method}_ema"] = evaluate_run(config, workdir, "ema", data=data)
     return rows
 
 

@@ -112,6 +112,14 @@ def test_kill_and_resume_is_exact(teacher_dir, tmp_path, monkeypatch, method, ov
         assert resumed[step]["loss"] == straight[step]["loss"], step
     jax.tree.map(np.testing.assert_array_equal, encoder_params(tmp_path / "straight"),
                  encoder_params(tmp_path / "resumed"))
+    if method == "ijepa":  # its EMA encoder is exported next to the student, and resumes exactly as well
+        from usjepa_jax.evaluation.encoder_specs import run_encoder
+
+        ema = {run: run_encoder(config, tmp_path / run, "ema") for run in ("straight", "resumed")}
+        jax.tree.map(np.testing.assert_array_equal, ema["straight"].params, ema["resumed"].params)
+        assert ema["straight"].content_hash != load_encoder(tmp_path / "straight").content_hash  # not the student
+    else:
+        assert not (tmp_path / "straight" / layout.EMA_ENCODER_DIR).exists()
 
 
 def test_resume_with_another_teacher_is_refused(teacher_dir, single_device_run, tmp_path):

@@ -42,6 +42,7 @@ from ml_collections import config_flags
 from usjepa_jax import cli
 from usjepa_jax import config as config_lib
 from usjepa_jax.evaluation import entry
+from usjepa_jax.evaluation.encoder_specs import RUN_ENCODERS
 from usjepa_jax.evaluation.table import TABLE_MD
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,7 +50,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "RUN/config.json (--config.KEY=VALUE overrides need --config).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's directory.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "latest", "latest | best | a step number (student only).")
-_ENCODER = flags.DEFINE_enum("encoder", "student", ["student", "teacher", "random"], "Which encoder to evaluate.")
+_ENCODER = flags.DEFINE_enum("encoder", "student", list(RUN_ENCODERS), "Which encoder to evaluate (ema: an "
+                             "I-JEPA run's EMA encoder).")
 _ENCODERS = flags.DEFINE_list("encoders", None, "Table mode: encoders, comma separated: [NAME=]student[:best|STEP]"
                               ", teacher, random, or a path (exported encoder, run workdir, checkpoint file); "
                               "@SIZE sets the input size.")

@@ -53,6 +53,7 @@ class TargetSource:
     width: int
     frozen_params: Any = None
     batch_keys: tuple[str, ...] = ()
+    state_is_encoder = False  # the state is an encoder's parameters (the EMA copy): exported at the end
 
     def __init__(self, loss_config: ml_collections.ConfigDict):
         self.loss_kind, self.normalize_targets = loss_config.kind, loss_config.normalize_targets
@@ -157,7 +158,10 @@ class CachedTeacher(TargetSource):
 
 class EMATeacher(TargetSource):
     """An exponential moving average of the student's encoder (I-JEPA); momentum linear ``ema.start -> ema.end``
-    over training. Its parameters are the state: checkpointed with the student, no gradient, no optimizer."""
+    over training. Its parameters are the state: checkpointed with the student, no gradient, no optimizer; at the
+    end the trainer exports them as an encoder of their own (``RUN/encoder_ema``)."""
+
+    state_is_encoder = True
 
     def __init__(self, encoder: VisionTransformer, config: ml_collections.ConfigDict):
         super().__init__(config.loss)

@@ -36,8 +36,8 @@ from usjepa_jax.data.sources import EmptySplitError
 from usjepa_jax.encoders import export_encoder, is_exported_encoder, normalize_images
 from usjepa_jax.errors import Diverged, Preempted, ResumeRefused
 from usjepa_jax.evaluation.monitor import KnnMonitor
-from usjepa_jax.layout import (BEST_ENCODER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, ENCODER_DIR, MODEL_FILE, PROFILE_DIR,
-                               TEACHER_DIR)
+from usjepa_jax.layout import (BEST_ENCODER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, EMA_ENCODER_DIR, ENCODER_DIR,
+                               MODEL_FILE, PROFILE_DIR, TEACHER_DIR)
 from usjepa_jax.masks import MultiBlockMaskSampler
 from usjepa_jax.models import Predictor, VisionTransformer
 from usjepa_jax.optim import lr_schedule, make_optimizer, wd_schedule
@@ -281,16 +281,16 @@ def build_trainer(config: ml_collections.ConfigDict, source: targets.TargetSourc
     eval_loss = jax.jit(lambda state, frozen, batch: loss_fn(state.params, state.targets, frozen, batch)[0],
                         in_shardings=in_shardings, out_shardings=sharding.replicated(mesh))
 
-    def encoder_finite(state: TrainState, batch) -> jax.Array:
+    def encoder_finite(params, batch) -> jax.Array:
         # The full image, as an export's user embeds it: a diverged encoder can keep a finite training loss on
         # its context tokens while the full image's tokens overflow to NaN.
-        params = state.params["encoder"]
         tokens, _ = encoder.apply({"params": params}, normalize_images(batch["image"], config.data.mean,
                                                                        config.data.std, encoder.dtype))
         return jnp.all(jnp.isfinite(tokens)) & jnp.all(jnp.array([jnp.isfinite(x).all()
                                                                    for x in jax.tree.leaves(params)]))
 
-    encoder_finite = jax.jit(encoder_finite, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+    encoder_finite = jax.jit(encoder_finite, in_shardings=(state_shardings.params["encoder"],
+                                                          sharding.batch_sharding(mesh)),
                              out_shardings=sharding.replicated(mesh))
     return Trainer(config, mesh, encoder, predictor, sampler, source, abstract_state, state_shardings,
                    frozen_params, jax.jit(init, out_shardings=state_shardings), step, eval_loss, encoder_finite)
@@ -338,15 +338,16 @@ def host_metrics(metrics: dict[str, jax.Array], step: int, where: str) -> dict[s
     return check_finite({k: float(v) for k, v in jax.device_get(metrics).items()}, step, where)
 
 
-def export_checked(trainer: Trainer, state: TrainState, local_batch: dict[str, np.ndarray], directory: Path,
+def export_checked(trainer: Trainer, params: Any, local_batch: dict[str, np.ndarray], directory: Path,
                    step: int, source: dict[str, Any] | None = None) -> None:
-    """Export the student encoder to ``directory`` unless it is non-finite (``Trainer.encoder_finite`` on
-    ``local_batch``): a diverged encoder is never written where evaluation or a later run would pick it up."""
-    if not bool(trainer.encoder_finite(state, trainer.place_batch(local_batch))):
+    """Export the encoder ``params`` (the student's, or an EMA copy's) to ``directory`` unless it is non-finite
+    (``Trainer.encoder_finite`` on ``local_batch``): a diverged encoder is never written where evaluation or a
+    later run would pick it up."""
+    if not bool(trainer.encoder_finite(params, trainer.place_batch(local_batch))):
         raise Diverged(f"The encoder at step {step} has non-finite parameters or embeds images to NaN/inf; "
                        f"{directory} not written.")
     config = trainer.config
-    export_encoder(directory, trainer.encoder, state.params["encoder"], mean=config.data.mean, std=config.data.std,
+    export_encoder(directory, trainer.encoder, params, mean=config.data.mean, std=config.data.std,
                    image_size=config.data.image_size, source=source)
 
 
@@ -479,7 +480,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
                 # checkpoints to keep, but resuming needs the latest ones.
                 if val < best:
                     best = val
-                    export_checked(trainer, state, probe, workdir / BEST_ENCODER_DIR, step,
+                    export_checked(trainer, state.params["encoder"], probe, workdir / BEST_ENCODER_DIR, step,
                                    source=dict(run=str(workdir), step=step, val_loss=val))
             if knn_monitor is not None and every(step, config.evals.knn.every, o.total_steps):
                 knn = check_finite(knn_monitor(state.params["encoder"]), step, kept())
@@ -500,8 +501,11 @@ def train(config: ml_collections.ConfigDict, workdir: Path, on_log: OnLog | None
         writer.close()
 
     # ---- export the trained encoder (a teacher for later runs, and the evaluation's input).
-    export_checked(trainer, state, next(data_iter) if probe is None else probe, workdir / ENCODER_DIR,
-                   int(state.step))
+    last_batch = next(data_iter) if probe is None else probe
+    export_checked(trainer, state.params["encoder"], last_batch, workdir / ENCODER_DIR, int(state.step))
+    if trainer.source.state_is_encoder:  # I-JEPA's EMA encoder: the one its paper evaluates, and a teacher
+        export_checked(trainer, state.targets, last_batch, workdir / EMA_ENCODER_DIR, int(state.step),
+                       source=dict(run=str(workdir), step=int(state.step), ema_of="encoder"))
     if is_main:
         logging.info("Done: encoder in %s, loss curve in %s", workdir / ENCODER_DIR, write_loss_curve(workdir))
     return last or last_values(workdir)  # a rerun of a finished run trains nothing: what was logged last

@@ -1,11 +1,12 @@
 """Which encoder to evaluate: a training run's own (``student``, ``student:best``, ``student:STEP``, ``teacher``,
-``random``) or any checkpoint path, parsed from the command line's ``[NAME=]WHAT[@SIZE]`` (``EncoderSpec``) and
+``ema``, ``random``) or any checkpoint path, parsed from the command line's ``[NAME=]WHAT[@SIZE]`` (``EncoderSpec``) and
 loaded as a ``FrozenEncoder`` (``run_encoder``, ``load_encoder_spec``).
 
 A run's encoders: ``student`` is its exported final encoder ``RUN/encoder`` (``latest``), its lowest
 validation-loss encoder ``RUN/encoder_best`` (``best``) or the encoder restored from ``RUN/checkpoints/STEP``;
-``teacher`` its frozen teacher (``config.teacher.checkpoint`` or the stage-1 ``RUN/teacher/encoder``); ``random``
-a random init of ``config.model`` (the floor).
+``teacher`` its frozen teacher (``config.teacher.checkpoint`` or the stage-1 ``RUN/teacher/encoder``); ``ema`` the
+EMA copy of the student of an I-JEPA run (``RUN/encoder_ema``); ``random`` a random init of ``config.model`` (the
+floor).
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from usjepa_jax import layout, storage
 from usjepa_jax.encoders import FrozenEncoder, load_encoder
 from usjepa_jax.evaluation.features import random_encoder
 
-RUN_ENCODERS = ("student", "teacher", "random")
+RUN_ENCODERS = ("student", "teacher", "ema", "random")
 
 
 @dataclasses.dataclass(frozen=True)
 class EncoderSpec:
     name: str
-    what: str  # student | teacher | random | a path
+    what: str  # student | teacher | ema | random | a path
     checkpoint: str = "latest"  # student: latest | best | STEP
     size: int | None = None
 
@@ -71,13 +72,16 @@ def encoder_path(config: ml_collections.ConfigDict, workdir: str | Path, encoder
     workdir = storage.path(workdir)
     if encoder == "teacher":
         return storage.path(config.teacher.checkpoint or workdir / layout.TEACHER_DIR / layout.ENCODER_DIR)
-    if checkpoint not in ("latest", "best"):
+    if encoder == "student" and checkpoint not in ("latest", "best"):
         return workdir / layout.CHECKPOINTS_DIR / str(int(checkpoint))
-    path = workdir / (layout.ENCODER_DIR if checkpoint == "latest" else layout.BEST_ENCODER_DIR)
+    path = workdir / ({"ema": layout.EMA_ENCODER_DIR}.get(encoder) or
+                      (layout.ENCODER_DIR if checkpoint == "latest" else layout.BEST_ENCODER_DIR))
     if not (path / layout.MODEL_FILE).is_file():
         raise FileNotFoundError(f"No exported encoder in {path}" + (
             " (encoder_best/ is written only when the run computes a validation loss: eval_every > 0 and "
-            "data.num_val >= batch_size)" if checkpoint == "best" else " (has the run finished?)"))
+            "data.num_val >= batch_size)" if checkpoint == "best" else
+            " (only an I-JEPA run has an EMA encoder; has the run finished?)" if encoder == "ema" else
+            " (has the run finished?)"))
     return path
 
 
