@@ -15,6 +15,8 @@ counts when it lies wholly inside the scan region of both images (outside is bla
 name) and varies in both (a patch of anechoic fluid clipped to black has no normalised target).
 
 - ``speckle_share(images_a, images_b, patch, masks)``: the measure on image pairs (tests give it known cases);
+- ``target_correlations(targets_a, targets_b, keep)``: the same correlation on any per-patch targets (the stage-1
+  options of ``objectives.pixel_targets``: ``experiments/teacher_targets.py``);
 - ``simulator_speckle_share(render_size, image_size, patch, ...)``: on simulator renders;
 - ``config_speckle_share(config)``: at a training config's render size, input size and patch size.
 
@@ -45,10 +47,7 @@ def normalized_patches(images: np.ndarray, patch: int) -> np.ndarray:
     n, h, w = images.shape
     gh, gw = h // patch, w // patch
     x = images[:, :gh * patch, :gw * patch].reshape(n, gh, patch, gw, patch).transpose(0, 1, 3, 2, 4)
-    x = x.reshape(n, gh * gw, patch * patch)
-    x = x - x.mean(axis=-1, keepdims=True)
-    std = x.std(axis=-1, keepdims=True)
-    return np.divide(x, std, out=np.zeros_like(x), where=std > 0)
+    return _standardized(x.reshape(n, gh * gw, patch * patch))
 
 
 def patch_correlations(images_a: np.ndarray, images_b: np.ndarray, patch: int,
@@ -56,11 +55,24 @@ def patch_correlations(images_a: np.ndarray, images_b: np.ndarray, patch: int,
     """Pearson correlation of corresponding ``patch``-pixel patches of two image stacks ``[N, H, W]``, over the
     patches that vary in both images and (given ``masks`` ``[N, H, W]``, true inside the scan) lie wholly inside
     the scan: a flat vector of correlations."""
-    a, b = normalized_patches(images_a, patch), normalized_patches(images_b, patch)
-    keep = (np.abs(a).sum(axis=-1) > 0) & (np.abs(b).sum(axis=-1) > 0)
-    if masks is not None:
-        keep &= patches_inside_scan(masks, patch)
-    return (a * b).mean(axis=-1)[keep]
+    return target_correlations(normalized_patches(images_a, patch), normalized_patches(images_b, patch),
+                               None if masks is None else patches_inside_scan(masks, patch))
+
+
+def target_correlations(targets_a: np.ndarray, targets_b: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Pearson correlation of corresponding per-patch target vectors ``[N, P, D]`` (any objective's: normalised
+    pixels, low-passed pixels, HOG) over the patches that vary in both and where ``keep`` ``[N, P]`` is true: a
+    flat vector of correlations."""
+    a, b = (_standardized(np.asarray(t, np.float64)) for t in (targets_a, targets_b))
+    varies = (np.abs(a).sum(axis=-1) > 0) & (np.abs(b).sum(axis=-1) > 0)
+    return (a * b).mean(axis=-1)[varies if keep is None else varies & keep]
+
+
+def _standardized(x: np.ndarray) -> np.ndarray:
+    """Each vector of the last axis minus its mean, over its std (a constant vector stays all zeros)."""
+    x = x - x.mean(axis=-1, keepdims=True)
+    std = x.std(axis=-1, keepdims=True)
+    return np.divide(x, std, out=np.zeros_like(x), where=std > 0)
 
 
 def patches_inside_scan(masks: np.ndarray, patch: int) -> np.ndarray:
