@@ -9,7 +9,8 @@
 
 A method is ``NAME=CONFIG[:ARG] [--config.KEY=VALUE ...]``: a config file, as ``usjepa_jax.main`` takes it, plus
 overrides, so one config under two settings is two methods (``--method="lr3=configs/base.py --config.optim.lr_peak
-=3e-3"``). The runs (``run_list``) are every method x every pretraining seed (``config.seed`` = 0 .. seeds-1:
+=3e-3"``); ``{seed}`` in a string value becomes the run's pretraining seed (a teacher trained per seed:
+``--config.teacher.checkpoint=/t/runs/ijepa_seed{seed}/encoder_ema``). The runs (``run_list``) are every method x every pretraining seed (``config.seed`` = 0 .. seeds-1:
 init, masks and batch order; the data is the same for every seed, see below), plus the baselines: a random init
 of the first method's encoder per seed, the raw pixels and the oracle once (their features have no seed; the
 probe seeds are inside every run). Each run has a folder ``OUT/runs/<name>/``: training's workdir (checkpoints,
@@ -166,6 +167,22 @@ def prerendered(config, out: str | Path, log: Callable[[str], None] = logging.in
     return config
 
 
+def with_seed_in_strings(config, seed: int):
+    """``config`` with ``{seed}`` in its string values replaced by ``seed``: what a run of one pretraining seed
+    takes from a run of the same seed (``--config.teacher.checkpoint=OUT/runs/ijepa_seed{seed}/encoder_ema``)."""
+    import ml_collections
+
+    def fill(node):
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                fill(value)
+            elif isinstance(value, str) and "{seed}" in value:
+                node[key] = value.replace("{seed}", str(seed))
+        return node
+
+    return fill(config)
+
+
 def train_and_measure(run: Run, config, workdir: Path, data: dict) -> dict[str, dict[str, float]]:
     """Train (or resume) one method's run, then evaluate its student (and a stage-1 teacher trained here) on the
     shared tasks ``data``: ``{row: {task/evaluator/metric: value}}``."""
@@ -258,7 +275,7 @@ def run_sweep(runs: Sequence[Run], configs: dict, out: str | Path, *, prerender:
     for run in runs:
         cfg = (configs[run.method] if run.kind == "train" else reference).copy_and_resolve_references()
         cfg.seed = run.seed
-        run_configs[run.name] = cfg
+        run_configs[run.name] = with_seed_in_strings(cfg, run.seed)
     todo = [r for r in runs if not finished(out, r, config_fingerprint(run_configs[r.name]))]
     log(f"sweep: {len(runs) - len(todo)} of {len(runs)} runs already finished, {len(todo)} to do")
     data, started, done = None, time.perf_counter(), []

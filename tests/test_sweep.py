@@ -114,6 +114,21 @@ def test_a_results_file_of_another_config_is_refused(tmp_path):
         sweep.run_sweep(runs, changed, tmp_path, prerender=False, render=dict, measure=fake_measure([]))
 
 
+def test_seed_placeholders_take_each_runs_seed(tmp_path):
+    runs = sweep.run_list(("usjepa",), seeds=2, baselines=())
+    given = {"usjepa": configs()["usjepa"]}
+    given["usjepa"].teacher.checkpoint = "/t/runs/ijepa_seed{seed}/encoder_ema"
+    seen = {}
+
+    def measure(run, config, workdir, data):
+        seen[run.seed] = config.teacher.checkpoint
+        return {run.method: {"lesion/linear_probe/macro_f1_mean": 0.5}}
+
+    sweep.run_sweep(runs, given, tmp_path, prerender=False, render=dict, measure=measure)
+    assert seen == {0: "/t/runs/ijepa_seed0/encoder_ema", 1: "/t/runs/ijepa_seed1/encoder_ema"}
+    assert given["usjepa"].teacher.checkpoint.endswith("seed{seed}/encoder_ema")  # the method's config is untouched
+
+
 def test_atomic_results_leave_no_partial_file(tmp_path):
     path = tmp_path / "r" / sweep.RESULTS_FILE
     sweep.write_json_atomic(path, {"a": 1})
