@@ -71,6 +71,7 @@ def vit_s16_config():
     c.teacher.model = config_lib.model_config("S/16")
     c.predictor = config_lib.predictor_config(width=192, depth=6, num_heads=6)
     c.optim.batch_size = 16
+    c.optim.grad_accum_steps = 8  # 2 images a micro-batch, as measured at this size (docs/performance.md)
     return c
 
 
