@@ -320,6 +320,12 @@ def test_bucketed_step_equals_the_unpadded_computation():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads_fit, grads_full)
 
 
+def test_micro_batches_hold_at_least_an_image_per_device():
+    assert train.micro_batches(64, 1, 32) == 32  # configs/base.py on one CPU
+    assert train.micro_batches(64, 8, 32) == 8  # on 8 devices: one image per device in each micro-batch
+    assert train.micro_batches(64, 8, 4) == 4 and train.micro_batches(16, 32, 8) == 1
+
+
 @pytest.mark.parametrize("method", ["usjepa", "pixel"])
 def test_accumulated_step_equals_the_whole_batch(method):
     """``optim.grad_accum_steps``: the batch as sequential micro-batches gives the whole batch's loss and gradient,

@@ -231,14 +231,29 @@ def example_batch(config: ml_collections.ConfigDict, sampler: MultiBlockMaskSamp
                 target_valid=np.ones((batch, sampler.num_targets, sampler.target_len), bool))
 
 
+def micro_batches(batch_size: int, devices: int, grad_accum_steps: int) -> int:
+    """How many sequential micro-batches a step runs: ``grad_accum_steps``, but at most one image per device in
+    each. The accumulation is a speed and memory setting (the loss and gradient are the whole batch's, up to float
+    summation order), so a config tuned on one CPU (``configs/base.py``: 32 micro-batches of 2 images) still runs
+    on 8 devices (8 micro-batches of one image per device) rather than failing."""
+    return max(1, min(grad_accum_steps, batch_size // max(devices, 1)))
+
+
 def build_trainer(config: ml_collections.ConfigDict, source: targets.TargetSource | None = None) -> Trainer:
     """Mesh, models, masks, targets, optimizer, abstract state and shardings, and the jitted init and step.
 
     ``source``: where the targets come from; by default ``targets.from_config`` (loads ``teacher.checkpoint``,
     opens ``teacher.cache``, or builds the EMA / pixel source). Tests and benchmarks pass their own.
     """
-    # ---- mesh: the global batch is split over every device.
+    # ---- mesh: the global batch is split over every device, each micro-batch too.
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+    accum = micro_batches(config.optim.batch_size, mesh.size, config.optim.grad_accum_steps)
+    if accum != config.optim.grad_accum_steps:
+        logging.info("optim.grad_accum_steps=%d: %d devices hold %d images each, so %d micro-batches of one image "
+                     "per device (the same loss and gradient)", config.optim.grad_accum_steps, mesh.size,
+                     config.optim.batch_size // mesh.size, accum)
+        config = config.copy_and_resolve_references()
+        config.optim.grad_accum_steps = accum
     per_step = mesh.size * config.optim.grad_accum_steps
     if config.optim.batch_size % per_step:
         raise ValueError(f"config.optim.batch_size={config.optim.batch_size} is not divisible by the {mesh.size} "
