@@ -4,8 +4,11 @@ Run:    python -m usjepa_jax.main --config=configs/base.py --workdir=/tmp/usjepa
 Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/usjepa_smoke   (seconds;
         every config takes :smoke and :runlocal, usjepa_jax/config.py apply_variants)
 
-Stage 1 trains a pixel-reconstruction teacher (SALT) into <workdir>/teacher, stage 2 the student against it,
-frozen. The input is in the paper's regime at a CPU's scale: 112 px with patch 8 (a 14 x 14 grid, the paper's
+Stage 1 trains a reconstruction teacher (SALT's stage 1) into <workdir>/teacher, stage 2 the student against it,
+frozen. Its targets are MaskFeat's histograms of oriented gradients rather than SALT's pixels: at this budget the
+pixel teacher is below a random init on every probe and its student follows it, while the HOG teacher is clearly
+above the pixel teacher over 3 pretraining seeds (docs/regime.md, "Teacher options"); ``--config.teacher.
+pixel_target=pixels`` is SALT's own. The input is in the paper's regime at a CPU's scale: 112 px with patch 8 (a 14 x 14 grid, the paper's
 196 tokens), where speckle is about half of the variance of the per-patch pixel targets, as at the paper's
 224 / 16 (``python -m usjepa_jax.data.synthetic --speckle-share 112/8``; docs/regime.md). A quarter of the
 pretraining images are views framed on a lesion site, as clinical archives hold next to survey scans
@@ -48,9 +51,10 @@ def get_config(arg: str | None = None):
     c.teacher.model = config_lib.model_config("Ti/8")
     c.teacher.model.depth = 4
     c.teacher.decoder = config_lib.predictor_config(width=96, depth=2, num_heads=4)
-    # Raw-pixel targets for the short stage 1: per-patch normalised targets are mostly speckle at this scale and
-    # the teacher's output collapsed to a constant direction, which made stage 2 trivial; raw pixels keep anatomy
-    # in the teacher (the measurements: docs/reference_runs_64px.md).
+    # HOG targets for the short stage 1 (docs/regime.md, "Teacher options"). With pixel targets: raw pixels, since
+    # per-patch normalised ones are mostly speckle at this scale and the teacher's output collapsed to a constant
+    # direction, which made stage 2 trivial (docs/reference_runs_64px.md).
+    c.teacher.pixel_target = "hog"
     c.teacher.normalize_pixels = False
     c.teacher.optim = c.optim.copy_and_resolve_references()
     c.teacher.optim.total_steps = 150

@@ -328,7 +328,7 @@ check = _check  # for methods' own validation: raise ValueError("config.KEY=VALU
 def _usjepa_keys(c: ml_collections.ConfigDict) -> None:
     c.teacher = ml_collections.ConfigDict(dict(
         # Path of a frozen teacher: an exported encoder directory (``<run>/encoder``). Empty: stage 1 trains a
-        # pixel-reconstruction teacher into ``<workdir>/teacher`` first (reused when already there).
+        # reconstruction teacher (``pixel_target``) into ``<workdir>/teacher`` first (reused when already there).
         checkpoint="",
         # Directory of precomputed teacher targets (``python -m usjepa_jax.encoders cache``, encoders/cache.py):
         # the teacher then never runs (nor is loaded); augmentation must be off and the data config must match.
@@ -389,7 +389,7 @@ def _trains_its_teacher(config: ml_collections.ConfigDict) -> bool:
 
 
 def _usjepa_stage1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
-    """SALT stage 1 when no teacher is given: pixel reconstruction with the teacher's encoder, decoder and
+    """SALT stage 1 when no teacher is given: reconstruction (``teacher.pixel_target``) with the teacher's encoder, decoder and
     optimisation, the same data, masks, mesh and checkpointing."""
     if not _trains_its_teacher(config):
         return None

@@ -1,7 +1,7 @@
 """The pretraining loop: ``train_and_evaluate(config, workdir)``.
 
 Reads in execution order. ``train_and_evaluate`` runs SALT stage 1 first when a US-JEPA config names no teacher
-(``train_stage1``: the pixel teacher in ``<workdir>/teacher``), then ``train``: trainer (``build_trainer``: mesh,
+(``train_stage1``: the reconstruction teacher in ``<workdir>/teacher``), then ``train``: trainer (``build_trainer``: mesh,
 models and targets, optimizer, shardings, the jitted init and step) -> run folder -> data -> restore -> loop
 (step, log, validation loss and best encoder, k-NN monitor, checkpoint, preemption) -> export.
 
@@ -372,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     """Train by ``config`` in ``workdir`` (resuming from its latest checkpoint); returns the last metrics.
 
     For ``method='usjepa'`` with neither ``teacher.checkpoint`` nor ``teacher.cache``, stage 1 first trains (or
-    resumes, or reuses) the pixel teacher in ``<workdir>/teacher``. ``on_log(run, record)`` (process 0) receives
+    resumes, or reuses) the reconstruction teacher in ``<workdir>/teacher``. ``on_log(run, record)`` (process 0) receives
     every record written to ``metrics.jsonl`` (``run``: the workdir; e.g. ``visualize.LiveLossPlot``).
     """
     config_lib.validate(config)
@@ -385,14 +385,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
 def train_stage1(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, workdir: Path,
                  on_log: OnLog | None) -> ml_collections.ConfigDict:
-    """SALT stage 1: the pixel-reconstruction teacher (``stage1``, ``config_lib.stage1_config``) in
-    ``<workdir>/teacher`` (trained, resumed, or reused when its encoder is already exported). Returns the stage-2
+    """SALT stage 1: the reconstruction teacher (``stage1``, ``config_lib.stage1_config``; its targets are
+    ``teacher.pixel_target``) in ``<workdir>/teacher`` (trained, resumed, or reused when its encoder is already
+    exported). Returns the stage-2
     config, its ``teacher.checkpoint`` that encoder."""
     stage1_dir = workdir / TEACHER_DIR
     if is_exported_encoder(stage1_dir / ENCODER_DIR):
-        logging.info("Stage 1: reusing the pixel teacher in %s", stage1_dir / ENCODER_DIR)
+        logging.info("Stage 1: reusing the teacher in %s", stage1_dir / ENCODER_DIR)
     else:
-        logging.info("Stage 1: training the pixel-reconstruction teacher in %s", stage1_dir)
+        logging.info("Stage 1: training the reconstruction teacher in %s", stage1_dir)
         train(stage1, stage1_dir, on_log)
     logging.info("Stage 2: training the student against the frozen teacher")
     config = config.copy_and_resolve_references()
