@@ -186,12 +186,13 @@ def with_seed_in_strings(config, seed: int):
 def train_and_measure(run: Run, config, workdir: Path, data: dict) -> dict[str, dict[str, float]]:
     """Train (or resume) one method's run, then evaluate its student (and a stage-1 teacher trained here) on the
     shared tasks ``data``: ``{row: {task/evaluator/metric: value}}``."""
+    from usjepa_jax import config as config_lib
     from usjepa_jax import train
     from usjepa_jax.evaluation.entry import evaluate_run
 
     train.train_and_evaluate(config, workdir)
     rows = {run.method: evaluate_run(config, workdir, "student", "latest", data=data)}
-    if config.method == "usjepa" and not config.teacher.checkpoint:  # SALT stage 1 ran in workdir/teacher
+    if config_lib.stage1_config(config) is not None:  # a stage 1 (SALT's teacher) ran in workdir/teacher
         rows[f"{run.method}_teacher"] = evaluate_run(config, workdir, "teacher", data=data)
     if config.method == "ijepa":  # its EMA encoder, the one the I-JEPA paper evaluates
         rows[f"{run.method}_ema"] = evaluate_run(config, workdir, "ema", data=data)
