@@ -7,8 +7,10 @@ Smoke:  python -m usjepa_jax.main --config=configs/base.py:smoke --workdir=/tmp/
 Stage 1 trains a reconstruction teacher (SALT's stage 1) into <workdir>/teacher, stage 2 the student against it,
 frozen. Its targets are MaskFeat's histograms of oriented gradients rather than SALT's pixels: at this budget the
 pixel teacher is below a random init on every probe and its student follows it, while the HOG teacher is clearly
-above the pixel teacher over 3 pretraining seeds (docs/regime.md, "Teacher options"); ``--config.teacher.
-pixel_target=pixels`` is SALT's own. The input is in the paper's regime at a CPU's scale: 112 px with patch 8 (a 14 x 14 grid, the paper's
+above the pixel teacher over 3 pretraining seeds (docs/regime.md, "Teacher options");
+``--config.teacher.pixel_target=pixels`` is SALT's own.
+
+The input is in the paper's regime at a CPU's scale: 112 px with patch 8 (a 14 x 14 grid, the paper's
 196 tokens), where speckle is about half of the variance of the per-patch pixel targets, as at the paper's
 224 / 16 (``python -m usjepa_jax.data.synthetic --speckle-share 112/8``; docs/regime.md). A quarter of the
 pretraining images are views framed on a lesion site, as clinical archives hold next to survey scans
