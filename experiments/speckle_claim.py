@@ -22,7 +22,8 @@ sweep (experiments/sweep.py: ``OUT/runs/<method>_seed<k>/``, a results file per 
 and resumes the rest, ``--shard=i/n``), as are the baselines: a random init per seed (the floor), the raw pixels
 and the oracle (the phantom's features: each task's ceiling). Every encoder, US-JEPA's stage-1 teacher included,
 is evaluated with ``config.evals`` on the same rendered images of every task of the simulated suite
-(evaluation/tasks.py): linear probe (probe seeds inside each run), robustness, k-NN, collapse, speckle invariance.
+(evaluation/tasks.py): the linear, attentive and dense probes (probe seeds inside each run), robustness, k-NN,
+collapse, speckle invariance.
 
 Writes ``OUT/table.md`` (one table per metric: mean ± std over pretraining seeds, n seeds per cell),
 ``OUT/table.json`` (every metric) and ``OUT/table.png``.
@@ -46,8 +47,9 @@ _SWEEP = sweep.define_flags(methods_flag=False)
 flags.adopt_module_key_flags(sweep)  # listed in this script's --help with its own
 _SMOKE = flags.DEFINE_bool("smoke", False, "Smoke configs and tiny evaluation: checks the driver in minutes.")
 _BUDGET_SCALE = flags.DEFINE_float("budget_scale", 1.0, "Scale of US-JEPA's step counts (and so of the budget).")
-_EVALUATORS = flags.DEFINE_string("evaluators", "collapse,knn,linear_probe,robustness,speckle_invariance",
-                                  "config.evals.evaluators for every encoder.")
+_EVALUATORS = flags.DEFINE_string(
+    "evaluators", "collapse,knn,linear_probe,attentive_probe,dense_probe,robustness,speckle_invariance",
+    "config.evals.evaluators for every encoder.")
 _EVAL_SIZES = flags.DEFINE_list("eval_sizes", None, "train,val,test images per task (default: the config's).")
 _TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the config's, every simulated task).",
                              allow_override=True)
