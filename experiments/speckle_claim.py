@@ -71,11 +71,16 @@ def method_config(method: str, smoke: bool):
 
 
 def step_flops(config, teacher=None) -> float:
-    """FLOPs of one compiled train step (global batch) by XLA's cost analysis."""
+    """FLOPs of one compiled train step (global batch) by XLA's cost analysis.
+
+    Compiled without gradient accumulation: XLA counts the body of a loop once, so a step of k micro-batches
+    would report about 1/k of its work. The sum over micro-batches is the same computation."""
     import jax
 
     from usjepa_jax import targets, train
 
+    config = config.copy_and_resolve_references()
+    config.optim.grad_accum_steps = 1
     trainer = train.build_trainer(config, teacher and targets.FrozenTeacher(teacher, config.loss))
     batch = train.example_batch(config, trainer.sampler, config.optim.batch_size)
     compiled = trainer.step.lower(trainer.abstract_state, trainer.frozen_params, batch).compile()
