@@ -88,7 +88,8 @@ def check_quickstart(text: str, work: Path) -> None:
     assert header, "the evaluation table's header (student, teacher, random) is not printed"
     rows = re.findall(r"^(\w[^\n]*?)\s+(-?\d\.\d{3})\s+(-?\d\.\d{3})\s+(-?\d\.\d{3})$", text, re.M)
     labels = {row[0] for row in rows}
-    assert {"lesion: probe macro-F1", "organ: probe macro-F1", "anatomy variance share (pooled)"} <= labels, labels
+    probes = {f"{task}: {probe} probe macro-F1" for task in ("lesion", "organ") for probe in ("linear", "attentive")}
+    assert probes | {"anatomy variance share (pooled)"} <= labels, labels
     assert all(0 <= float(v) <= 1 for row in rows for v in row[1:]), rows
     for name in ("encoder", "teacher/encoder", "metrics.jsonl", "config.json",
                  "eval/student_latest/lesion/pca_features.png", "eval/student_latest/lesion/probe_curves.png"):
