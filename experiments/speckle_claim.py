@@ -151,7 +151,7 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     out = Path(_SWEEP["out"].value)
     out.mkdir(parents=True, exist_ok=True)
-    patterns = [*_SWEEP["metrics"].value, "robustness/speckle/s3/macro_f1_mean"]
+    patterns = [*_SWEEP["metrics"].value, "robustness/*/s3/macro_f1_mean"]  # every corruption at its strongest
     plan_path = out / PLAN_FILE
     if _SWEEP["assemble_only"].value:  # the table only: the plan the runs were trained under, nothing measured
         plan = json.loads(plan_path.read_text()) if plan_path.exists() else None
