@@ -56,8 +56,8 @@ _TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the co
 
 METHODS = ("pixel", "ijepa", "usjepa")
 PLAN_FILE = "flops_plan.json"  # the equal-FLOPs step counts (OUT/plan.json is the sweep's own)
-LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "usjepa": "US-JEPA (frozen teacher)",
-          "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels",
+LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "ijepa_ema": "I-JEPA's EMA (target) encoder",
+          "usjepa": "US-JEPA (frozen teacher)", "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels",
           "oracle": "oracle (phantom, not an encoder)"}
 
 
