@@ -186,16 +186,23 @@ def with_seed_in_strings(config, seed: int):
 def train_and_measure(run: Run, config, workdir: Path, data: dict) -> dict[str, dict[str, float]]:
     """Train (or resume) one method's run, then evaluate its student (and a stage-1 teacher trained here) on the
     shared tasks ``data``: ``{row: {task/evaluator/metric: value}}``."""
-    from usjepa_jax import config as config_lib
     from usjepa_jax import train
     from usjepa_jax.evaluation.entry import evaluate_run
 
     train.train_and_evaluate(config, workdir)
-    rows = {run.method: evaluate_run(config, workdir, "student", "latest", data=data)}
+    return {row: evaluate_run(config, workdir, encoder, data=data)
+            for row, encoder in trained_rows(run.method, config).items()}
+
+
+def trained_rows(method: str, config) -> dict[str, str]:
+    """The table rows a trained run of ``method`` gives, each with the encoder (``evaluate``'s name) behind it."""
+    from usjepa_jax import config as config_lib
+
+    rows = {method: "student"}
     if config_lib.stage1_config(config) is not None:  # a stage 1 (SALT's teacher) ran in workdir/teacher
-        rows[f"{run.method}_teacher"] = evaluate_run(config, workdir, "teacher", data=data)
+        rows[f"{method}_teacher"] = "teacher"
     if config.method == "ijepa":  # its EMA encoder, the one the I-JEPA paper evaluates
-        rows[f"{run.method}_ema"] = evaluate_run(config, workdir, "ema", data=data)
+        rows[f"{method}_ema"] = "ema"
     return rows
 
 
@@ -440,13 +447,10 @@ def assemble(out: str | Path, expected: dict[str, int] | None = None, patterns: 
 
 
 def expected_seeds(runs: Sequence[Run], configs: dict) -> dict[str, int]:
-    """Seeds planned per table row (a US-JEPA method also has its stage-1 teacher's row)."""
+    """Seeds planned per table row (a US-JEPA method also has its stage-1 teacher's row, I-JEPA its EMA's)."""
     out: dict[str, int] = {}
     for run in runs:
-        names = [run.method]
-        cfg = configs.get(run.method)
-        if run.kind == "train" and cfg.method == "usjepa" and not cfg.teacher.checkpoint:
-            names.append(f"{run.method}_teacher")
+        names = trained_rows(run.method, configs[run.method]) if run.kind == "train" else [run.method]
         for name in names:
             out[name] = out.get(name, 0) + 1
     return out

@@ -105,6 +105,17 @@ def test_shards_in_one_folder_assemble_the_whole_sweep(tmp_path):
                                                                    "raw_pixels": 1}
 
 
+def test_expected_seeds_count_every_row_a_run_gives():
+    """A US-JEPA run with a stage 1 also gives its teacher's row, an I-JEPA run its EMA encoder's; a frozen
+    teacher given by checkpoint gives no row; a baseline gives its own."""
+    given = configs()
+    given["stage1"] = default_config()
+    given["stage1"].method, given["stage1"].teacher.checkpoint = "usjepa", ""
+    runs = sweep.run_list([*METHODS, "stage1"], seeds=2, baselines=("random", "raw_pixels"))
+    assert sweep.expected_seeds(runs, given) == {"ijepa": 2, "ijepa_ema": 2, "usjepa": 2, "stage1": 2,
+                                                 "stage1_teacher": 2, "random": 2, "raw_pixels": 1}
+
+
 def test_a_results_file_of_another_config_is_refused(tmp_path):
     runs = sweep.run_list(("ijepa",), seeds=1, baselines=())
     sweep_into(tmp_path, runs, [])
