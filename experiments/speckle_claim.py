@@ -1,6 +1,6 @@
 """Does latent prediction against a frozen teacher buy speckle invariance? MAE vs I-JEPA vs US-JEPA at equal FLOPs.
 
-    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # 3 pretraining seeds (~3 x 1 h, 2 CPUs)
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # 3 pretraining seeds (14 runs, ~2.5 h on 2 CPU cores as two shards)
     python experiments/speckle_claim.py --out=/tmp/speckle_claim --shard=0/3    # on machine 0 of 3 (1/3, 2/3 too)
     python experiments/speckle_claim.py --out=/tmp/speckle_claim_smoke --smoke --seeds=2   # the driver, minutes
     python experiments/speckle_claim.py --out=/tmp/speckle_claim --assemble_only   # the table from what finished
