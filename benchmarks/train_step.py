@@ -150,12 +150,6 @@ def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarra
     return total
 
 
-def xla_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"])
-
-
 # ------------------------------------------------------------------------------------------------ breakdown
 def _best_time(fn, *args, repeats: int = 3) -> float:
     jax.block_until_ready(fn(*args))
@@ -298,13 +292,10 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
             start = time.perf_counter()
             compiled[shape] = trainer.step.lower(state, trainer.frozen_params, b).compile()
             compile_s += time.perf_counter() - start
-    flops_of = {shape: xla_flops(c) for shape, c in compiled.items()}
+    flops_of = {shape: train.xla_flops(c) for shape, c in compiled.items()}
     if config.optim.grad_accum_steps > 1:  # XLA counts a loop body once: count the same step without the loop
-        whole = config.copy_and_resolve_references()
-        whole.optim.grad_accum_steps = 1
-        step = train.build_trainer(whole, trainer.source).step
-        flops_of = {(b["context_idx"].shape[1], b["target_idx"].shape[2]):
-                    xla_flops(step.lower(state, trainer.frozen_params, b).compile()) for b in batches}
+        one_per_shape = {(b["context_idx"].shape[1], b["target_idx"].shape[2]): b for b in batches}
+        flops_of = {shape: train.step_flops(config, trainer.source, b) for shape, b in one_per_shape.items()}
     first = batches[0]
     state, metrics = compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])](
         state, trainer.frozen_params, first)  # warm-up

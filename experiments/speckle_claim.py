@@ -1,6 +1,6 @@
 """Does latent prediction against a frozen teacher buy speckle invariance? MAE vs I-JEPA vs US-JEPA at equal FLOPs.
 
-    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # 3 pretraining seeds (14 runs, ~2.5 h on 2 CPU cores as two shards)
+    python experiments/speckle_claim.py --out=/tmp/speckle_claim            # 3 seeds: 14 runs, ~2.5 h on 2 CPU cores
     python experiments/speckle_claim.py --out=/tmp/speckle_claim --shard=0/3    # on machine 0 of 3 (1/3, 2/3 too)
     python experiments/speckle_claim.py --out=/tmp/speckle_claim_smoke --smoke --seeds=2   # the driver, minutes
     python experiments/speckle_claim.py --out=/tmp/speckle_claim --assemble_only   # the table from what finished
@@ -57,8 +57,8 @@ _TASKS = flags.DEFINE_string("tasks", None, "config.evals.tasks (default: the co
 METHODS = ("pixel", "ijepa", "usjepa")
 PLAN_FILE = "flops_plan.json"  # the equal-FLOPs step counts (OUT/plan.json is the sweep's own)
 LABELS = {"pixel": "MAE (pixel)", "ijepa": "I-JEPA (EMA)", "ijepa_ema": "I-JEPA's EMA (target) encoder",
-          "usjepa": "US-JEPA (frozen teacher)", "usjepa_teacher": "US-JEPA stage-1 teacher", "random": "random init (floor)", "raw_pixels": "raw pixels",
-          "oracle": "oracle (phantom, not an encoder)"}
+          "usjepa": "US-JEPA (frozen teacher)", "usjepa_teacher": "US-JEPA stage-1 teacher",
+          "random": "random init (floor)", "raw_pixels": "raw pixels", "oracle": "oracle (phantom, not an encoder)"}
 
 
 def method_config(method: str, smoke: bool):
@@ -71,22 +71,12 @@ def method_config(method: str, smoke: bool):
 
 
 def step_flops(config, teacher=None) -> float:
-    """FLOPs of one compiled train step (global batch) by XLA's cost analysis.
-
-    Compiled without gradient accumulation: XLA counts the body of a loop once, so a step of k micro-batches
-    would report about 1/k of its work. The sum over micro-batches is the same computation."""
+    """FLOPs of one train step (global batch) by XLA's cost analysis, every micro-batch counted."""
     import jax
 
     from usjepa_jax import targets, train
 
-    config = config.copy_and_resolve_references()
-    config.optim.grad_accum_steps = 1
-    trainer = train.build_trainer(config, teacher and targets.FrozenTeacher(teacher, config.loss))
-    batch = train.example_batch(config, trainer.sampler, config.optim.batch_size)
-    compiled = trainer.step.lower(trainer.abstract_state, trainer.frozen_params, batch).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float(cost.get("flops", 0.0))
+    flops = train.step_flops(config, teacher and targets.FrozenTeacher(teacher, config.loss))
     if flops <= 0:
         raise RuntimeError(f"XLA cost analysis gave no FLOPs for method {config.method} on {jax.devices()[0]}.")
     return flops

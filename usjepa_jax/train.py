@@ -231,6 +231,26 @@ def example_batch(config: ml_collections.ConfigDict, sampler: MultiBlockMaskSamp
                 target_valid=np.ones((batch, sampler.num_targets, sampler.target_len), bool))
 
 
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled computation by XLA's cost analysis."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def step_flops(config: ml_collections.ConfigDict, source: targets.TargetSource | None = None,
+               batch: dict | None = None) -> float:
+    """XLA's FLOPs of one train step on ``batch`` (default: an example global batch), compiled without the
+    micro-batch loop: XLA counts a loop's body once, so a step of k micro-batches would report about 1/k of its
+    work (the sum over them is the same work)."""
+    whole = config.copy_and_resolve_references()
+    whole.optim.grad_accum_steps = 1
+    trainer = build_trainer(whole, source)
+    if batch is None:
+        batch = example_batch(whole, trainer.sampler, whole.optim.batch_size)
+    return xla_flops(trainer.step.lower(trainer.abstract_state, trainer.frozen_params, batch).compile())
+
+
 def micro_batches(batch_size: int, devices: int, grad_accum_steps: int) -> int:
     """How many sequential micro-batches a step runs: ``grad_accum_steps``, but at most one image per device in
     each. The accumulation is a speed and memory setting (the loss and gradient are the whole batch's, up to float
