@@ -117,11 +117,14 @@ def masked_batch(trainer: train.Trainer, rng: np.random.Generator) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
-def _transformer_flops(lengths: np.ndarray, width: int, depth: int, mlp_dim: int) -> float:
+def _transformer_flops(lengths: np.ndarray, width: int, depth: int, mlp_dim: int,
+                       pairs: np.ndarray | None = None) -> float:
     """Forward FLOPs of ``depth`` pre-norm blocks over sequences of the given lengths: the qkv, proj and MLP
-    matmuls (``2 L (4 d^2 + 2 d m)``) and the two attention matmuls (``4 L^2 d``)."""
+    matmuls (``2 L (4 d^2 + 2 d m)``) and the two attention matmuls (``4 d`` per query-key pair: ``L^2`` pairs
+    unless ``pairs`` says how many a sequence's attention mask allows)."""
     lengths = np.asarray(lengths, np.float64)
-    return float(depth * (2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * lengths**2 * width).sum())
+    pairs = lengths**2 if pairs is None else np.asarray(pairs, np.float64)
+    return float(depth * (2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * pairs * width).sum())
 
 
 def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarray, cached: bool) -> float:
@@ -129,17 +132,24 @@ def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarra
     patches per target block (the valid counts for the useful FLOPs, the padded lengths for the check).
 
     Student: patch embedding of every patch, blocks over its context. Predictor: the input projection per
-    context token, blocks over ``context + block`` per (image, block) sequence, the output projection per target
-    patch. Both trained: x3 (forward + backward). Frozen teacher (unless cached): one forward over all patches.
+    context token, blocks over ``context + block`` per (image, block) sequence (with ``predictor.shared_context``:
+    over ``context + all blocks`` per image, attention on the pairs its mask allows: context-context and each block
+    with the context and itself), the output projection per target patch. Both trained: x3 (forward + backward).
+    Frozen teacher (unless cached): one forward over all patches.
     """
     enc, pred, config = trainer.encoder, trainer.predictor, trainer.config
     n_patches = (config.data.image_size // enc.patch_size) ** 2
     batch = len(context)
     embed = 2.0 * n_patches * enc.patch_size**2 * enc.width * batch  # 1 input channel
     student = embed + _transformer_flops(context, enc.width, enc.depth, enc.mlp_dim)
-    predictor = (2.0 * context.sum() * enc.width * pred.width
-                 + _transformer_flops((context[:, None] + targets).ravel(), pred.width, pred.depth,
-                                      pred.width * pred.mlp_ratio)
+    context, targets = np.asarray(context, np.float64), np.asarray(targets, np.float64)
+    if pred.shared_context:
+        blocks = _transformer_flops(context + targets.sum(1), pred.width, pred.depth, pred.width * pred.mlp_ratio,
+                                    pairs=context**2 + (targets * (context[:, None] + targets)).sum(1))
+    else:
+        blocks = _transformer_flops((context[:, None] + targets).ravel(), pred.width, pred.depth,
+                                    pred.width * pred.mlp_ratio)
+    predictor = (2.0 * context.sum() * enc.width * pred.width + blocks
                  + 2.0 * targets.sum() * pred.width * pred.out_dim)
     total = 3 * (student + predictor)
     if config.method == "usjepa" and not cached:
@@ -263,6 +273,15 @@ def step_profile(compiled, args, steps: int = 2) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ a case
+def _parse_like(current, value: str, key: str):
+    """``--set`` value as the type of the key's current value (``bool('False')`` would be True)."""
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {key}={value}: expected True or False.")
+        return value.lower() in ("true", "1")
+    return type(current)(value)
+
+
 def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: str | None = None,
              breakdown: bool = False, profile: bool = False, overrides: dict | None = None) -> dict:
     config = CASES[name]()
@@ -273,7 +292,7 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
         node = config
         for parent in parents:
             node = node[parent]
-        node[leaf] = type(node[leaf])(value)
+        node[leaf] = _parse_like(node[leaf], value, key)
     config_lib.validate(config)
     source = None  # ijepa / pixel: from the config
     if config.method == "usjepa":
