@@ -13,7 +13,8 @@ training); each distinct step shape is compiled once before timing, and the numb
 (``compiled_shapes``, bounded by ``sampler.max_batch_shapes``).
 
 FLOPs and MFU (MFU = FLOP/s over a matmul peak measured in the same process with a large float32 matmul on the
-same devices, so a ratio of two measurements on one machine):
+same devices, before and right after each case's timed steps, the larger of the two; ``peak_spread`` is the smaller
+over the larger, well below 1 when the machine was not steady; so a ratio of two measurements on one machine):
 - ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches (with
   ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once);
 - ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
@@ -50,16 +51,17 @@ from usjepa_jax.encoders import FrozenEncoder, normalize_images  # noqa: E402
 from usjepa_jax.encoders.cache import KEY, TeacherCache  # noqa: E402
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a ``size``-square float32 matmul chain (the machine's practical peak)."""
+def matmul_peak_flops(size: int = 2048, repeats: int = 10, seconds: float = 2.0) -> float:
+    """Achieved FLOP/s of a ``size``-square float32 matmul (the machine's practical peak): the best of at least
+    ``repeats`` runs and ``seconds`` of them (on a shared VM a single second can catch a core taken away)."""
     x = jnp.ones((size, size), jnp.float32)
     f = jax.jit(lambda a: a @ a)
     f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
+    best, begin, runs = float("inf"), time.perf_counter(), 0
+    while runs < repeats or time.perf_counter() - begin < seconds:
         start = time.perf_counter()
         f(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
+        best, runs = min(best, time.perf_counter() - start), runs + 1
     return 2 * size**3 / best
 
 
@@ -325,6 +327,10 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
             state, trainer.frozen_params, b)
     jax.block_until_ready((state, metrics))
     step_time = (time.perf_counter() - start) / steps
+    # The peak again right after the timed steps: the larger of the two is the denominator, their ratio says how
+    # steady the machine was.
+    peak_after = matmul_peak_flops()
+    peak_spread, peak = min(peak, peak_after) / max(peak, peak_after), max(peak, peak_after)
 
     shapes = [(b["context_idx"].shape[1], b["target_idx"].shape[2]) for b in batches]
     xla = float(np.mean([flops_of[s] for s in shapes]))
@@ -343,7 +349,7 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
                target_lens=sorted({s[1] for s in shapes}), context_bound=trainer.sampler.context_len,
                xla_gflops=round(xla / 1e9, 2), useful_gflops=round(useful / 1e9, 2),
                useful_fraction=round(useful / xla, 3), analytic_vs_xla=round(padded / xla, 3),
-               peak_matmul_gflops=round(peak / 1e9, 1), mfu=round(useful / step_time / peak, 3),
+               peak_matmul_gflops=round(peak / 1e9, 1), peak_spread=round(peak_spread, 2), mfu=round(useful / step_time / peak, 3),
                mfu_xla=round(xla / step_time / peak, 3), loss=round(float(metrics["loss"]), 5))
     out["grad_accum_steps"] = config.optim.grad_accum_steps
     if breakdown:
