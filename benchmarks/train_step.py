@@ -13,7 +13,8 @@ training); each distinct step shape is compiled once before timing, and the numb
 (``compiled_shapes``, bounded by ``sampler.max_batch_shapes``).
 
 FLOPs and MFU (MFU = FLOP/s over a matmul peak measured in the same process with a large float32 matmul on the
-same devices, so a ratio of two measurements on one machine):
+same devices, before and right after each case's timed steps, the larger of the two; ``peak_spread`` is the smaller
+over the larger, well below 1 when the machine was not steady; so a ratio of two measurements on one machine):
 - ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches (with
   ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once);
 - ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
@@ -50,16 +51,17 @@ from usjepa_jax.encoders import FrozenEncoder, normalize_images  # noqa: E402
 from usjepa_jax.encoders.cache import KEY, TeacherCache  # noqa: E402
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-    """Achieved FLOP/s of a ``size``-square float32 matmul chain (the machine's practical peak)."""
+def matmul_peak_flops(size: int = 2048, repeats: int = 10, seconds: float = 2.0) -> float:
+    """Achieved FLOP/s of a ``size``-square float32 matmul (the machine's practical peak): the best of at least
+    ``repeats`` runs and ``seconds`` of them (on a shared VM a single second can catch a core taken away)."""
     x = jnp.ones((size, size), jnp.float32)
     f = jax.jit(lambda a: a @ a)
     f(x).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
+    best, begin, runs = float("inf"), time.perf_counter(), 0
+    while runs < repeats or time.perf_counter() - begin < seconds:
         start = time.perf_counter()
         f(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
+        best, runs = min(best, time.perf_counter() - start), runs + 1
     return 2 * size**3 / best
 
 
@@ -117,11 +119,14 @@ def masked_batch(trainer: train.Trainer, rng: np.random.Generator) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
-def _transformer_flops(lengths: np.ndarray, width: int, depth: int, mlp_dim: int) -> float:
+def _transformer_flops(lengths: np.ndarray, width: int, depth: int, mlp_dim: int,
+                       pairs: np.ndarray | None = None) -> float:
     """Forward FLOPs of ``depth`` pre-norm blocks over sequences of the given lengths: the qkv, proj and MLP
-    matmuls (``2 L (4 d^2 + 2 d m)``) and the two attention matmuls (``4 L^2 d``)."""
+    matmuls (``2 L (4 d^2 + 2 d m)``) and the two attention matmuls (``4 d`` per query-key pair: ``L^2`` pairs
+    unless ``pairs`` says how many a sequence's attention mask allows)."""
     lengths = np.asarray(lengths, np.float64)
-    return float(depth * (2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * lengths**2 * width).sum())
+    pairs = lengths**2 if pairs is None else np.asarray(pairs, np.float64)
+    return float(depth * (2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * pairs * width).sum())
 
 
 def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarray, cached: bool) -> float:
@@ -129,17 +134,24 @@ def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarra
     patches per target block (the valid counts for the useful FLOPs, the padded lengths for the check).
 
     Student: patch embedding of every patch, blocks over its context. Predictor: the input projection per
-    context token, blocks over ``context + block`` per (image, block) sequence, the output projection per target
-    patch. Both trained: x3 (forward + backward). Frozen teacher (unless cached): one forward over all patches.
+    context token, blocks over ``context + block`` per (image, block) sequence (with ``predictor.shared_context``:
+    over ``context + all blocks`` per image, attention on the pairs its mask allows: context-context and each block
+    with the context and itself), the output projection per target patch. Both trained: x3 (forward + backward).
+    Frozen teacher (unless cached): one forward over all patches.
     """
     enc, pred, config = trainer.encoder, trainer.predictor, trainer.config
     n_patches = (config.data.image_size // enc.patch_size) ** 2
     batch = len(context)
     embed = 2.0 * n_patches * enc.patch_size**2 * enc.width * batch  # 1 input channel
     student = embed + _transformer_flops(context, enc.width, enc.depth, enc.mlp_dim)
-    predictor = (2.0 * context.sum() * enc.width * pred.width
-                 + _transformer_flops((context[:, None] + targets).ravel(), pred.width, pred.depth,
-                                      pred.width * pred.mlp_ratio)
+    context, targets = np.asarray(context, np.float64), np.asarray(targets, np.float64)
+    if pred.shared_context:
+        blocks = _transformer_flops(context + targets.sum(1), pred.width, pred.depth, pred.width * pred.mlp_ratio,
+                                    pairs=context**2 + (targets * (context[:, None] + targets)).sum(1))
+    else:
+        blocks = _transformer_flops((context[:, None] + targets).ravel(), pred.width, pred.depth,
+                                    pred.width * pred.mlp_ratio)
+    predictor = (2.0 * context.sum() * enc.width * pred.width + blocks
                  + 2.0 * targets.sum() * pred.width * pred.out_dim)
     total = 3 * (student + predictor)
     if config.method == "usjepa" and not cached:
@@ -263,6 +275,15 @@ def step_profile(compiled, args, steps: int = 2) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ a case
+def _parse_like(current, value: str, key: str):
+    """``--set`` value as the type of the key's current value (``bool('False')`` would be True)."""
+    if isinstance(current, bool):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"--set {key}={value}: expected True or False.")
+        return value.lower() in ("true", "1")
+    return type(current)(value)
+
+
 def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: str | None = None,
              breakdown: bool = False, profile: bool = False, overrides: dict | None = None) -> dict:
     config = CASES[name]()
@@ -273,7 +294,7 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
         node = config
         for parent in parents:
             node = node[parent]
-        node[leaf] = type(node[leaf])(value)
+        node[leaf] = _parse_like(node[leaf], value, key)
     config_lib.validate(config)
     source = None  # ijepa / pixel: from the config
     if config.method == "usjepa":
@@ -306,6 +327,10 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
             state, trainer.frozen_params, b)
     jax.block_until_ready((state, metrics))
     step_time = (time.perf_counter() - start) / steps
+    # The peak again right after the timed steps: the larger of the two is the denominator, their ratio says how
+    # steady the machine was.
+    peak_after = matmul_peak_flops()
+    peak_spread, peak = min(peak, peak_after) / max(peak, peak_after), max(peak, peak_after)
 
     shapes = [(b["context_idx"].shape[1], b["target_idx"].shape[2]) for b in batches]
     xla = float(np.mean([flops_of[s] for s in shapes]))
@@ -324,7 +349,7 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
                target_lens=sorted({s[1] for s in shapes}), context_bound=trainer.sampler.context_len,
                xla_gflops=round(xla / 1e9, 2), useful_gflops=round(useful / 1e9, 2),
                useful_fraction=round(useful / xla, 3), analytic_vs_xla=round(padded / xla, 3),
-               peak_matmul_gflops=round(peak / 1e9, 1), mfu=round(useful / step_time / peak, 3),
+               peak_matmul_gflops=round(peak / 1e9, 1), peak_spread=round(peak_spread, 2), mfu=round(useful / step_time / peak, 3),
                mfu_xla=round(xla / step_time / peak, 3), loss=round(float(metrics["loss"]), 5))
     out["grad_accum_steps"] = config.optim.grad_accum_steps
     if breakdown:

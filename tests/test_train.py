@@ -264,17 +264,20 @@ def test_live_loss_plot_collects_and_draws_outside_a_notebook():
     assert len(plot.figure().axes) == 3  # two runs, the student's with a k-NN axis
 
 
-def test_bucketed_step_equals_the_unpadded_computation():
+@pytest.mark.parametrize("shared_context", [False, True])
+def test_bucketed_step_equals_the_unpadded_computation(shared_context):
     """The loss and gradients of a batch at full padding, cut to its padding bucket (masks.fit_batch), and computed
     without any padding (each (image, target block) sequence on its own, exact lengths) agree.
 
     The per-sequence reference needs a loss that splits into per-sequence terms, so it runs without
     ``loss.standardize_targets`` (its statistics pool the batch); with it, the padded and the cut batch are
-    compared with each other at the end."""
+    compared with each other at the end. With ``predictor.shared_context`` the per-sequence reference is the same:
+    a block's predictions depend on the context and that block only."""
     from usjepa_jax import masks
     from usjepa_jax.encoders import FrozenEncoder
 
-    config = smoke_config(**{"masks.num_targets": 2, "loss.standardize_targets": False, **FINE_BUCKETS})
+    config = smoke_config(**{"masks.num_targets": 2, "loss.standardize_targets": False,
+                             "predictor.shared_context": shared_context, **FINE_BUCKETS})
     module = train.build_encoder(config.teacher.model)
     s = config.data.image_size
     teacher = FrozenEncoder(module, module.init(jax.random.key(1), jnp.zeros((1, s, s, 1)))["params"], 1,

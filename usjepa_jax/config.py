@@ -155,7 +155,11 @@ def model_config(variant: str = "B/16") -> ml_collections.ConfigDict:
 
 
 def predictor_config(width: int = 384, depth: int = 12, num_heads: int = 12) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(width=width, depth=depth, num_heads=num_heads, mlp_ratio=4))
+    """The predictor (and the stage-1 decoder). ``shared_context``: one sequence per image holding the context
+    once and every target block, instead of I-JEPA's one per (image, block); a different computation, off by
+    default (models/predictor.py, docs/performance.md)."""
+    return ml_collections.ConfigDict(dict(width=width, depth=depth, num_heads=num_heads, mlp_ratio=4,
+                                          shared_context=False))
 
 
 def optim_config() -> ml_collections.ConfigDict:
@@ -261,6 +265,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check(config.loss.kind in LOSS_KINDS, "loss.kind", config.loss.kind, f"one of {LOSS_KINDS}")
     _validate_model("model", config.model, config.data.image_size)
     _validate_optim("optim", config.optim)
+    shared = config.predictor.get("shared_context", False)
+    _check(isinstance(shared, bool), "predictor.shared_context", shared, "True or False")
     _check(config.sharding.strategy in ("replicate", "fsdp"), "sharding.strategy", config.sharding.strategy,
            "replicate or fsdp")
     _check(config.log_every >= 1, "log_every", config.log_every, "at least 1")

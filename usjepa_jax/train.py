@@ -71,7 +71,8 @@ def build_predictor(config: ml_collections.ConfigDict, grid_size: tuple[int, int
     p = config.predictor
     return Predictor(grid_size=grid_size, out_dim=out_dim, width=p.width, depth=p.depth, num_heads=p.num_heads,
                      mlp_ratio=p.mlp_ratio, remat=config.model.remat, remat_policy=config.model.remat_policy,
-                     attention=config.model.attention, dtype=jnp.dtype(config.model.dtype))
+                     attention=config.model.attention, dtype=jnp.dtype(config.model.dtype),
+                     shared_context=p.get("shared_context", False))  # absent from runs saved before the switch
 
 
 # ------------------------------------------------------------------------------------------------ the step

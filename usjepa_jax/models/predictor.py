@@ -6,6 +6,11 @@ From the context encoder's tokens it predicts one output vector per target patch
 2. for each target block, one learned mask token plus the sin-cos embedding of each target position;
 3. each target block is predicted in its own sequence ``[context ; block's mask tokens]`` (the context is
    repeated per block, as in I-JEPA), so target blocks never see each other;
+   with ``shared_context`` (a switch, off by default; not in the papers) one sequence per image holds the context
+   once and every block's mask tokens, ``[context ; block 1 ; ... ; block M]``, under an attention mask: context
+   tokens attend to the context only, a block's mask tokens to the context and their own block. Blocks still
+   never see each other, but the context no longer attends to the mask tokens (in I-JEPA each copy of the context
+   does), so it is a different computation: about M times fewer predictor tokens (docs/performance.md);
 4. transformer blocks, final LayerNorm, keep the mask-token outputs, project linearly to ``out_dim`` (the
    teacher's width for latent prediction, ``patch * patch * channels`` for pixel reconstruction).
 
@@ -19,8 +24,18 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from usjepa_jax.models.vit import Transformer, dense, gather_tokens, key_padding_mask, sincos_posemb_2d, trunc_normal
+
+
+def shared_context_mask(context_len: int, num_blocks: int, block_len: int) -> jax.Array:
+    """``[1, 1, L, L]`` (``L = context_len + num_blocks * block_len``): may query i attend to key j in the shared
+    sequence ``[context ; block 1 ; ... ; block M]``? Context queries: context keys only; a block's queries: the
+    context and their own block."""
+    segment = np.concatenate([np.zeros(context_len, np.int32), np.repeat(np.arange(1, num_blocks + 1), block_len)])
+    allowed = (segment[None, :] == 0) | (segment[None, :] == segment[:, None])
+    return jnp.asarray(allowed)[None, None]
 
 
 class Predictor(nn.Module):
@@ -40,6 +55,7 @@ class Predictor(nn.Module):
     dtype: Any = jnp.float32
     attention: str = "auto"  # attention implementation (models/vit.py attention())
     remat_policy: str = ""
+    shared_context: bool = False  # one sequence per image instead of one per (image, block): see the docstring
 
     @nn.compact
     def __call__(self, context: jax.Array, context_idx: jax.Array, context_valid: jax.Array,
@@ -55,14 +71,19 @@ class Predictor(nn.Module):
         tgt_pos = gather_tokens(pos, target_idx.reshape(batch, -1)).reshape(batch, num_blocks, block_len, -1)
         tgt = (mask_token + tgt_pos).astype(ctx.dtype)  # [B, M, T, W]
 
-        # One sequence per (image, target block): repeat the context M times.
-        ctx = jnp.repeat(ctx, num_blocks, axis=0)  # [B*M, C, W]
-        ctx_valid = jnp.repeat(context_valid, num_blocks, axis=0)
-        x = jnp.concatenate([ctx, tgt.reshape(batch * num_blocks, block_len, -1)], axis=1)
-        valid = jnp.concatenate([ctx_valid, target_valid.reshape(batch * num_blocks, block_len)], axis=1)
+        if self.shared_context:
+            x = jnp.concatenate([ctx, tgt.reshape(batch, num_blocks * block_len, -1)], axis=1)
+            valid = jnp.concatenate([context_valid, target_valid.reshape(batch, -1)], axis=1)
+            mask = shared_context_mask(context_idx.shape[1], num_blocks, block_len) & key_padding_mask(valid)
+        else:  # One sequence per (image, target block): repeat the context M times.
+            ctx = jnp.repeat(ctx, num_blocks, axis=0)  # [B*M, C, W]
+            ctx_valid = jnp.repeat(context_valid, num_blocks, axis=0)
+            x = jnp.concatenate([ctx, tgt.reshape(batch * num_blocks, block_len, -1)], axis=1)
+            valid = jnp.concatenate([ctx_valid, target_valid.reshape(batch * num_blocks, block_len)], axis=1)
+            mask = key_padding_mask(valid)
 
         x = Transformer(self.depth, self.num_heads, self.width * self.mlp_ratio, self.remat, self.dtype,
-                        attention=self.attention, remat_policy=self.remat_policy, name="predictor")(x, key_padding_mask(valid))
-        x = x[:, -block_len:]
+                        attention=self.attention, remat_policy=self.remat_policy, name="predictor")(x, mask)
+        x = x[:, -num_blocks * block_len:] if self.shared_context else x[:, -block_len:]
         out = dense(self.out_dim, "predictor_proj", dtype=self.dtype)(x)
         return out.reshape(batch, num_blocks, block_len, self.out_dim)
