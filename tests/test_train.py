@@ -166,6 +166,24 @@ def test_main_smoke_runs_both_stages(tmp_path):
     assert 0 <= metrics["all"]["speckle_invariance/patch_anatomy_variance_fraction"] <= 1
 
 
+def test_ijepa_stage1_leaves_its_ema_encoder_as_the_teacher(tmp_path):
+    """``teacher.stage1='ijepa'``: stage 1 is an I-JEPA run in workdir/teacher and the student trains against its
+    EMA encoder, which is also what ``--encoders=teacher`` evaluates when the config names no checkpoint."""
+    from usjepa_jax.evaluation.encoder_specs import encoder_path
+
+    result = subprocess.run([sys.executable, "-m", "usjepa_jax.main", "--config=configs/base.py:smoke",
+                             f"--workdir={tmp_path}", "--config.teacher.stage1=ijepa", "--config.evals.knn.every=0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    teacher = tmp_path / "teacher" / "encoder_ema"
+    assert (teacher / "model.json").exists() and (tmp_path / "encoder" / "model.json").exists()
+    assert config_lib.run_config(tmp_path / "teacher").method == "ijepa"
+    assert config_lib.run_config(tmp_path).teacher.checkpoint == str(teacher)
+    config = base.get_config("smoke")
+    config.teacher.stage1 = "ijepa"
+    assert encoder_path(config, tmp_path, "teacher") == teacher
+
+
 def test_config_typo_fails_before_compute(tmp_path):
     result = subprocess.run([sys.executable, "-m", "usjepa_jax.main", "--config=configs/base.py:smoke",
                              f"--workdir={tmp_path}", "--config.optim.lr_peek=1e-3"], cwd=REPO,
@@ -183,6 +201,7 @@ def test_config_typo_fails_before_compute(tmp_path):
     ("data.image_size", 50, "config.data.image_size=50"),
     ("optim.warmup_steps", 10, "config.optim.warmup_steps=10"),
     ("sharding.strategy", "zero3", "config.sharding.strategy"),
+    ("teacher.stage1", "mae", "config.teacher.stage1='mae'"),
 ])
 def test_bad_config_values_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
@@ -227,6 +246,10 @@ def test_stage1_config_takes_the_teacher_settings():
     config.teacher.pixel_target, config.teacher.lowpass_sigma = "lowpass", 1.5  # the teacher options
     stage1 = config_lib.stage1_config(config)
     assert (stage1.loss.pixel_target, stage1.loss.lowpass_sigma) == ("lowpass", 1.5)
+    config.teacher.stage1 = "ijepa"  # a short I-JEPA run with the same teacher settings; its EMA encoder teaches
+    stage1 = config_lib.stage1_config(config)
+    assert stage1.method == "ijepa" and stage1.model.depth == config.teacher.model.depth
+    assert (stage1.predictor.width, stage1.optim.total_steps) == (config.teacher.decoder.width, 150)
     # configs/salt_teacher.py is that stage 1 as a run of its own.
     assert salt_teacher.get_config().to_dict() == config_lib.stage1_config(base.get_config()).to_dict()
 

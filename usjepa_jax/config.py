@@ -37,6 +37,7 @@ from usjepa_jax.masks import default_mask_config
 
 DTYPES = ("float32", "bfloat16")
 LOSS_KINDS = ("smooth_l1", "l1", "l2")  # objectives.elementwise_loss
+STAGE1_KINDS = ("reconstruction", "ijepa")  # teacher.stage1: what stage 1 trains when no teacher is given
 PIXEL_TARGETS = ("pixels", "lowpass", "hog")  # objectives.pixel_targets: loss.pixel_target, teacher.pixel_target
 # ViT name -> (width, depth, mlp_dim, num_heads). big_vision's table; "mu" is a micro model for tests and CPU runs.
 VIT_VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -352,6 +353,10 @@ def _usjepa_keys(c: ml_collections.ConfigDict) -> None:
         # oriented gradients. Options for a teacher that carries anatomy rather than speckle (docs/teachers.md).
         pixel_target="pixels",
         lowpass_sigma=2.0,
+        # What stage 1 trains: "reconstruction" (SALT: the pixel method with the targets above, its encoder is
+        # the teacher) or "ijepa" (a short I-JEPA run with the teacher's encoder, decoder as predictor and
+        # optimisation; its EMA encoder is the teacher; not in the papers, docs/regime.md).
+        stage1="reconstruction",
     ))
 
 
@@ -363,9 +368,12 @@ def _validate_usjepa(config: ml_collections.ConfigDict) -> None:
                "change the images on the fly, but the cached targets are the teacher's embeddings of the "
                "un-augmented images; turn augmentation off or drop teacher.cache")
     if _trains_its_teacher(config):
+        _check(config.teacher.stage1 in STAGE1_KINDS, "teacher.stage1", config.teacher.stage1,
+               f"one of {STAGE1_KINDS}")
         _validate_model("teacher.model", config.teacher.model, config.data.image_size)
         _validate_optim("teacher.optim", config.teacher.optim)
-        _validate_pixel_target("teacher", config.teacher, config.teacher.model.variant)
+        if config.teacher.stage1 == "reconstruction":
+            _validate_pixel_target("teacher", config.teacher, config.teacher.model.variant)
         _check(parse_variant(config.teacher.model.variant)["patch_size"]
                == parse_variant(config.model.variant)["patch_size"], "teacher.model.variant",
                config.teacher.model.variant, "the same patch size as model.variant (targets are per patch)")
@@ -396,18 +404,29 @@ def _trains_its_teacher(config: ml_collections.ConfigDict) -> bool:
 
 def _usjepa_stage1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
     """SALT stage 1 when no teacher is given: reconstruction (``teacher.pixel_target``) with the teacher's encoder, decoder and
-    optimisation, the same data, masks, mesh and checkpointing."""
+    optimisation, the same data, masks, mesh and checkpointing; with ``teacher.stage1='ijepa'`` an I-JEPA run of
+    the same (the decoder as its predictor), whose EMA encoder becomes the teacher (``stage1_teacher_encoder``)."""
     if not _trains_its_teacher(config):
         return None
     stage1 = ml_collections.ConfigDict(config.to_dict())
-    stage1.method = "pixel"
     stage1.model = config.teacher.model
     stage1.predictor = config.teacher.decoder
     stage1.optim = config.teacher.optim
+    if config.teacher.stage1 == "ijepa":
+        stage1.method = "ijepa"
+        return stage1
+    stage1.method = "pixel"
     stage1.loss.normalize_pixels = config.teacher.normalize_pixels
     stage1.loss.pixel_target = config.teacher.pixel_target
     stage1.loss.lowpass_sigma = config.teacher.lowpass_sigma
     return stage1
+
+
+def stage1_teacher_encoder(config: ml_collections.ConfigDict) -> str:
+    """The folder (``layout``) of ``<workdir>/teacher`` that stage 1 leaves as the teacher: the encoder of a
+    reconstruction run, the EMA encoder of an I-JEPA run (``teacher.stage1``; absent from runs saved before it)."""
+    ijepa = config.get("teacher", {}).get("stage1", "reconstruction") == "ijepa"
+    return layout.EMA_ENCODER_DIR if ijepa else layout.ENCODER_DIR
 
 
 def _ijepa_keys(c: ml_collections.ConfigDict) -> None:

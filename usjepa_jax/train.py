@@ -407,18 +407,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 def train_stage1(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, workdir: Path,
                  on_log: OnLog | None) -> ml_collections.ConfigDict:
     """SALT stage 1: the reconstruction teacher (``stage1``, ``config_lib.stage1_config``; its targets are
-    ``teacher.pixel_target``) in ``<workdir>/teacher`` (trained, resumed, or reused when its encoder is already
+    ``teacher.pixel_target``; or the EMA encoder of an I-JEPA run with ``teacher.stage1='ijepa'``) in ``<workdir>/teacher`` (trained, resumed, or reused when its encoder is already
     exported). Returns the stage-2
     config, its ``teacher.checkpoint`` that encoder."""
     stage1_dir = workdir / TEACHER_DIR
-    if is_exported_encoder(stage1_dir / ENCODER_DIR):
-        logging.info("Stage 1: reusing the teacher in %s", stage1_dir / ENCODER_DIR)
+    teacher_dir = stage1_dir / config_lib.stage1_teacher_encoder(config)
+    if is_exported_encoder(teacher_dir):
+        logging.info("Stage 1: reusing the teacher in %s", teacher_dir)
     else:
-        logging.info("Stage 1: training the reconstruction teacher in %s", stage1_dir)
+        logging.info("Stage 1: training the teacher (%s, method %s) in %s", config.teacher.stage1, stage1.method,
+                     stage1_dir)
         train(stage1, stage1_dir, on_log)
     logging.info("Stage 2: training the student against the frozen teacher")
     config = config.copy_and_resolve_references()
-    config.teacher.checkpoint = str(stage1_dir / ENCODER_DIR)
+    config.teacher.checkpoint = str(teacher_dir)
     return config
 
 

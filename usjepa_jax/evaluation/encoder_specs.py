@@ -17,7 +17,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import ml_collections
 
-from usjepa_jax import layout, storage
+from usjepa_jax import config as config_lib, layout, storage
 from usjepa_jax.encoders import FrozenEncoder, load_encoder
 from usjepa_jax.evaluation.features import random_encoder
 
@@ -71,7 +71,8 @@ def encoder_path(config: ml_collections.ConfigDict, workdir: str | Path, encoder
     """Where the run's ``encoder``/``checkpoint`` lives (see the module docstring); loaded by ``load_encoder``."""
     workdir = storage.path(workdir)
     if encoder == "teacher":
-        return storage.path(config.teacher.checkpoint or workdir / layout.TEACHER_DIR / layout.ENCODER_DIR)
+        return storage.path(config.teacher.checkpoint
+                            or workdir / layout.TEACHER_DIR / config_lib.stage1_teacher_encoder(config))
     if encoder == "student" and checkpoint not in ("latest", "best"):
         return workdir / layout.CHECKPOINTS_DIR / str(int(checkpoint))
     path = workdir / ({"ema": layout.EMA_ENCODER_DIR}.get(encoder) or
