@@ -349,8 +349,9 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
                target_lens=sorted({s[1] for s in shapes}), context_bound=trainer.sampler.context_len,
                xla_gflops=round(xla / 1e9, 2), useful_gflops=round(useful / 1e9, 2),
                useful_fraction=round(useful / xla, 3), analytic_vs_xla=round(padded / xla, 3),
-               peak_matmul_gflops=round(peak / 1e9, 1), peak_spread=round(peak_spread, 2), mfu=round(useful / step_time / peak, 3),
-               mfu_xla=round(xla / step_time / peak, 3), loss=round(float(metrics["loss"]), 5))
+               peak_matmul_gflops=round(peak / 1e9, 1), peak_spread=round(peak_spread, 2),
+               mfu=round(useful / step_time / peak, 3), mfu_xla=round(xla / step_time / peak, 3),
+               loss=round(float(metrics["loss"]), 5))
     out["grad_accum_steps"] = config.optim.grad_accum_steps
     if breakdown:
         out["breakdown_ms"] = step_breakdown(trainer, state, batches[0])

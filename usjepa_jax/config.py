@@ -403,9 +403,10 @@ def _trains_its_teacher(config: ml_collections.ConfigDict) -> bool:
 
 
 def _usjepa_stage1(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
-    """SALT stage 1 when no teacher is given: reconstruction (``teacher.pixel_target``) with the teacher's encoder, decoder and
-    optimisation, the same data, masks, mesh and checkpointing; with ``teacher.stage1='ijepa'`` an I-JEPA run of
-    the same (the decoder as its predictor), whose EMA encoder becomes the teacher (``stage1_teacher_encoder``)."""
+    """SALT stage 1 when no teacher is given: reconstruction (``teacher.pixel_target``) with the teacher's encoder,
+    decoder and optimisation, the same data, masks, mesh and checkpointing; with ``teacher.stage1='ijepa'`` an I-JEPA
+    run of the same (the decoder as its predictor), whose EMA encoder becomes the teacher
+    (``stage1_teacher_encoder``)."""
     if not _trains_its_teacher(config):
         return None
     stage1 = ml_collections.ConfigDict(config.to_dict())

@@ -406,10 +406,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
 
 def train_stage1(config: ml_collections.ConfigDict, stage1: ml_collections.ConfigDict, workdir: Path,
                  on_log: OnLog | None) -> ml_collections.ConfigDict:
-    """SALT stage 1: the reconstruction teacher (``stage1``, ``config_lib.stage1_config``; its targets are
-    ``teacher.pixel_target``; or the EMA encoder of an I-JEPA run with ``teacher.stage1='ijepa'``) in ``<workdir>/teacher`` (trained, resumed, or reused when its encoder is already
-    exported). Returns the stage-2
-    config, its ``teacher.checkpoint`` that encoder."""
+    """SALT stage 1 in ``<workdir>/teacher`` (``stage1``, ``config_lib.stage1_config``): the reconstruction teacher
+    (targets ``teacher.pixel_target``), or with ``teacher.stage1='ijepa'`` an I-JEPA run whose EMA encoder teaches;
+    trained, resumed, or reused when that encoder is already exported. Returns the stage-2 config, its
+    ``teacher.checkpoint`` that encoder."""
     stage1_dir = workdir / TEACHER_DIR
     teacher_dir = stage1_dir / config_lib.stage1_teacher_encoder(config)
     if is_exported_encoder(teacher_dir):
