@@ -1,6 +1,7 @@
 """The trainer end to end on the smoke config: frozen teacher, sharding equivalence, exact resume, CLI, errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from configs import base, salt_teacher
 from tests.conftest import REPO, encoder_params, read_metrics, smoke_config, tensorboard_scalars
 from usjepa_jax import config as config_lib
-from usjepa_jax import layout, targets, train
+from usjepa_jax import layout, sharding, targets, train
 from usjepa_jax.encoders import load_encoder
 
 
@@ -378,6 +379,49 @@ def test_accumulated_step_equals_the_whole_batch(method):
         loss_and_grads = train.make_loss_and_grads(config, trainer.encoder, trainer.predictor, trainer.source)
         results.append(jax.jit(loss_and_grads)(params, None, trainer.frozen_params, batch))
     (loss, grads), (accumulated_loss, accumulated_grads) = results
+    np.testing.assert_allclose(accumulated_loss, loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_grads, grads)
+
+
+def loop_all_reduce_axes(hlo_text: str) -> list[set[str]]:
+    """The mesh axes each all-reduce inside the compiled step's loop bodies (``while`` ... ``body=``) reduces over,
+    as XLA names them: ``axis_0`` is the mesh's first axis, ``data``."""
+    bodies = {m.group(1) for m in re.finditer(r"body=%?([\w.-]+)", hlo_text)}
+    axes, current = [], None
+    for line in hlo_text.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            current = line.split(" ")[0].lstrip("%")
+        elif current in bodies and re.search(r" all-reduce(-start)?\(", line):
+            groups = re.search(r"replica_groups=mesh\[[^]]*\] \{([^}]*)\}", line)
+            axes.append(set(re.findall(r"'(\w+)'", groups.group(1))) if groups else {"?"})
+    return axes
+
+
+@pytest.mark.parametrize("mesh,strategy", [((4, 1), "replicate"), ((2, 2), "fsdp")])
+def test_sharded_accumulation_sums_the_gradient_once(mesh, strategy):
+    """Data-parallel groups add up their own micro-batches' gradients and all-reduce once, after the loop (not once
+    per micro-batch): the same loss and gradient as the whole batch on one device."""
+    config = smoke_config(**{"method": "pixel", "sharding.strategy": strategy})
+    trainer = train.build_trainer(config)
+    rng = np.random.default_rng(0)
+    samples = [trainer.sampler(rng) for _ in range(config.optim.batch_size)]
+    batch = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
+    s = config.data.image_size
+    batch["image"] = rng.integers(0, 256, (config.optim.batch_size, s, s, 1), dtype=np.uint8)
+    params = trainer.init(jax.random.key(0)).params
+    whole = jax.jit(train.make_loss_and_grads(config, trainer.encoder, trainer.predictor, trainer.source))
+    loss, grads = whole(params, None, None, batch)
+
+    config.optim.grad_accum_steps = 2
+    device_mesh = sharding.make_mesh(*mesh)
+    accumulated = jax.jit(train.make_loss_and_grads(config, trainer.encoder, trainer.predictor, trainer.source,
+                                                    device_mesh),
+                          in_shardings=(None, None, None, sharding.batch_sharding(device_mesh)))
+    params = jax.device_put(params, sharding.replicated(device_mesh))
+    loop_axes = loop_all_reduce_axes(accumulated.lower(params, None, None, batch).compile().as_text())
+    assert all("axis_0" not in axes for axes in loop_axes), loop_axes  # nothing crosses the data axis per micro-batch
+    assert loop_axes == ([] if strategy == "replicate" else [{"axis_1"}])  # fsdp: its own axis, as without groups
+    accumulated_loss, accumulated_grads = accumulated(params, None, None, batch)
     np.testing.assert_allclose(accumulated_loss, loss, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_grads, grads)
 

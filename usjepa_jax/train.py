@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from usjepa_jax import checkpointing, masks, objectives, sharding, storage, targets
 from usjepa_jax import config as config_lib
@@ -121,8 +121,21 @@ def split_micro_batches(tree, n: int):
     return jax.tree.map(lambda x: x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1), tree)
 
 
+def sum_over_groups(grads, mesh: Mesh):
+    """Per-group gradient sums (leaves ``[groups, ...]``) -> their sum. Without FSDP every leaf goes into one flat
+    vector first, so the sum is one all-reduce: between CPU processes (gloo) each array pays a few milliseconds of
+    latency, which over a model's ~100 parameter arrays took longer than the step's compute."""
+    if mesh.shape["fsdp"] > 1:  # leaves are split over the fsdp axis: reduce them where they lie
+        return jax.tree.map(lambda g: g.sum(0), grads)
+    leaves, treedef = jax.tree.flatten(grads)
+    total = jnp.concatenate([g.reshape(g.shape[0], -1) for g in leaves], axis=1).sum(0)
+    ends = np.cumsum([math.prod(g.shape[1:]) for g in leaves])
+    return jax.tree.unflatten(treedef, [part.reshape(g.shape[1:])
+                                        for part, g in zip(jnp.split(total, ends[:-1]), leaves)])
+
+
 def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,
-                        source: targets.TargetSource) -> Callable:
+                        source: targets.TargetSource, mesh: Mesh | None = None) -> Callable:
     """``loss_and_grads(params, target_state, frozen, batch) -> (loss, grads)`` of ``make_loss_fn``'s loss.
 
     With ``optim.grad_accum_steps = n > 1`` the batch is processed as n sequential micro-batches (``lax.scan``)
@@ -131,10 +144,16 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
     statistics of ``loss.standardize_targets``), then each micro-batch adds its blocks' mean losses divided by
     the batch's number of blocks, and its gradient. Why: memory on accelerators, and speed on CPUs, where a
     micro-batch's activations stay in cache while the whole batch's stream through memory (docs/performance.md).
+
+    With a ``mesh`` of several data-parallel groups (``mesh.data > 1``), each group sums the gradients of its own
+    rows over the micro-batches and the groups' sums are added once, after the loop: one gradient all-reduce per
+    step instead of one per micro-batch (the same sum; between processes a gradient-sized all-reduce costs far
+    more than a micro-batch's compute).
     """
     loss_fn = make_loss_fn(config, encoder, predictor, source)
     predict = make_predict_fn(config, encoder, predictor)
     accum = config.optim.grad_accum_steps
+    groups = mesh.shape["data"] if mesh is not None and accum > 1 else 1
 
     def loss_and_grads(params, target_state, frozen, batch):
         if accum == 1:
@@ -151,25 +170,51 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
             per_patch = source.per_patch_loss(predict(p, mb), mb_target)
             return objectives.block_mean_sum(per_patch, mb["target_valid"]) / num_blocks
 
-        def body(carry, inputs):
-            loss, grads = jax.value_and_grad(micro_loss)(params, *inputs)
-            return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+        if groups == 1:
+            def body(carry, inputs):
+                loss, grads = jax.value_and_grad(micro_loss)(params, *inputs)
+                return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
-        zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-        (loss, grads), _ = jax.lax.scan(body, zeros, (micro, target))
-        return loss, grads
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+            (loss, grads), _ = jax.lax.scan(body, zeros, (micro, target))
+            return loss, grads
+
+        # Per-group sums: a leading [groups] axis over the mesh's data axis, so the gradient of a group's rows
+        # stays on its devices (vmap: one gradient per group, not their sum) until the sum after the loop.
+        def group_rows(x):  # a micro-batch's rows [R, ...] -> [groups, R / groups, ...], each group's own
+            return jax.lax.with_sharding_constraint(x.reshape((groups, -1) + x.shape[1:]),
+                                                    NamedSharding(mesh, PartitionSpec("data", "fsdp")))
+
+        def per_group(p):
+            spec = sharding.leaf_spec(p.shape, config.sharding.strategy, mesh.shape["fsdp"])
+            return NamedSharding(mesh, PartitionSpec("data", *spec))
+
+        group_grads = jax.vmap(jax.value_and_grad(micro_loss), in_axes=(None, 0, 0))
+
+        def group_body(carry, inputs):
+            loss, grads = group_grads(params, *jax.tree.map(group_rows, inputs))
+            grads = jax.tree.map(lambda g, c: jax.lax.with_sharding_constraint(c + g, per_group(g[0])),
+                                 grads, carry[1])
+            return (carry[0] + loss, grads), None
+
+        zeros = jax.tree.map(lambda p: jax.lax.with_sharding_constraint(jnp.zeros((groups,) + p.shape, p.dtype),
+                                                                        per_group(p)), params)
+        zero_loss = jax.lax.with_sharding_constraint(jnp.zeros((groups,), jnp.float32), per_group(jnp.zeros(())))
+        (loss, grads), _ = jax.lax.scan(group_body, (zero_loss, zeros), (micro, target))
+        return loss.sum(), sum_over_groups(grads, mesh)
 
     return loss_and_grads
 
 
 def make_train_step(config: ml_collections.ConfigDict, encoder: VisionTransformer, predictor: Predictor,
-                    tx: optax.GradientTransformation, source: targets.TargetSource) -> Callable:
+                    tx: optax.GradientTransformation, source: targets.TargetSource,
+                    mesh: Mesh | None = None) -> Callable:
     """``train_step(state, frozen, batch) -> (state, metrics)``: ``frozen`` is the source's frozen parameters
     (a teacher's, or None), ``batch`` the placed global batch (``Trainer.place_batch``); only ``state.params`` is
     differentiated (``make_loss_and_grads``). ``metrics``: scalars ``loss``, ``grad_norm``, ``param_norm``,
     ``lr``, ``wd`` (+ the source's, e.g. ``ema_momentum``)."""
     lr, wd = lr_schedule(config.optim), wd_schedule(config.optim)
-    loss_and_grads = make_loss_and_grads(config, encoder, predictor, source)
+    loss_and_grads = make_loss_and_grads(config, encoder, predictor, source, mesh)
 
     def train_step(state: TrainState, frozen, batch):
         loss, grads = loss_and_grads(state.params, state.targets, frozen, batch)
@@ -312,7 +357,7 @@ def build_trainer(config: ml_collections.ConfigDict, source: targets.TargetSourc
     # ---- the step: one jit with explicit shardings; the train state is donated, the frozen parameters never.
     loss_fn = make_loss_fn(config, encoder, predictor, source)
     in_shardings = (state_shardings, frozen_shardings, sharding.batch_sharding(mesh))
-    step = jax.jit(make_train_step(config, encoder, predictor, tx, source), in_shardings=in_shardings,
+    step = jax.jit(make_train_step(config, encoder, predictor, tx, source, mesh), in_shardings=in_shardings,
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
     eval_loss = jax.jit(lambda state, frozen, batch: loss_fn(state.params, state.targets, frozen, batch)[0],
                         in_shardings=in_shardings, out_shardings=sharding.replicated(mesh))
