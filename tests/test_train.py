@@ -418,9 +418,13 @@ def test_sharded_accumulation_sums_the_gradient_once(mesh, strategy):
                                                     device_mesh),
                           in_shardings=(None, None, None, sharding.batch_sharding(device_mesh)))
     params = jax.device_put(params, sharding.replicated(device_mesh))
-    loop_axes = loop_all_reduce_axes(accumulated.lower(params, None, None, batch).compile().as_text())
+    hlo = accumulated.lower(params, None, None, batch).compile().as_text()
+    loop_axes = loop_all_reduce_axes(hlo)
     assert all("axis_0" not in axes for axes in loop_axes), loop_axes  # nothing crosses the data axis per micro-batch
     assert loop_axes == ([] if strategy == "replicate" else [{"axis_1"}])  # fsdp: its own axis, as without groups
+    if strategy == "replicate":  # on CPU: the whole gradient as one flat array, one all-reduce
+        size = sum(x.size for x in jax.tree.leaves(params))
+        assert any(f"f32[{size}]" in line for line in hlo.splitlines() if re.search(r" all-reduce(-start)?\(", line))
     accumulated_loss, accumulated_grads = accumulated(params, None, None, batch)
     np.testing.assert_allclose(accumulated_loss, loss, rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_grads, grads)

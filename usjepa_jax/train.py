@@ -122,10 +122,11 @@ def split_micro_batches(tree, n: int):
 
 
 def sum_over_groups(grads, mesh: Mesh):
-    """Per-group gradient sums (leaves ``[groups, ...]``) -> their sum. Without FSDP every leaf goes into one flat
-    vector first, so the sum is one all-reduce: between CPU processes (gloo) each array pays a few milliseconds of
-    latency, which over a model's ~100 parameter arrays took longer than the step's compute."""
-    if mesh.shape["fsdp"] > 1:  # leaves are split over the fsdp axis: reduce them where they lie
+    """Per-group gradient sums (leaves ``[groups, ...]``) -> their sum. On CPU devices without FSDP every leaf goes
+    into one flat vector first, so the sum is one all-reduce: between CPU processes (gloo) each array pays a few
+    milliseconds of latency, which over a model's ~100 parameter arrays took longer than the step's compute
+    (docs/performance.md). Accelerators' compilers combine the all-reduces themselves."""
+    if mesh.shape["fsdp"] > 1 or mesh.devices.flat[0].platform != "cpu":
         return jax.tree.map(lambda g: g.sum(0), grads)
     leaves, treedef = jax.tree.flatten(grads)
     total = jnp.concatenate([g.reshape(g.shape[0], -1) for g in leaves], axis=1).sum(0)
