@@ -20,19 +20,22 @@ PIXEL = {"method": "pixel", "optim.total_steps": 3, "log_every": 1, "checkpoint.
 
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+    """Also with 2 micro-batches: each data-parallel group sums its own gradients, one all-reduce between the
+    processes per step (train.make_loss_and_grads)."""
+    overrides = {**PIXEL, "optim.grad_accum_steps": 2}
     port = portpicker.pick_unused_port()
     # Two fake devices per process (the helper sets them); no compilation cache (tests/conftest.py): both processes
     # compile the same programs at the same moment, nothing to share.
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests/distributed_worker.py"), str(i), "2",
-                               str(port), str(tmp_path / "multi"), json.dumps(PIXEL)],
+                               str(port), str(tmp_path / "multi"), json.dumps(overrides)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
 
-    train.train_and_evaluate(smoke_config(**PIXEL, **{"mesh.data": 4}), tmp_path / "single")
+    train.train_and_evaluate(smoke_config(**overrides, **{"mesh.data": 4}), tmp_path / "single")
     multi, single = read_metrics(tmp_path / "multi"), read_metrics(tmp_path / "single")
     for step in (1, 2, 3):
         assert multi[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-5)
