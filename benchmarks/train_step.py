@@ -252,11 +252,34 @@ def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
     return kinds
 
 
+# (substring of jax's name stack, layer): the first that matches names the layer of an op.
+LAYERS = (("/qkv", "qkv"), ("/attn/proj", "attention output"), ("/attn/", "attention"), ("/fc1", "mlp fc1"),
+          ("/fc2", "mlp fc2"), ("/mlp/", "gelu"), ("norm", "layer norm"), ("patch_embed", "embedding"),
+          ("predictor_embed", "embedding"), ("predictor_proj", "output"))
+
+
+def op_part(op_name: str) -> str:
+    """``model/layer/direction`` of an op from its HLO metadata ``op_name`` (jax's name stack): the model is the
+    predictor, the student (differentiated: ``jvp(...)``) or the teacher (a ``VisionTransformer`` without
+    gradient); ``attention`` is the part between the qkv and output projections (scores, softmax, weighted sum)."""
+    model = ("predictor" if "Predictor" in op_name else "student" if "jvp(VisionTransformer)" in op_name
+             else "teacher" if "VisionTransformer" in op_name else "rest")
+    layer = next((name for key, name in LAYERS if key in op_name), "other")
+    return f"{model}/{layer}/{'backward' if 'transpose(' in op_name else 'forward'}"
+
+
+def hlo_op_parts(hlo_text: str) -> dict[str, str]:
+    """Compiled HLO text -> ``{op name: op_part(its op_name)}`` for every op that carries metadata."""
+    return {m.group(1): op_part(m.group(2))
+            for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.-]+) = .*?op_name=\"([^\"]+)\"", hlo_text, re.M)}
+
+
 def step_profile(compiled, args, steps: int = 2) -> dict[str, float]:
     """Milliseconds per step by op kind (``OP_KINDS``), from a jax profiler trace of ``steps`` runs of the compiled
     step: the ops' own durations (ops that run side by side both count), with ``step_ms`` the wall time for scale.
-    The trace names each op as the compiled HLO does, and ``hlo_op_kinds`` sorts them."""
-    kinds = hlo_op_kinds(compiled.as_text())
+    The trace names each op as the compiled HLO does, and ``hlo_op_kinds`` sorts them; ``parts`` (``hlo_op_parts``)
+    sums the same durations by model, layer and direction, largest first."""
+    kinds, parts = hlo_op_kinds(compiled.as_text()), hlo_op_parts(compiled.as_text())
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
         start = time.perf_counter()
@@ -267,11 +290,13 @@ def step_profile(compiled, args, steps: int = 2) -> dict[str, float]:
         jax.profiler.stop_trace()
         trace = next(Path(trace_dir).rglob("*.trace.json.gz"))
         events = json.load(gzip.open(trace))["traceEvents"]
-    totals = collections.Counter()
+    totals, by_part = collections.Counter(), collections.Counter()
     for event in events:
         if event.get("ph") == "X" and event.get("name") in kinds:
             totals[kinds[event["name"]]] += event["dur"] / 1e3 / steps
-    return dict(step_ms=round(wall * 1e3, 1), **{k: round(totals[k], 1) for k in OP_KINDS})
+            by_part[parts.get(event["name"], "rest/other/forward")] += event["dur"] / 1e3 / steps
+    return dict(step_ms=round(wall * 1e3, 1), **{k: round(totals[k], 1) for k in OP_KINDS},
+                parts={k: round(v, 1) for k, v in by_part.most_common()})
 
 
 # ------------------------------------------------------------------------------------------------ a case
