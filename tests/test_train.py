@@ -353,6 +353,16 @@ def test_micro_batches_hold_at_least_an_image_per_device():
     assert train.micro_batches(64, 8, 4) == 4 and train.micro_batches(16, 32, 8) == 1
 
 
+def random_batch(trainer: train.Trainer) -> dict[str, np.ndarray]:
+    """A host batch of the trainer's global batch size: sampled masks, random images."""
+    config, rng = trainer.config, np.random.default_rng(0)
+    samples = [trainer.sampler(rng) for _ in range(config.optim.batch_size)]
+    batch = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
+    s = config.data.image_size
+    batch["image"] = rng.integers(0, 256, (config.optim.batch_size, s, s, 1), dtype=np.uint8)
+    return batch
+
+
 @pytest.mark.parametrize("method", ["usjepa", "pixel"])
 def test_accumulated_step_equals_the_whole_batch(method):
     """``optim.grad_accum_steps``: the batch as sequential micro-batches gives the whole batch's loss and gradient,
@@ -367,11 +377,7 @@ def test_accumulated_step_equals_the_whole_batch(method):
                                 config.data.mean, config.data.std, "<random>", "random")
         source = targets.FrozenTeacher(teacher, config.loss)
     trainer = train.build_trainer(config, source)
-    rng = np.random.default_rng(0)
-    samples = [trainer.sampler(rng) for _ in range(config.optim.batch_size)]
-    batch = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
-    s = config.data.image_size
-    batch["image"] = rng.integers(0, 256, (config.optim.batch_size, s, s, 1), dtype=np.uint8)
+    batch = random_batch(trainer)
     params = trainer.init(jax.random.key(0)).params
     results = []
     for accum in (1, 4):
@@ -403,11 +409,7 @@ def test_sharded_accumulation_sums_the_gradient_once(mesh, strategy):
     per micro-batch): the same loss and gradient as the whole batch on one device."""
     config = smoke_config(**{"method": "pixel", "sharding.strategy": strategy})
     trainer = train.build_trainer(config)
-    rng = np.random.default_rng(0)
-    samples = [trainer.sampler(rng) for _ in range(config.optim.batch_size)]
-    batch = {k: np.stack([m[k] for m in samples]) for k in samples[0]}
-    s = config.data.image_size
-    batch["image"] = rng.integers(0, 256, (config.optim.batch_size, s, s, 1), dtype=np.uint8)
+    batch = random_batch(trainer)
     params = trainer.init(jax.random.key(0)).params
     whole = jax.jit(train.make_loss_and_grads(config, trainer.encoder, trainer.predictor, trainer.source))
     loss, grads = whole(params, None, None, batch)
