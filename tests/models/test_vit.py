@@ -124,6 +124,35 @@ def test_remat_policies_change_memory_not_results(policy):
         tiny_vit(remat=True, remat_policy="everything").init(jax.random.key(0), images)
 
 
+@pytest.mark.parametrize("mask_kind,remat,rel_pos", [("keys", False, False), ("per_query", False, False),
+                                                      ("keys", True, True)])
+def test_last_outputs_only_equal_the_whole_stack_tail(mask_kind, remat, rel_pos):
+    """``Transformer(..., outputs=n)`` (the predictor keeps only its mask tokens): the last block computes the last n
+    tokens alone, and they, and the gradients through them, equal the whole stack's."""
+    from usjepa_jax.models.vit import Transformer
+
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (2, 9, 32))
+    valid = jnp.array([[True] * 7 + [False, True], [True] * 9])
+    mask = valid[:, None, None, :]
+    if mask_kind == "per_query":  # a [B, 1, T, T] mask, as the shared-context predictor's
+        mask = mask & (jnp.tril(jnp.ones((9, 9), bool)) | (jnp.arange(9) < 4))[None, None]
+    positions = jnp.tile(jnp.arange(1, 10)[None], (2, 1)) if rel_pos else None
+    stack = Transformer(depth=3, num_heads=4, mlp_dim=64, remat=remat, rel_pos_grid=(3, 3) if rel_pos else None)
+    params = stack.init(key, x, mask, positions)["params"]
+    params = jax.tree.map(lambda w: w + 0.1 * jax.random.normal(key, w.shape), params)  # away from init's zeros
+
+    def tail(p, x, outputs):
+        out = stack.apply({"params": p}, x, mask, positions, outputs)
+        return out[:, -3:] if outputs is None else out
+
+    whole, last = tail(params, x, None), tail(params, x, 3)
+    assert last.shape == (2, 3, 32)
+    np.testing.assert_allclose(last, whole, atol=1e-5, rtol=1e-5)
+    grads = [jax.grad(lambda p, x: (tail(p, x, n) ** 2).sum(), argnums=(0, 1))(params, x) for n in (None, 3)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), *grads)
+
+
 def test_patch_embed_is_the_strided_convolution():
     """PatchEmbed (one matmul of flattened patches) has nn.Conv's parameters, initial values and outputs."""
     import flax.linen as nn

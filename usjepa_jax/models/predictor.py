@@ -82,8 +82,10 @@ class Predictor(nn.Module):
             valid = jnp.concatenate([ctx_valid, target_valid.reshape(batch * num_blocks, block_len)], axis=1)
             mask = key_padding_mask(valid)
 
+        # Only the mask tokens' outputs are kept: the last block computes them alone.
+        targets_per_sequence = num_blocks * block_len if self.shared_context else block_len
         x = Transformer(self.depth, self.num_heads, self.width * self.mlp_ratio, self.remat, self.dtype,
-                        attention=self.attention, remat_policy=self.remat_policy, name="predictor")(x, mask)
-        x = x[:, -num_blocks * block_len:] if self.shared_context else x[:, -block_len:]
+                        attention=self.attention, remat_policy=self.remat_policy,
+                        name="predictor")(x, mask, None, targets_per_sequence)
         out = dense(self.out_dim, "predictor_proj", dtype=self.dtype)(x)
         return out.reshape(batch, num_blocks, block_len, self.out_dim)

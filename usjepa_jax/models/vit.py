@@ -160,20 +160,26 @@ class Attention(nn.Module):
     impl: str = "auto"  # see attention()
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None,
+                 outputs: int | None = None) -> jax.Array:
+        """``[B, T, width]`` -> ``[B, T, width]``; with ``outputs``, only the last ``outputs`` tokens' rows
+        ``[B, outputs, width]`` (queries from those tokens, keys and values from all: the same rows)."""
         batch, length, width = x.shape
         head_dim = width // self.num_heads
         qkv = dense(3 * width, "qkv", dtype=self.dtype)(x)
         q, k, v = jnp.split(qkv.reshape(batch, length, 3, self.num_heads, head_dim), 3, axis=2)
+        queries = length if outputs is None else outputs
         bias = None
         if self.rel_pos_grid is not None:
             table = self.param("relative_position_bias_table", nn.initializers.zeros,
                                (num_relative_distances(self.rel_pos_grid), self.num_heads))
             index = jnp.asarray(relative_position_index(self.rel_pos_grid))
-            rows = index[positions[:, :, None], positions[:, None, :]]  # [B, T, T]
-            bias = jnp.moveaxis(table[rows], -1, 1).astype(self.dtype)  # [B, heads, T, T]
-        out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], mask, self.impl, bias=bias)
-        return dense(width, "proj", scale=self.out_scale, dtype=self.dtype)(out.reshape(batch, length, width))
+            rows = index[positions[:, -queries:, None], positions[:, None, :]]  # [B, queries, T]
+            bias = jnp.moveaxis(table[rows], -1, 1).astype(self.dtype)  # [B, heads, queries, T]
+        if mask is not None and mask.shape[-2] > 1:  # a per-query mask [.., T, T]: the kept queries' rows
+            mask = mask[..., -queries:, :]
+        out = attention(q[:, -queries:, 0], k[:, :, 0], v[:, :, 0], mask, self.impl, bias=bias)
+        return dense(width, "proj", scale=self.out_scale, dtype=self.dtype)(out.reshape(batch, queries, width))
 
 
 class Mlp(nn.Module):
@@ -203,7 +209,10 @@ class Block(nn.Module):
     attention: str = "auto"  # attention implementation, see attention()
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None,
+                 outputs: int | None = None) -> jax.Array:
+        """``[B, T, width]`` -> the same; with ``outputs``, the last ``outputs`` tokens only (every token still
+        serves as a key and value: those rows are what the whole block computes for them)."""
         scale = math.sqrt(2.0 * self.layer_id)
         width = x.shape[-1]
         gamma_1 = gamma_2 = 1.0
@@ -212,8 +221,10 @@ class Block(nn.Module):
             gamma_1 = self.param("gamma_1", init, (width,)).astype(self.dtype)
             gamma_2 = self.param("gamma_2", init, (width,)).astype(self.dtype)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm1")(x)
+        if outputs is not None:
+            x = x[:, -outputs:]
         x = x + gamma_1 * Attention(self.num_heads, scale, self.dtype, self.rel_pos_grid, self.attention,
-                                    name="attn")(h, mask, positions)
+                                    name="attn")(h, mask, positions, outputs)
         h = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm2")(x)
         return x + gamma_2 * Mlp(self.mlp_dim, scale, self.dtype, name="mlp")(h)
 
@@ -242,11 +253,17 @@ class Transformer(nn.Module):
     remat_policy: str = ""  # with remat: a jax.checkpoint_policies name ("" = save nothing, recompute all)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None) -> jax.Array:
-        block_cls = nn.remat(Block, policy=remat_policy(self.remat_policy)) if self.remat else Block
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array | None = None,
+                 outputs: int | None = None) -> jax.Array:
+        """``[B, T, width]`` -> the same; with ``outputs``, the last ``outputs`` tokens' outputs only: the last
+        block computes queries, attention rows, projection and MLP for those tokens alone (the predictor keeps
+        only its mask tokens), the same values as the whole stack's for them."""
+        block_cls = (nn.remat(Block, policy=remat_policy(self.remat_policy), static_argnums=(4,)) if self.remat
+                     else Block)
         for i in range(self.depth):
             x = block_cls(self.num_heads, self.mlp_dim, i + 1, self.dtype, self.rel_pos_grid, self.layer_scale,
-                          self.attention, name=f"blocks_{i}")(x, mask, positions)
+                          self.attention, name=f"blocks_{i}")(x, mask, positions,
+                                                               outputs if i == self.depth - 1 else None)
         if not self.final_norm:
             return x
         return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, name="norm")(x)
