@@ -120,13 +120,23 @@ def masked_batch(trainer: train.Trainer, rng: np.random.Generator) -> dict[str, 
 
 # ------------------------------------------------------------------------------------------------ FLOPs
 def _transformer_flops(lengths: np.ndarray, width: int, depth: int, mlp_dim: int,
-                       pairs: np.ndarray | None = None) -> float:
+                       pairs: np.ndarray | None = None, outputs: np.ndarray | None = None,
+                       output_pairs: np.ndarray | None = None) -> float:
     """Forward FLOPs of ``depth`` pre-norm blocks over sequences of the given lengths: the qkv, proj and MLP
     matmuls (``2 L (4 d^2 + 2 d m)``) and the two attention matmuls (``4 d`` per query-key pair: ``L^2`` pairs
-    unless ``pairs`` says how many a sequence's attention mask allows)."""
+    unless ``pairs`` says how many a sequence's attention mask allows). With ``outputs`` (tokens per sequence whose
+    outputs are kept; ``output_pairs`` the pairs of their queries, ``outputs * L`` by default) the last block
+    counts keys and values over all tokens and the rest over those tokens only, as it is computed
+    (``Transformer(..., outputs=n)``)."""
     lengths = np.asarray(lengths, np.float64)
     pairs = lengths**2 if pairs is None else np.asarray(pairs, np.float64)
-    return float(depth * (2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * pairs * width).sum())
+    layer = 2 * lengths * (4 * width**2 + 2 * width * mlp_dim) + 4 * pairs * width
+    if outputs is None:
+        return float(depth * layer.sum())
+    outputs = np.asarray(outputs, np.float64)
+    output_pairs = outputs * lengths if output_pairs is None else np.asarray(output_pairs, np.float64)
+    last = 2 * lengths * 2 * width**2 + 2 * outputs * (2 * width**2 + 2 * width * mlp_dim) + 4 * output_pairs * width
+    return float((depth - 1) * layer.sum() + last.sum())
 
 
 def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarray, cached: bool) -> float:
@@ -136,7 +146,8 @@ def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarra
     Student: patch embedding of every patch, blocks over its context. Predictor: the input projection per
     context token, blocks over ``context + block`` per (image, block) sequence (with ``predictor.shared_context``:
     over ``context + all blocks`` per image, attention on the pairs its mask allows: context-context and each block
-    with the context and itself), the output projection per target patch. Both trained: x3 (forward + backward).
+    with the context and itself), the last block's queries, projection and MLP over the target tokens only (the
+    only outputs kept), the output projection per target patch. Both trained: x3 (forward + backward).
     Frozen teacher (unless cached): one forward over all patches.
     """
     enc, pred, config = trainer.encoder, trainer.predictor, trainer.config
@@ -146,11 +157,13 @@ def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarra
     student = embed + _transformer_flops(context, enc.width, enc.depth, enc.mlp_dim)
     context, targets = np.asarray(context, np.float64), np.asarray(targets, np.float64)
     if pred.shared_context:
+        target_pairs = (targets * (context[:, None] + targets)).sum(1)
         blocks = _transformer_flops(context + targets.sum(1), pred.width, pred.depth, pred.width * pred.mlp_ratio,
-                                    pairs=context**2 + (targets * (context[:, None] + targets)).sum(1))
+                                    pairs=context**2 + target_pairs, outputs=targets.sum(1),
+                                    output_pairs=target_pairs)
     else:
         blocks = _transformer_flops((context[:, None] + targets).ravel(), pred.width, pred.depth,
-                                    pred.width * pred.mlp_ratio)
+                                    pred.width * pred.mlp_ratio, outputs=targets.ravel())
     predictor = (2.0 * context.sum() * enc.width * pred.width + blocks
                  + 2.0 * targets.sum() * pred.width * pred.out_dim)
     total = 3 * (student + predictor)
