@@ -200,7 +200,8 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
 
         zeros = jax.tree.map(lambda p: jax.lax.with_sharding_constraint(jnp.zeros((groups,) + p.shape, p.dtype),
                                                                         per_group(p)), params)
-        zero_loss = jax.lax.with_sharding_constraint(jnp.zeros((groups,), jnp.float32), per_group(jnp.zeros(())))
+        zero_loss = jax.lax.with_sharding_constraint(jnp.zeros((groups,), jnp.float32),
+                                                     NamedSharding(mesh, PartitionSpec("data")))
         (loss, grads), _ = jax.lax.scan(group_body, (zero_loss, zeros), (micro, target))
         return loss.sum(), sum_over_groups(grads, mesh)
 
