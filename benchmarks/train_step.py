@@ -9,7 +9,7 @@
     python benchmarks/train_step.py --dtype=bfloat16     # bf16 compute, f32 master weights (+ its loss vs f32)
 
 Every timed step gets a new batch from the mask sampler (so the per-batch padding buckets of masks.py vary as in
-training); each distinct step shape is compiled once before timing, and the number of shapes is reported
+training); each distinct step shape is compiled and run once before timing, and the number of shapes is reported
 (``compiled_shapes``, bounded by ``sampler.max_batch_shapes``).
 
 FLOPs and MFU (MFU = FLOP/s over a matmul peak measured in the same process with a large float32 matmul on the
@@ -351,13 +351,14 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
             start = time.perf_counter()
             compiled[shape] = trainer.step.lower(state, trainer.frozen_params, b).compile()
             compile_s += time.perf_counter() - start
+    one_per_shape = {(b["context_idx"].shape[1], b["target_idx"].shape[2]): b for b in batches}
     flops_of = {shape: train.xla_flops(c) for shape, c in compiled.items()}
     if config.optim.grad_accum_steps > 1:  # XLA counts a loop body once: count the same step without the loop
-        one_per_shape = {(b["context_idx"].shape[1], b["target_idx"].shape[2]): b for b in batches}
         flops_of = {shape: train.step_flops(config, trainer.source, b) for shape, b in one_per_shape.items()}
-    first = batches[0]
-    state, metrics = compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])](
-        state, trainer.frozen_params, first)  # warm-up
+    # Warm up every compiled program, not only the first: a program's first run is slower (buffer allocation,
+    # first-touch of its constants), and with truncate_to_batch_min nearly every batch has a shape of its own.
+    for shape, b in one_per_shape.items():
+        state, metrics = compiled[shape](state, trainer.frozen_params, b)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for b in batches:
