@@ -22,6 +22,8 @@ over the larger, well below 1 when the machine was not steady; so a ratio of two
   frozen teacher forward only). ``mfu`` is the useful one (what docs/performance.md quotes), ``mfu_xla`` XLA's.
 - ``analytic_vs_xla``: the analytic count at the padded shapes over XLA's count, a check of the formula
   (XLA also counts element-wise ops, so slightly below 1).
+- with ``--profile``, ``mfu_matmul_bound``: the useful FLOPs over the wall time during which a matmul op ran
+  (``profile_ms.matmul_wall``), times the peak: the MFU the step would reach if every other op took no time.
 The step runs on synthetic batches already on device (the input pipeline is measured separately by
 benchmarks/data_throughput.py) and with a random-init frozen teacher of the configured size.
 """
@@ -32,6 +34,7 @@ import argparse
 import collections
 import gzip
 import json
+import math
 import re
 import sys
 import tempfile
@@ -303,13 +306,26 @@ def step_profile(compiled, args, steps: int = 2) -> dict[str, float]:
         jax.profiler.stop_trace()
         trace = next(Path(trace_dir).rglob("*.trace.json.gz"))
         events = json.load(gzip.open(trace))["traceEvents"]
-    totals, by_part = collections.Counter(), collections.Counter()
+    totals, by_part, matmul_spans = collections.Counter(), collections.Counter(), []
     for event in events:
         if event.get("ph") == "X" and event.get("name") in kinds:
             totals[kinds[event["name"]]] += event["dur"] / 1e3 / steps
             by_part[parts.get(event["name"], "rest/other/forward")] += event["dur"] / 1e3 / steps
+            if kinds[event["name"]] == "matmul":
+                matmul_spans.append((event["ts"], event["ts"] + event["dur"]))
     return dict(step_ms=round(wall * 1e3, 1), **{k: round(totals[k], 1) for k in OP_KINDS},
+                matmul_wall=round(covered_time(matmul_spans) / 1e3 / steps, 1),
                 parts={k: round(v, 1) for k, v in by_part.most_common()})
+
+
+def covered_time(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of ``(start, end)`` intervals: wall time during which at least one of them ran."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 # ------------------------------------------------------------------------------------------------ a case
@@ -398,6 +414,9 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
         first = batches[0]
         out["profile_ms"] = step_profile(compiled[(first["context_idx"].shape[1], first["target_idx"].shape[2])],
                                          (state, trainer.frozen_params, first))
+        # The useful MFU if every op other than the matmuls took no time: the matmul ops' own wall time (their
+        # intervals' union, so that two running side by side count once) bounds the step from below.
+        out["mfu_matmul_bound"] = round(useful / (out["profile_ms"]["matmul_wall"] / 1e3) / peak, 3)
     return out
 
 
