@@ -371,8 +371,9 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
     flops_of = {shape: train.xla_flops(c) for shape, c in compiled.items()}
     if config.optim.grad_accum_steps > 1:  # XLA counts a loop body once: count the same step without the loop
         flops_of = {shape: train.step_flops(config, trainer.source, b) for shape, b in one_per_shape.items()}
-    # Warm up every compiled program, not only the first: a program's first run is slower (buffer allocation,
-    # first-touch of its constants), and with truncate_to_batch_min nearly every batch has a shape of its own.
+    # Warm up every compiled program, not only the first: a program's first run is slower than its later ones,
+    # and with truncate_to_batch_min nearly every batch has a shape of its own, so without this most timed steps
+    # would be first runs, which a training run, reusing each shape's program, almost never makes.
     for shape, b in one_per_shape.items():
         state, metrics = compiled[shape](state, trainer.frozen_params, b)
     jax.block_until_ready(metrics)
