@@ -16,7 +16,8 @@ FLOPs and MFU (MFU = FLOP/s over a matmul peak measured in the same process with
 same devices, before and right after each case's timed steps, the larger of the two; ``peak_spread`` is the smaller
 over the larger, well below 1 when the machine was not steady; so a ratio of two measurements on one machine):
 - ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches (with
-  ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once);
+  ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once;
+  so with ``optim.micro_pad_buckets > 1`` it counts every micro-batch at the batch's length, more than runs);
 - ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
   (:func:`useful_flops`: matmuls and attention; backward = 2x forward for the trained student and predictor, the
   frozen teacher forward only). ``mfu`` is the useful one (what docs/performance.md quotes), ``mfu_xla`` XLA's.

@@ -366,7 +366,8 @@ def random_batch(trainer: train.Trainer) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("method", ["usjepa", "pixel"])
 def test_accumulated_step_equals_the_whole_batch(method):
     """``optim.grad_accum_steps``: the batch as sequential micro-batches gives the whole batch's loss and gradient,
-    also with ``loss.standardize_targets`` (its statistics pool the whole batch, not a micro-batch)."""
+    also with ``loss.standardize_targets`` (its statistics pool the whole batch, not a micro-batch), and with
+    ``optim.micro_pad_buckets`` (rows sorted by context size, each micro-batch cut to its own length)."""
     from usjepa_jax.encoders import FrozenEncoder
 
     config = smoke_config(**{"method": method, "loss.standardize_targets": True})
@@ -379,14 +380,22 @@ def test_accumulated_step_equals_the_whole_batch(method):
     trainer = train.build_trainer(config, source)
     batch = random_batch(trainer)
     params = trainer.init(jax.random.key(0)).params
+    # 4 micro-batches of 2 rows: after sorting, their largest contexts (14-22 of 32 slots) fall in different
+    # lengths of {8, 16, 24, 32}, so the switch cuts them differently and below the batch's length.
+    counts = np.sort(batch["context_valid"].sum(-1)).reshape(4, 2).max(-1)
+    assert len(set(np.searchsorted([8, 16, 24, 32], counts))) > 1 and counts.max() <= 24
     results = []
-    for accum in (1, 4):
-        config.optim.grad_accum_steps = accum
-        loss_and_grads = train.make_loss_and_grads(config, trainer.encoder, trainer.predictor, trainer.source)
-        results.append(jax.jit(loss_and_grads)(params, None, trainer.frozen_params, batch))
-    (loss, grads), (accumulated_loss, accumulated_grads) = results
-    np.testing.assert_allclose(accumulated_loss, loss, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_grads, grads)
+    for accum, buckets in ((1, 1), (4, 1), (4, 4)):
+        config.optim.grad_accum_steps, config.optim.micro_pad_buckets = accum, buckets
+        loss_and_grads = jax.jit(train.make_loss_and_grads(config, trainer.encoder, trainer.predictor,
+                                                           trainer.source))
+        args = (params, None, trainer.frozen_params, batch)
+        assert (" conditional(" in loss_and_grads.lower(*args).compile().as_text()) == (buckets > 1)
+        results.append(loss_and_grads(*args))
+    (loss, grads), *accumulated = results
+    for accumulated_loss, accumulated_grads in accumulated:
+        np.testing.assert_allclose(accumulated_loss, loss, rtol=1e-5)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), accumulated_grads, grads)
 
 
 def loop_all_reduce_axes(hlo_text: str) -> list[set[str]]:

@@ -177,6 +177,10 @@ def optim_config() -> ml_collections.ConfigDict:
         b1=0.9, b2=0.999,
         grad_clip=ml_collections.FieldReference(None, field_type=float),  # global-norm clip, None = off
         grad_accum_steps=1,  # sequential micro-batches per global batch; same loss and gradient (memory; CPU speed)
+        # With grad_accum_steps > 1 on one data-parallel group: > 1 sorts the rows by context size and runs each
+        # micro-batch at the smallest of this many context lengths that holds it (train.make_loss_and_grads): the
+        # same loss and gradient with less padding, for that many compiled loop bodies. 1 = the batch's length.
+        micro_pad_buckets=1,
     ))
 
 
@@ -258,6 +262,7 @@ def _validate_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
     _check(o.grad_clip is None or o.grad_clip > 0, f"{prefix}.grad_clip", o.grad_clip, "None or positive")
     _check(o.grad_accum_steps >= 1 and o.batch_size % o.grad_accum_steps == 0, f"{prefix}.grad_accum_steps",
            o.grad_accum_steps, f"at least 1 and a divisor of batch_size={o.batch_size}")
+    _check(o.micro_pad_buckets >= 1, f"{prefix}.micro_pad_buckets", o.micro_pad_buckets, "at least 1")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

@@ -150,16 +150,33 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
     rows over the micro-batches and the groups' sums are added once, after the loop: one gradient all-reduce per
     step instead of one per micro-batch (the same sum; between processes a gradient-sized all-reduce costs far
     more than a micro-batch's compute).
+
+    With ``optim.micro_pad_buckets = k > 1`` (one data-parallel group), the rows are first sorted by context size,
+    so that each micro-batch holds contexts of similar size, and each micro-batch runs cut to the smallest of k
+    lengths (the batch's context length minus multiples of ``masks.pad_step``) that holds its contexts: a
+    ``lax.switch`` over k compiled bodies. Only padding goes, so the loss and gradient are the same (up to float
+    summation order); the step compiles k bodies instead of one.
     """
     loss_fn = make_loss_fn(config, encoder, predictor, source)
     predict = make_predict_fn(config, encoder, predictor)
     accum = config.optim.grad_accum_steps
     groups = mesh.shape["data"] if mesh is not None and accum > 1 else 1
+    # Under the per-group vmap a switch would run every branch: per-micro-batch lengths on one group only.
+    per_micro_lengths = accum > 1 and groups == 1 and config.optim.micro_pad_buckets > 1
+
+    def sorted_by_context(batch):
+        """The rows reordered so that micro-batch j (rows j, j + n, ..., ``split_micro_batches``) holds the j-th
+        smallest contexts: the loss is a sum over rows and the targets' statistics pool all of them."""
+        order = jnp.argsort(batch["context_valid"].sum(-1), stable=True)
+        rows = order.reshape(accum, -1).T.reshape(-1)
+        return jax.tree.map(lambda x: x[rows], batch)
 
     def loss_and_grads(params, target_state, frozen, batch):
         if accum == 1:
             (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_state, frozen, batch)
             return loss, grads
+        if per_micro_lengths:
+            batch = sorted_by_context(batch)
         micro = split_micro_batches(batch, accum)
         valid = batch["target_valid"]
         target = jax.lax.map(lambda mb: block_targets(source, target_state, frozen, mb), micro)  # [n, B/n, ...]
@@ -171,10 +188,23 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
             per_patch = source.per_patch_loss(predict(p, mb), mb_target)
             return objectives.block_mean_sum(per_patch, mb["target_valid"]) / num_blocks
 
+        def add_micro_batch(carry, mb, mb_target):
+            loss, grads = jax.value_and_grad(micro_loss)(params, mb, mb_target)
+            return carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)
+
+        def add_cut_micro_batch(carry, mb, mb_target):
+            full = mb["context_idx"].shape[1]
+            step, buckets = config.masks.pad_step, config.optim.micro_pad_buckets
+            lengths = sorted({max(full - i * step, 1) for i in range(buckets)})
+            branches = [lambda c, n=n: add_micro_batch(c, masks.fit_batch(mb, n, mb["target_idx"].shape[-1]),
+                                                       mb_target) for n in lengths]
+            # The smallest length that holds every context of the micro-batch: only padding is cut.
+            index = jnp.searchsorted(jnp.asarray(lengths), mb["context_valid"].sum(-1).max())
+            return jax.lax.switch(index, branches, carry)
+
         if groups == 1:
             def body(carry, inputs):
-                loss, grads = jax.value_and_grad(micro_loss)(params, *inputs)
-                return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
+                return (add_cut_micro_batch if per_micro_lengths else add_micro_batch)(carry, *inputs), None
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
             (loss, grads), _ = jax.lax.scan(body, zeros, (micro, target))
