@@ -196,11 +196,13 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
             full = mb["context_idx"].shape[1]
             step, buckets = config.masks.pad_step, config.optim.micro_pad_buckets
             lengths = sorted({max(full - i * step, 1) for i in range(buckets)})
-            branches = [lambda c, n=n: add_micro_batch(c, masks.fit_batch(mb, n, mb["target_idx"].shape[-1]),
-                                                       mb_target) for n in lengths]
-            # The smallest length that holds every context of the micro-batch: only padding is cut.
+            branches = [lambda n=n: jax.value_and_grad(micro_loss)(
+                params, masks.fit_batch(mb, n, mb["target_idx"].shape[-1]), mb_target) for n in lengths]
+            # The smallest length that holds every context of the micro-batch: only padding is cut. The sums stay
+            # outside the switch, so the carry is not passed through (and copied by) its branches.
             index = jnp.searchsorted(jnp.asarray(lengths), mb["context_valid"].sum(-1).max())
-            return jax.lax.switch(index, branches, carry)
+            loss, grads = jax.lax.switch(index, branches)
+            return carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)
 
         if groups == 1:
             def body(carry, inputs):
