@@ -272,7 +272,7 @@ class MultiBlockMaskSampler:
 
     # ---- per-batch padding buckets (module docstring)
     def _ladder(self, full: int) -> tuple[int, ...]:
-        return tuple(sorted({max(full - i * self.pad_step, 1) for i in range(self.pad_buckets)}))
+        return padding_ladder(full, self.pad_step, self.pad_buckets)
 
     @property
     def context_buckets(self) -> tuple[int, ...]:
@@ -409,6 +409,12 @@ def valid_counts(batch: dict[str, np.ndarray]) -> dict[str, tuple[int, int]]:
     ctx = np.asarray(batch["context_valid"]).sum(axis=-1)
     tgt = np.asarray(batch["target_valid"]).sum(axis=-1)
     return {"context": (int(ctx.min()), int(ctx.max())), "target": (int(tgt.min()), int(tgt.max()))}
+
+
+def padding_ladder(full: int, step: int, buckets: int) -> tuple[int, ...]:
+    """The lengths ``full, full - step, ...`` (``buckets`` of them, at least 1 each), ascending: the static lengths a
+    batch (the sampler's rungs) or a micro-batch (``optim.micro_pad_buckets``) can be cut to."""
+    return tuple(sorted({max(full - i * step, 1) for i in range(buckets)}))
 
 
 def fit_batch(batch: dict[str, np.ndarray], context_len: int, target_len: int) -> dict[str, np.ndarray]:

@@ -188,25 +188,22 @@ def make_loss_and_grads(config: ml_collections.ConfigDict, encoder: VisionTransf
             per_patch = source.per_patch_loss(predict(p, mb), mb_target)
             return objectives.block_mean_sum(per_patch, mb["target_valid"]) / num_blocks
 
-        def add_micro_batch(carry, mb, mb_target):
-            loss, grads = jax.value_and_grad(micro_loss)(params, mb, mb_target)
-            return carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)
-
-        def add_cut_micro_batch(carry, mb, mb_target):
-            full = mb["context_idx"].shape[1]
-            step, buckets = config.masks.pad_step, config.optim.micro_pad_buckets
-            lengths = sorted({max(full - i * step, 1) for i in range(buckets)})
+        def micro_loss_and_grads(mb, mb_target):
+            if not per_micro_lengths:
+                return jax.value_and_grad(micro_loss)(params, mb, mb_target)
+            lengths = masks.padding_ladder(mb["context_idx"].shape[1], config.masks.pad_step,
+                                           config.optim.micro_pad_buckets)
             branches = [lambda n=n: jax.value_and_grad(micro_loss)(
                 params, masks.fit_batch(mb, n, mb["target_idx"].shape[-1]), mb_target) for n in lengths]
             # The smallest length that holds every context of the micro-batch: only padding is cut. The sums stay
             # outside the switch, so the carry is not passed through (and copied by) its branches.
-            index = jnp.searchsorted(jnp.asarray(lengths), mb["context_valid"].sum(-1).max())
-            loss, grads = jax.lax.switch(index, branches)
-            return carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)
+            return jax.lax.switch(jnp.searchsorted(jnp.asarray(lengths), mb["context_valid"].sum(-1).max()),
+                                  branches)
 
         if groups == 1:
             def body(carry, inputs):
-                return (add_cut_micro_batch if per_micro_lengths else add_micro_batch)(carry, *inputs), None
+                loss, grads = micro_loss_and_grads(*inputs)
+                return (carry[0] + loss, jax.tree.map(jnp.add, carry[1], grads)), None
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
             (loss, grads), _ = jax.lax.scan(body, zeros, (micro, target))
