@@ -179,6 +179,14 @@ def useful_flops(trainer: train.Trainer, context: np.ndarray, targets: np.ndarra
     return total
 
 
+def batch_useful_flops(trainer: train.Trainer, placed: dict, cached: bool) -> float:
+    """:func:`useful_flops` of a batch as the step sees it (``Trainer.place_batch``): counted on the cut arrays,
+    so that with ``masks.truncate_to_batch_min`` the patches the cut drops are not counted (the sampler's batch
+    still holds them)."""
+    return useful_flops(trainer, np.asarray(placed["context_valid"]).sum(-1),
+                        np.asarray(placed["target_valid"]).sum(-1), cached)
+
+
 # ------------------------------------------------------------------------------------------------ breakdown
 def _best_time(fn, *args, repeats: int = 3) -> float:
     jax.block_until_ready(fn(*args))
@@ -391,8 +399,7 @@ def run_case(name: str, steps: int, peak: float, cached: bool = False, dtype: st
 
     shapes = [(b["context_idx"].shape[1], b["target_idx"].shape[2]) for b in batches]
     xla = float(np.mean([flops_of[s] for s in shapes]))
-    useful = float(np.mean([useful_flops(trainer, h["context_valid"].sum(-1), h["target_valid"].sum(-1), cached)
-                            for h in host_batches]))
+    useful = float(np.mean([batch_useful_flops(trainer, b, cached) for b in batches]))
     padded = float(np.mean([useful_flops(trainer, np.full(config.optim.batch_size, s[0]),
                                          np.full((config.optim.batch_size, trainer.sampler.num_targets), s[1]),
                                          cached) for s in shapes]))
