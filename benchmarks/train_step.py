@@ -18,9 +18,11 @@ over the larger, well below 1 when the machine was not steady; so a ratio of two
 - ``xla_gflops``: XLA's cost analysis of the compiled steps (padding included), mean over the timed batches (with
   ``optim.grad_accum_steps > 1``, of the same step compiled without the micro-batch loop: XLA counts a loop once;
   so with ``optim.micro_pad_buckets > 1`` it counts every micro-batch at the batch's length, more than runs);
-- ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes
-  (:func:`useful_flops`: matmuls and attention; backward = 2x forward for the trained student and predictor, the
-  frozen teacher forward only). ``mfu`` is the useful one (what docs/performance.md quotes), ``mfu_xla`` XLA's.
+- ``useful_gflops``: the same model on the valid tokens only, counted analytically from the mask sizes of the
+  batch as the step runs it (:func:`batch_useful_flops`: after ``Trainer.place_batch``'s cut, so the patches
+  ``truncate_to_batch_min`` drops do not count; :func:`useful_flops`: matmuls and attention; backward = 2x forward
+  for the trained student and predictor, the frozen teacher forward only). ``mfu`` is the useful one (what
+  docs/performance.md quotes), ``mfu_xla`` XLA's.
 - ``analytic_vs_xla``: the analytic count at the padded shapes over XLA's count, a check of the formula
   (XLA also counts element-wise ops, so slightly below 1).
 - with ``--profile``, ``mfu_matmul_bound``: the useful FLOPs over the wall time during which a matmul op ran

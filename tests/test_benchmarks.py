@@ -1,4 +1,4 @@
-"""The step benchmark's FLOP accounting (benchmarks/train_step.py): the MFU figures of docs/performance.md rest on it."""
+"""The step benchmark's FLOP accounting (benchmarks/train_step.py): docs/performance.md's MFU figures rest on it."""
 import importlib
 import sys
 
