@@ -47,7 +47,7 @@ def get_config(arg: str | None = None):
     # 4 / 8 / 16 / 32 / 64 on 2 cores (docs/performance.md). On accelerators set 1.
     c.optim.grad_accum_steps = 32
     # Each micro-batch at its own context length (rows sorted by context size, 6 lengths 8 patches apart): the
-    # same loss and gradient, about a fifth less padding (docs/performance.md).
+    # same loss and gradient, about a fifth fewer context slots: most of the padding (docs/performance.md).
     c.optim.micro_pad_buckets = 6
     c.optim.total_steps = 300
     c.optim.warmup_steps = 30
